@@ -1,0 +1,74 @@
+"""Shared fixtures: the Azurite server and the two storage backends every contract test runs on.
+
+Without Node or the installed Azurite, Azurite tests skip on a developer machine but fail in
+CI (`CI=true`), so a broken install can never pass as green.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.azurite import Azurite, unavailable_reason
+from workpool.settings import Settings, load_settings
+
+BACKENDS = ["embedded", pytest.param("azurite", marks=pytest.mark.azurite)]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see no storage settings from the developer's shell."""
+    for key in list(os.environ):
+        if key.startswith("WORKPOOL_") or key == "AZURE_STORAGE_CONNECTION_STRING":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Azurite is required in CI: {reason}")
+        pytest.skip(f"Azurite unavailable: {reason}")
+    server = Azurite()
+    server.start()
+    yield server
+    server.stop()
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings for a fresh queue and result container on the backend under test."""
+    flags: dict[str, object] = {"home": tmp_path / "home", "queue": unique("q"), "results": unique("r")}
+    if backend == "azurite":
+        server: Azurite = request.getfixturevalue("azurite")
+        flags["connection_string"] = server.connection_string
+    return load_settings(**flags)
+
+
+def backend_env(settings: Settings) -> dict[str, str]:
+    """Environment that hands `settings`' storage to a child process (CLI tests)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKPOOL_")}
+    env.pop("AZURE_STORAGE_CONNECTION_STRING", None)
+    env.update(
+        WORKPOOL_HOME=str(settings.home),
+        WORKPOOL_QUEUE=settings.queue,
+        WORKPOOL_RESULTS=settings.results,
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    if settings.connection_string is not None:
+        env["AZURE_STORAGE_CONNECTION_STRING"] = settings.connection_string.get_secret_value()
+    return env

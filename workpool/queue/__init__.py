@@ -1,0 +1,21 @@
+"""Work queues: the interface and a factory that picks the backend from the settings."""
+
+from __future__ import annotations
+
+from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, WorkQueue
+from workpool.settings import Settings
+
+__all__ = ["MAX_RECEIVE", "Depth", "PoisonRecord", "Received", "WorkQueue", "open_queue"]
+
+
+def open_queue(settings: Settings, name: str | None = None) -> WorkQueue:
+    """The configured work queue (Azure when storage credentials are set, else embedded)."""
+    name = name or settings.queue
+    if settings.uses_azure_storage:
+        from workpool.azure_clients import queue_service
+        from workpool.queue.azure import AzureQueue
+
+        return AzureQueue(queue_service(settings), name)
+    from workpool.queue.embedded import EmbeddedQueue
+
+    return EmbeddedQueue(settings.home / "queue.sqlite3", name)

@@ -1,0 +1,132 @@
+"""The work-queue interface: the one seam between the roles and the message transport.
+
+Both backends (Azure Storage Queue, embedded SQLite) behave the same; the contract suite in
+`tests/test_queue_contract.py` proves it. Delivery is at least once: a received message is
+invisible for its visibility timeout, then comes back with `dequeue_count` one higher unless
+it was acked. Every operation on a received message needs its newest receipt.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+MAX_RECEIVE = 32  # Azure's ceiling for one receive call; the embedded backend keeps it too.
+
+
+@dataclass(frozen=True)
+class Received:
+    """A message held under a lease. `receipt` changes on every renew."""
+
+    id: str
+    receipt: str
+    body: str
+    dequeue_count: int
+    inserted_at: datetime
+
+    def with_receipt(self, receipt: str) -> Received:
+        return replace(self, receipt=receipt)
+
+
+@dataclass(frozen=True)
+class Depth:
+    """Messages in the work queue (in-flight ones included) and in its poison queue."""
+
+    messages: int
+    poison: int
+
+
+@dataclass(frozen=True)
+class PoisonRecord:
+    """What `dead_letter` puts on `<queue>-poison`: the original body and why it failed."""
+
+    body: str
+    reason: str
+    attempts: int
+    dead_lettered_at: str
+
+    def encode(self) -> str:
+        return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str) -> PoisonRecord:
+        data: dict[str, Any] = json.loads(text)
+        return cls(
+            body=str(data["body"]),
+            reason=str(data["reason"]),
+            attempts=int(data["attempts"]),
+            dead_lettered_at=str(data["dead_lettered_at"]),
+        )
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class WorkQueue(ABC):
+    """A named queue with its poison queue `<name>-poison`."""
+
+    name: str
+
+    @property
+    def poison_name(self) -> str:
+        return f"{self.name}-poison"
+
+    @abstractmethod
+    def create(self) -> None:
+        """Create the queue and its poison queue if missing (idempotent)."""
+
+    @abstractmethod
+    def send(self, bodies: Sequence[str], *, ttl_s: int = -1, delay_s: int = 0) -> None:
+        """Put messages on the queue; ttl_s=-1 means they never expire."""
+
+    @abstractmethod
+    def receive(self, max_messages: int = 1, *, visibility_timeout_s: int = 30) -> list[Received]:
+        """Lease up to `max_messages` (at most 32) visible messages; [] when none are visible."""
+
+    @abstractmethod
+    def renew(self, message: Received, visibility_timeout_s: int) -> Received:
+        """Extend the lease from now; returns the message with its new receipt.
+
+        Raises `LeaseLostError` when the receipt is stale (lease expired and re-delivered).
+        """
+
+    @abstractmethod
+    def ack(self, message: Received) -> None:
+        """Delete a processed message. Raises `LeaseLostError` on a stale receipt."""
+
+    @abstractmethod
+    def release(self, message: Received, delay_s: int = 0) -> None:
+        """Give the message back: visible again after `delay_s` (0 = at once)."""
+
+    @abstractmethod
+    def dead_letter(self, message: Received, reason: str) -> None:
+        """Move the message to the poison queue with its reason, then delete it here.
+
+        A crash between the two leaves a duplicate in the poison queue, never a loss.
+        """
+
+    @abstractmethod
+    def depth(self) -> Depth:
+        """Messages in the queue (in-flight ones included) and in the poison queue."""
+
+    @abstractmethod
+    def purge(self) -> None:
+        """Delete every message in the queue (the poison queue is left alone)."""
+
+    @abstractmethod
+    def poison(self) -> WorkQueue:
+        """The poison queue as a queue of its own (its bodies are `PoisonRecord` JSON)."""
+
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    def __enter__(self) -> WorkQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,198 @@
+"""Embedded work queue: one SQLite database (WAL mode), shared by processes on one machine.
+
+Every state change is one short `BEGIN IMMEDIATE` transaction, so many consumer processes can
+compete for messages safely: SQLite's write lock serialises them, and a lease is just
+`visible_at` in the future plus a fresh random receipt. Dead-lettering is atomic here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from workpool.errors import LeaseLostError, StorageUnavailableError
+from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, WorkQueue, now_iso
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    inserted_at REAL NOT NULL,
+    visible_at REAL NOT NULL,
+    expires_at REAL,
+    dequeue_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, visible_at);
+"""
+
+
+class EmbeddedQueue(WorkQueue):
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        *,
+        busy_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self._clock = clock
+        self._busy_timeout_s = busy_timeout_s
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    # --- connection --------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable against process crashes in WAL mode, which is what we face.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; a locked or unreadable database becomes a retryable error."""
+        with self._lock:
+            try:
+                conn = self._connect()
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StorageUnavailableError(f"embedded queue {self.path} unavailable: {exc}") from exc
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.OperationalError as exc:
+                    conn.execute("ROLLBACK")
+                    raise StorageUnavailableError(f"embedded queue {self.path} unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # --- contract ------------------------------------------------------------------------
+    def create(self) -> None:
+        with self._tx():
+            pass
+
+    def send(self, bodies: Sequence[str], *, ttl_s: int = -1, delay_s: int = 0) -> None:
+        now = self._clock()
+        expires = None if ttl_s == -1 else now + ttl_s
+        rows = [(self.name, body, now, now + delay_s, expires) for body in bodies]
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO messages (queue, body, inserted_at, visible_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def receive(self, max_messages: int = 1, *, visibility_timeout_s: int = 30) -> list[Received]:
+        if not 1 <= max_messages <= MAX_RECEIVE:
+            raise ValueError(f"max_messages must be 1..{MAX_RECEIVE}")
+        now = self._clock()
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM messages WHERE queue = ? AND expires_at IS NOT NULL AND expires_at <= ?",
+                (self.name, now),
+            )
+            rows = conn.execute(
+                """UPDATE messages
+                   SET visible_at = ?, dequeue_count = dequeue_count + 1,
+                       receipt = lower(hex(randomblob(16)))
+                   WHERE id IN (SELECT id FROM messages WHERE queue = ? AND visible_at <= ?
+                                ORDER BY id LIMIT ?)
+                   RETURNING id, receipt, body, dequeue_count, inserted_at""",
+                (now + visibility_timeout_s, self.name, now, max_messages),
+            ).fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [
+            Received(
+                id=str(r[0]),
+                receipt=r[1],
+                body=r[2],
+                dequeue_count=r[3],
+                inserted_at=datetime.fromtimestamp(r[4], timezone.utc),
+            )
+            for r in rows
+        ]
+
+    def _update_lease(self, message: Received, visible_at: float) -> str:
+        receipt = uuid.uuid4().hex
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE messages SET visible_at = ?, receipt = ? WHERE id = ? AND receipt = ? AND queue = ?",
+                (visible_at, receipt, int(message.id), message.receipt, self.name),
+            )
+            if cur.rowcount == 0:
+                raise LeaseLostError(f"message {message.id} on {self.name}: receipt is stale or message is gone")
+        return receipt
+
+    def renew(self, message: Received, visibility_timeout_s: int) -> Received:
+        return message.with_receipt(self._update_lease(message, self._clock() + visibility_timeout_s))
+
+    def release(self, message: Received, delay_s: int = 0) -> None:
+        self._update_lease(message, self._clock() + delay_s)
+
+    def ack(self, message: Received) -> None:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "DELETE FROM messages WHERE id = ? AND receipt = ? AND queue = ?",
+                (int(message.id), message.receipt, self.name),
+            )
+            if cur.rowcount == 0:
+                raise LeaseLostError(f"message {message.id} on {self.name}: receipt is stale or message is gone")
+
+    def dead_letter(self, message: Received, reason: str) -> None:
+        record = PoisonRecord(body=message.body, reason=reason, attempts=message.dequeue_count, dead_lettered_at=now_iso())
+        now = self._clock()
+        with self._tx() as conn:
+            cur = conn.execute(
+                "DELETE FROM messages WHERE id = ? AND receipt = ? AND queue = ?",
+                (int(message.id), message.receipt, self.name),
+            )
+            if cur.rowcount == 0:
+                raise LeaseLostError(f"message {message.id} on {self.name}: receipt is stale or message is gone")
+            conn.execute(
+                "INSERT INTO messages (queue, body, inserted_at, visible_at) VALUES (?, ?, ?, ?)",
+                (self.poison_name, record.encode(), now, now),
+            )
+
+    def depth(self) -> Depth:
+        now = self._clock()
+        with self._tx() as conn:
+            counts = dict(
+                conn.execute(
+                    """SELECT queue, count(*) FROM messages
+                       WHERE queue IN (?, ?) AND (expires_at IS NULL OR expires_at > ?)
+                       GROUP BY queue""",
+                    (self.name, self.poison_name, now),
+                ).fetchall()
+            )
+        return Depth(messages=counts.get(self.name, 0), poison=counts.get(self.poison_name, 0))
+
+    def purge(self) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM messages WHERE queue = ?", (self.name,))
+
+    def poison(self) -> EmbeddedQueue:
+        return EmbeddedQueue(self.path, self.poison_name, busy_timeout_s=self._busy_timeout_s, clock=self._clock)

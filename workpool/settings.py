@@ -1,0 +1,291 @@
+"""The one settings object, shared by every command.
+
+Sources, lowest precedence first: defaults, the config file (`--config FILE` or
+`WORKPOOL_CONFIG`, JSON or TOML, keys as field names or as `WORKPOOL_*` variable names),
+environment variables (`WORKPOOL_*`, plus `AZURE_STORAGE_CONNECTION_STRING`), then
+command-line flags. Environment beats the file so that one checked-in config can be adjusted
+per shell or per node without editing it.
+
+Storage is chosen by what is set:
+- `AZURE_STORAGE_CONNECTION_STRING` → Azure Storage with that connection string;
+- `WORKPOOL_ACCOUNT_URL` + `WORKPOOL_SAS_TOKEN` → Azure Storage with a SAS token;
+- `WORKPOOL_ACCOUNT_URL` alone → Azure Storage with `DefaultAzureCredential`
+  (managed identity on cluster nodes, `az login` on a laptop);
+- none of them → the embedded default under `WORKPOOL_HOME`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from workpool.errors import SettingsError
+
+ENV_PREFIX = "WORKPOOL_"
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+
+# Azure queue names: 3-63 characters, lowercase letters, digits and single hyphens. The poison
+# queue appends "-poison" (7 characters), so the work queue's own name stops at 56.
+_QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,55}$")
+# Blob container names: 3-63 characters, same alphabet.
+_CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+
+
+class StorageMode(str, Enum):
+    EMBEDDED = "embedded"
+    CONNECTION_STRING = "connection-string"
+    SAS = "sas"
+    IDENTITY = "identity"
+
+
+class Settings(BaseSettings):
+    """Every setting workpool reads. Environment names are `WORKPOOL_<FIELD>` upper-cased."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    # --- where things live ---------------------------------------------------------------
+    home: Path = Field(Path(".workpool"), description="Embedded default's folder.")
+    queue: str = Field("workpool", description="Queue name; its poison queue is <name>-poison.")
+    results: str = Field("workpool-results", description="Result store's blob container (Azure).")
+
+    # --- Azure Storage credentials (secrets are SecretStr: never printed) -----------------
+    connection_string: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices(CONNECTION_STRING_ENV, ENV_PREFIX + "CONNECTION_STRING"),
+        description="Azure Storage connection string.",
+    )
+    account_url: str | None = Field(None, description="Storage account URL (https://<acct>.queue… or the account's base URL).")
+    sas_token: SecretStr | None = Field(None, description="SAS token used with account_url.")
+
+    # --- work ---------------------------------------------------------------------------
+    batch_size: int = Field(64, gt=0, description="Images per batch message.")
+    message_ttl_s: int = Field(-1, description="Message time-to-live in seconds; -1 never expires.")
+    visibility_timeout_s: int = Field(120, ge=1, le=7 * 24 * 3600, description="Lease on a received batch; renewed in the background.")
+    max_attempts: int = Field(5, ge=1, description="Deliveries before a batch is dead-lettered.")
+    idle_exit_s: float | None = Field(None, gt=0, description="Consumer exits after the queue has been empty this long.")
+    prefetch_batches: int = Field(1, ge=0, description="Batches received and decoded ahead of the one being scored.")
+    decode_threads: int = Field(0, ge=0, description="Image decode threads; 0 sizes the pool to the machine.")
+    precision: Literal["float32", "mixed"] = Field("float32", description="float32, or Keras mixed precision (float16 compute) for GPUs.")
+    xla: bool = Field(False, description="Compile the model call with XLA.")
+    allow_unsafe_models: bool = Field(False, description="Allow models whose loading runs arbitrary Python (Lambda layers).")
+    model_cache: Path | None = Field(None, description="Where downloaded models are cached (default <home>/models).")
+
+    # --- cluster placement (Batch AI and Azure Batch) ------------------------------------
+    subscription_id: str | None = None
+    resource_group: str | None = None
+    location: str | None = None
+    workspace: str | None = None
+    cluster: str | None = None
+    batch_account_url: str | None = None
+    pool: str | None = None
+    vm_size: str = "STANDARD_NC6"
+    vm_priority: Literal["dedicated", "lowpriority"] = "dedicated"
+    arm_endpoint: str = "https://management.azure.com"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets-dir magic: what configures a run is visible in env, file and flags.
+        return (init_settings, env_settings)
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        if not _QUEUE_NAME.match(value):
+            raise ValueError(
+                "expected 3-56 lowercase letters, digits or single hyphens, starting and ending "
+                "with a letter or digit (the poison queue adds '-poison', up to Azure's 63)"
+            )
+        return value
+
+    @field_validator("results")
+    @classmethod
+    def _container_name(cls, value: str) -> str:
+        if not _CONTAINER_NAME.match(value):
+            raise ValueError("expected an Azure container name: 3-63 lowercase letters, digits or single hyphens")
+        return value
+
+    @field_validator("account_url", "arm_endpoint", "batch_account_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_endpoint(value)
+        return value
+
+    @field_validator("message_ttl_s")
+    @classmethod
+    def _ttl(cls, value: int) -> int:
+        if value != -1 and value < 1:
+            raise ValueError("expected -1 (never expire) or a positive number of seconds")
+        return value
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def storage_mode(self) -> StorageMode:
+        if self.connection_string is not None:
+            return StorageMode.CONNECTION_STRING
+        if self.account_url is not None:
+            return StorageMode.SAS if self.sas_token is not None else StorageMode.IDENTITY
+        if self.sas_token is not None:
+            raise SettingsError(f"setting {ENV_PREFIX}SAS_TOKEN is set but {ENV_PREFIX}ACCOUNT_URL is not: a SAS token needs the account URL")
+        return StorageMode.EMBEDDED
+
+    @property
+    def uses_azure_storage(self) -> bool:
+        return self.storage_mode is not StorageMode.EMBEDDED
+
+    @property
+    def poison_queue(self) -> str:
+        return f"{self.queue}-poison"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model_cache if self.model_cache is not None else self.home / "models"
+
+    def secret_values(self) -> list[str]:
+        """Every secret string configured, and its notable parts, for redaction."""
+        values: list[str] = []
+        for secret in (self.connection_string, self.sas_token):
+            if secret is not None and secret.get_secret_value():
+                values.append(secret.get_secret_value())
+        if self.connection_string is not None:
+            values.extend(secret_parts_of_connection_string(self.connection_string.get_secret_value()))
+        if self.sas_token is not None:
+            values.extend(_signature_of(self.sas_token.get_secret_value()))
+        return sorted({v for v in values if len(v) >= 8}, key=len, reverse=True)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as a JSON-safe dict, secrets masked: for `--dry-run` and debug output."""
+        data = self.model_dump(mode="json")
+        for key in ("connection_string", "sas_token"):
+            if data.get(key):
+                data[key] = "***"
+        return data
+
+
+def secret_parts_of_connection_string(conn: str) -> list[str]:
+    """The secret values inside a connection string (account key, SAS signature and token)."""
+    parts: list[str] = []
+    for item in conn.split(";"):
+        key, _, value = item.partition("=")
+        if key.strip().lower() in {"accountkey", "sharedaccesssignature"} and value:
+            parts.append(value.strip())
+            parts.extend(_signature_of(value))
+    return parts
+
+
+def _signature_of(sas: str) -> list[str]:
+    out = []
+    for item in sas.lstrip("?").split("&"):
+        key, _, value = item.partition("=")
+        if key == "sig" and value:
+            out.append(value)
+    return out
+
+
+def check_endpoint(url: str) -> None:
+    """https everywhere; plain http only for loopback addresses (Azurite, test servers)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        raise ValueError(f"expected an http(s) URL, got {url!r}")
+    if parsed.scheme == "http" and not is_loopback(parsed.hostname):
+        raise ValueError(f"plain http is accepted only for loopback hosts; use https for {parsed.hostname}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def env_name(field: str) -> str:
+    if field == "connection_string":
+        return CONNECTION_STRING_ENV
+    return ENV_PREFIX + field.upper()
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a JSON or TOML config file; keys may be field names or WORKPOOL_* names."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist (from --config or {ENV_PREFIX}CONFIG)") from None
+    except OSError as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+        raise SettingsError(f"config file {path} is not valid {kind}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"config file {path} must hold an object of settings, not {type(raw).__name__}")
+    return {_field_name(key): value for key, value in raw.items()}
+
+
+def _field_name(key: str) -> str:
+    if key.upper() in {CONNECTION_STRING_ENV, ENV_PREFIX + "CONNECTION_STRING"}:
+        return "connection_string"
+    if key.upper().startswith(ENV_PREFIX):
+        return key[len(ENV_PREFIX) :].lower()
+    return key
+
+
+def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Build the settings from defaults < config file < environment < flags.
+
+    Flags whose value is None are treated as not given. Any problem raises `SettingsError`
+    naming the setting (its environment variable) and what was expected; secret values never
+    appear in the message.
+    """
+    if config_file is None and os.environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(os.environ[ENV_PREFIX + "CONFIG"])
+    file_values = read_config_file(config_file) if config_file is not None else {}
+    unknown = sorted(set(file_values) - set(Settings.model_fields))
+    if unknown:
+        raise SettingsError(f"config file {config_file} has unknown settings: {', '.join(unknown)}")
+    from_env = {_field_name(key) for key in EnvSettingsSource(Settings)()}
+    values = {k: v for k, v in file_values.items() if k not in from_env}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        settings = Settings(**values)
+        settings.storage_mode  # noqa: B018 - validates the combination of storage settings
+    except ValidationError as exc:
+        raise SettingsError(_describe_validation_error(exc)) from None
+    return settings
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        if field in Settings.model_fields:
+            name = f"setting {env_name(field)} ({field})"
+        else:
+            name = f"unknown setting {field!r}"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {msg}")
+    return "; ".join(lines)
