@@ -67,18 +67,26 @@ def _credential(settings: Settings) -> Any:
 
 def queue_service(settings: Settings) -> QueueServiceClient:
     if settings.connection_string is not None:
-        return QueueServiceClient.from_connection_string(settings.connection_string.get_secret_value(), **_CLIENT_OPTIONS)
+        return QueueServiceClient.from_connection_string(
+            settings.connection_string.get_secret_value(), **_CLIENT_OPTIONS
+        )
     if settings.account_url is None:
         raise WorkpoolError("Azure Storage is not configured")
-    return QueueServiceClient(service_url(settings.account_url, "queue"), credential=_credential(settings), **_CLIENT_OPTIONS)
+    return QueueServiceClient(
+        service_url(settings.account_url, "queue"), credential=_credential(settings), **_CLIENT_OPTIONS
+    )
 
 
 def blob_service(settings: Settings) -> BlobServiceClient:
     if settings.connection_string is not None:
-        return BlobServiceClient.from_connection_string(settings.connection_string.get_secret_value(), **_CLIENT_OPTIONS)
+        return BlobServiceClient.from_connection_string(
+            settings.connection_string.get_secret_value(), **_CLIENT_OPTIONS
+        )
     if settings.account_url is None:
         raise WorkpoolError("Azure Storage is not configured")
-    return BlobServiceClient(service_url(settings.account_url, "blob"), credential=_credential(settings), **_CLIENT_OPTIONS)
+    return BlobServiceClient(
+        service_url(settings.account_url, "blob"), credential=_credential(settings), **_CLIENT_OPTIONS
+    )
 
 
 def error_code(exc: HttpResponseError) -> str:

@@ -32,7 +32,9 @@ ConfigOption = Annotated[
         show_envvar=True,
     ),
 ]
-LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.", envvar="WORKPOOL_LOG_LEVEL")]
+LogLevelOption = Annotated[
+    str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.", envvar="WORKPOOL_LOG_LEVEL")
+]
 
 # The secrets of the settings in use, so errors printed by `fail` can be redacted too.
 _secrets: list[str] = []

@@ -27,7 +27,7 @@ class BatchMessage(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     run_id: str = Field(pattern=ID_PATTERN)
     batch_id: str = Field(pattern=ID_PATTERN)
     task: str = Field(min_length=1, max_length=200)
@@ -113,7 +113,9 @@ def pack_batches(names: Iterable[str], batch_size: int, overhead_bytes: int) -> 
     for name in names:
         cost = encoded_size(json.dumps(name, ensure_ascii=False)) + 1
         if cost > budget:
-            raise MessageTooLargeError(f"image name of {cost} encoded bytes cannot fit in any message: {name[:80]!r}...")
+            raise MessageTooLargeError(
+                f"image name of {cost} encoded bytes cannot fit in any message: {name[:80]!r}..."
+            )
         if batch and (len(batch) >= batch_size or used + cost > budget):
             yield batch
             batch, used = [], 0

@@ -15,7 +15,7 @@ so a batch scored twice still yields one row per image. The timing record is sep
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,7 +32,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_id: str
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     source: str
     task: str
     model: str | None = None
@@ -88,7 +88,7 @@ class PoisonReport(BaseModel):
     reason: str
     attempts: int
     worker: str | None = None
-    poisoned_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    poisoned_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class RunStore:
@@ -143,7 +143,9 @@ class RunStore:
 
     # --- batch timing records --------------------------------------------------------------
     def write_batch_record(self, record: BatchRecord) -> None:
-        self.store.write(self._key(record.run_id, "batches", f"{record.batch_id}.json"), record.model_dump_json().encode())
+        self.store.write(
+            self._key(record.run_id, "batches", f"{record.batch_id}.json"), record.model_dump_json().encode()
+        )
 
     def read_batch_records(self, run_id: str) -> list[BatchRecord]:
         return [
@@ -153,7 +155,9 @@ class RunStore:
 
     # --- poison reports --------------------------------------------------------------------
     def write_poison(self, report: PoisonReport) -> None:
-        self.store.write(self._key(report.run_id, "poison", f"{report.batch_id}.json"), report.model_dump_json().encode())
+        self.store.write(
+            self._key(report.run_id, "poison", f"{report.batch_id}.json"), report.model_dump_json().encode()
+        )
 
     def read_poison(self, run_id: str) -> list[PoisonReport]:
         return [

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import tomllib
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -41,7 +41,7 @@ _QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,55}$")
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 
 
-class StorageMode(str, Enum):
+class StorageMode(StrEnum):
     EMBEDDED = "embedded"
     CONNECTION_STRING = "connection-string"
     SAS = "sas"
@@ -69,20 +69,30 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(CONNECTION_STRING_ENV, ENV_PREFIX + "CONNECTION_STRING"),
         description="Azure Storage connection string.",
     )
-    account_url: str | None = Field(None, description="Storage account URL (https://<acct>.queue… or the account's base URL).")
+    account_url: str | None = Field(
+        None, description="Storage account URL (https://<acct>.queue… or the account's base URL)."
+    )
     sas_token: SecretStr | None = Field(None, description="SAS token used with account_url.")
 
     # --- work ---------------------------------------------------------------------------
     batch_size: int = Field(64, gt=0, description="Images per batch message.")
     message_ttl_s: int = Field(-1, description="Message time-to-live in seconds; -1 never expires.")
-    visibility_timeout_s: int = Field(120, ge=1, le=7 * 24 * 3600, description="Lease on a received batch; renewed in the background.")
+    visibility_timeout_s: int = Field(
+        120, ge=1, le=7 * 24 * 3600, description="Lease on a received batch; renewed in the background."
+    )
     max_attempts: int = Field(5, ge=1, description="Deliveries before a batch is dead-lettered.")
-    idle_exit_s: float | None = Field(None, gt=0, description="Consumer exits after the queue has been empty this long.")
+    idle_exit_s: float | None = Field(
+        None, gt=0, description="Consumer exits after the queue has been empty this long."
+    )
     prefetch_batches: int = Field(1, ge=0, description="Batches received and decoded ahead of the one being scored.")
     decode_threads: int = Field(0, ge=0, description="Image decode threads; 0 sizes the pool to the machine.")
-    precision: Literal["float32", "mixed"] = Field("float32", description="float32, or Keras mixed precision (float16 compute) for GPUs.")
+    precision: Literal["float32", "mixed"] = Field(
+        "float32", description="float32, or Keras mixed precision (float16 compute) for GPUs."
+    )
     xla: bool = Field(False, description="Compile the model call with XLA.")
-    allow_unsafe_models: bool = Field(False, description="Allow models whose loading runs arbitrary Python (Lambda layers).")
+    allow_unsafe_models: bool = Field(
+        False, description="Allow models whose loading runs arbitrary Python (Lambda layers)."
+    )
     model_cache: Path | None = Field(None, description="Where downloaded models are cached (default <home>/models).")
 
     # --- cluster placement (Batch AI and Azure Batch) ------------------------------------
@@ -148,7 +158,10 @@ class Settings(BaseSettings):
         if self.account_url is not None:
             return StorageMode.SAS if self.sas_token is not None else StorageMode.IDENTITY
         if self.sas_token is not None:
-            raise SettingsError(f"setting {ENV_PREFIX}SAS_TOKEN is set but {ENV_PREFIX}ACCOUNT_URL is not: a SAS token needs the account URL")
+            raise SettingsError(
+                f"setting {ENV_PREFIX}SAS_TOKEN is set but {ENV_PREFIX}ACCOUNT_URL is not: "
+                "a SAS token needs the account URL"
+            )
         return StorageMode.EMBEDDED
 
     @property

@@ -7,9 +7,10 @@ request at a time reaches a small fraction of that.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, QueueMessage, QueueServiceClient
@@ -28,11 +29,8 @@ class AzureQueue(WorkQueue):
 
     def create(self) -> None:
         for client in (self._client, self._service.get_queue_client(self.poison_name)):
-            with azure_errors(f"create queue {client.queue_name}"):
-                try:
-                    client.create_queue()
-                except ResourceExistsError:
-                    pass
+            with azure_errors(f"create queue {client.queue_name}"), contextlib.suppress(ResourceExistsError):
+                client.create_queue()
 
     def send(self, bodies: Sequence[str], *, ttl_s: int = -1, delay_s: int = 0) -> None:
         def send_one(body: str) -> None:
@@ -72,7 +70,9 @@ class AzureQueue(WorkQueue):
             self._client.delete_message(message.id, message.receipt)
 
     def dead_letter(self, message: Received, reason: str) -> None:
-        record = PoisonRecord(body=message.body, reason=reason, attempts=message.dequeue_count, dead_lettered_at=now_iso())
+        record = PoisonRecord(
+            body=message.body, reason=reason, attempts=message.dequeue_count, dead_lettered_at=now_iso()
+        )
         # Send first, delete second: a crash in between leaves a duplicate, never a loss.
         with azure_errors(f"dead-letter to queue {self.poison_name}"):
             self._service.get_queue_client(self.poison_name).send_message(record.encode(), time_to_live=-1)
@@ -82,7 +82,9 @@ class AzureQueue(WorkQueue):
         counts = []
         for name in (self.name, self.poison_name):
             with azure_errors(f"count queue {name}"):
-                counts.append(int(self._service.get_queue_client(name).get_queue_properties().approximate_message_count or 0))
+                counts.append(
+                    int(self._service.get_queue_client(name).get_queue_properties().approximate_message_count or 0)
+                )
         return Depth(messages=counts[0], poison=counts[1])
 
     def purge(self) -> None:
@@ -97,7 +99,7 @@ class AzureQueue(WorkQueue):
 
 
 def _received(m: QueueMessage) -> Received:
-    inserted = m.inserted_on or datetime.now(timezone.utc)
+    inserted = m.inserted_on or datetime.now(UTC)
     return Received(
         id=str(m.id),
         receipt=str(m.pop_receipt),

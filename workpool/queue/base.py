@@ -12,7 +12,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 MAX_RECEIVE = 32  # Azure's ceiling for one receive call; the embedded backend keeps it too.
@@ -64,7 +64,7 @@ class PoisonRecord:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 class WorkQueue(ABC):
@@ -122,7 +122,7 @@ class WorkQueue(ABC):
     def poison(self) -> WorkQueue:
         """The poison queue as a queue of its own (its bodies are `PoisonRecord` JSON)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to close
         """Release connections. Safe to call twice."""
 
     def __enter__(self) -> WorkQueue:

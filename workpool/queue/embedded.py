@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from workpool.errors import LeaseLostError, StorageUnavailableError
@@ -131,7 +131,7 @@ class EmbeddedQueue(WorkQueue):
                 receipt=r[1],
                 body=r[2],
                 dequeue_count=r[3],
-                inserted_at=datetime.fromtimestamp(r[4], timezone.utc),
+                inserted_at=datetime.fromtimestamp(r[4], UTC),
             )
             for r in rows
         ]
@@ -163,7 +163,9 @@ class EmbeddedQueue(WorkQueue):
                 raise LeaseLostError(f"message {message.id} on {self.name}: receipt is stale or message is gone")
 
     def dead_letter(self, message: Received, reason: str) -> None:
-        record = PoisonRecord(body=message.body, reason=reason, attempts=message.dequeue_count, dead_lettered_at=now_iso())
+        record = PoisonRecord(
+            body=message.body, reason=reason, attempts=message.dequeue_count, dead_lettered_at=now_iso()
+        )
         now = self._clock()
         with self._tx() as conn:
             cur = conn.execute(

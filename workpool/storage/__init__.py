@@ -15,7 +15,7 @@ from workpool.settings import Settings
 from workpool.storage.base import ObjectStore
 from workpool.storage.local import LocalStore
 
-__all__ = ["ObjectStore", "LocalStore", "Location", "parse_location", "open_location", "open_result_store"]
+__all__ = ["LocalStore", "Location", "ObjectStore", "open_location", "open_result_store", "parse_location"]
 
 AZ_SCHEME = "az://"
 

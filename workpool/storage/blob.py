@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -24,11 +25,8 @@ class BlobStore(ObjectStore):
                 raise NotFoundError(f"container {self.container} does not exist")
 
     def ensure(self) -> None:
-        with azure_errors(f"create container {self.container}"):
-            try:
-                self._client.create_container()
-            except ResourceExistsError:
-                pass
+        with azure_errors(f"create container {self.container}"), contextlib.suppress(ResourceExistsError):
+            self._client.create_container()
 
     def list(self, prefix: str = "") -> Iterator[str]:
         with azure_errors(f"list {self.location}/{prefix}"):
@@ -60,8 +58,5 @@ class BlobStore(ObjectStore):
             return bool(self._client.get_blob_client(name).exists())
 
     def delete(self, name: str) -> None:
-        with azure_errors(f"delete {self.location}/{name}"):
-            try:
-                self._client.delete_blob(name)
-            except ResourceNotFoundError:
-                pass
+        with azure_errors(f"delete {self.location}/{name}"), contextlib.suppress(ResourceNotFoundError):
+            self._client.delete_blob(name)

@@ -1,0 +1,3 @@
+from workpool.doctor import app
+
+app(prog_name="workpool")
