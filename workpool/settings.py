@@ -106,6 +106,35 @@ class Settings(BaseSettings):
     vm_size: str = "STANDARD_NC6"
     vm_priority: Literal["dedicated", "lowpriority"] = "dedicated"
     arm_endpoint: str = "https://management.azure.com"
+    # What the cluster backends put on each node (docs/azure.md explains each one).
+    image_publisher: str = Field("microsoft-dsvm", description="Node OS image: marketplace publisher.")
+    image_offer: str = Field("ubuntu-hpc", description="Node OS image: offer (ubuntu-hpc ships NVIDIA drivers).")
+    image_sku: str = Field("2204", description="Node OS image: SKU.")
+    image_version: str = Field("latest", description="Node OS image: version.")
+    node_agent_sku_id: str = Field("batch.node.ubuntu 22.04", description="Azure Batch node agent matching the image.")
+    node_package: str = Field(
+        "workpool",
+        description="pip requirement that installs the project on nodes (name, wheel URL or git+https URL).",
+    )
+    node_workers: str = Field("auto", description="`consumer run --workers` on each node: auto (one per GPU) or N.")
+    experiment: str = Field("workpool", description="Batch AI experiment holding the consumer jobs.")
+    batchai_admin_user: str = Field("workpool", description="Batch AI cluster admin user name.")
+    batchai_ssh_public_key: str | None = Field(None, description="Batch AI cluster admin's SSH public key.")
+    batchai_log_path: str = Field(
+        "$AZ_BATCHAI_JOB_TEMP", description="Batch AI stdOutErrPathPrefix (a mounted path keeps logs after the node)."
+    )
+    batch_job: str = Field("workpool", description="Azure Batch job id holding the consumer tasks.")
+    batch_account_name: str | None = Field(None, description="Azure Batch account name (default: from the URL).")
+    batch_account_key: SecretStr | None = Field(None, description="Azure Batch shared key (default: Entra ID).")
+    managed_identity_id: str | None = Field(
+        None, description="Resource id of a user-assigned managed identity for Azure Batch pool nodes."
+    )
+    managed_identity_client_id: str | None = Field(
+        None, description="Client id of that identity; nodes get it as AZURE_CLIENT_ID for DefaultAzureCredential."
+    )
+    cluster_poll_interval_s: float = Field(
+        10.0, ge=0, description="Seconds between polls of long-running cluster operations."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -179,7 +208,7 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret string configured, and its notable parts, for redaction."""
         values: list[str] = []
-        for secret in (self.connection_string, self.sas_token):
+        for secret in (self.connection_string, self.sas_token, self.batch_account_key):
             if secret is not None and secret.get_secret_value():
                 values.append(secret.get_secret_value())
         if self.connection_string is not None:
@@ -191,7 +220,7 @@ class Settings(BaseSettings):
     def describe(self) -> dict[str, Any]:
         """Settings as a JSON-safe dict, secrets masked: for `--dry-run` and debug output."""
         data = self.model_dump(mode="json")
-        for key in ("connection_string", "sas_token"):
+        for key in ("connection_string", "sas_token", "batch_account_key"):
             if data.get(key):
                 data[key] = "***"
         return data
