@@ -1,0 +1,144 @@
+"""`producer enqueue`: a source becomes a run: listing → plan → manifest → messages.
+
+The order is the guarantee. Every check (run id, task, model and labels, the source, every name
+and every message's size) happens before anything is written; the manifest is written before the
+first message is sent, so every message on the queue belongs to a recorded run; if something
+fails before sending starts, the manifest is removed again and nothing is left behind.
+
+Other code (the benchmark, the demo) calls `enqueue(settings, EnqueueRequest(...))` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from producer.plan import RunSpec, plan_run
+from producer.progress import progress
+from producer.retry import retry_transient
+from producer.sending import SendIncomplete, send_all
+from producer.sources import IMAGE_EXTENSIONS, list_source
+from producer.validate import check_run_id, check_task, check_uri, new_run_id
+from workpool.errors import UsageError, WorkpoolError
+from workpool.queue import open_queue
+from workpool.runs import RunStore
+from workpool.settings import Settings
+from workpool.storage import open_result_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnqueueRequest:
+    source: str
+    run_id: str | None = None
+    task: str = "classification"
+    model: str | None = None
+    labels: str | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class EnqueueSummary:
+    run_id: str
+    source: str
+    queue: str
+    task: str
+    model: str | None
+    labels: str | None
+    batch_size: int
+    images: int
+    batches: int
+    skipped: int
+    duplicates: int
+    seconds: float
+    send_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def enqueue(settings: Settings, request: EnqueueRequest, *, progress_bar: bool | None = None) -> EnqueueSummary:
+    started = time.monotonic()
+    run_id = check_run_id(request.run_id) if request.run_id is not None else new_run_id()
+    task = check_task(request.task)
+    if request.limit is not None and request.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {request.limit}")
+    runs = RunStore(open_result_store(settings))
+    refuse_existing_run(runs, run_id)
+    model = check_uri(settings, request.model, "model")
+    labels = check_uri(settings, request.labels, "labels")
+
+    listing = list_source(settings, request.source)
+    images = listing.images if request.limit is None else listing.images[: request.limit]
+    if not images:
+        raise UsageError(f"no images in {request.source}{_skipped_note(listing.skipped)}; nothing enqueued")
+    spec = RunSpec(
+        run_id=run_id,
+        source=listing.source,
+        task=task,
+        model=model,
+        labels=labels,
+        batch_size=settings.batch_size,
+        queue=settings.queue,
+    )
+    plan = plan_run(spec, images, skipped=listing.skipped)
+    log.debug("run %s: %d images in %d batches from %s", run_id, len(images), len(plan.bodies), listing.source)
+
+    with open_queue(settings) as queue:
+        retry_transient(queue.create, f"create queue {queue.name}")
+        retry_transient(runs.store.ensure, f"create result store {runs.store.location}")
+        refuse_existing_run(runs, run_id)  # again, now that the listing may have taken a while
+        retry_transient(lambda: runs.write_manifest(plan.manifest), f"write manifest of run {run_id}")
+        send_started = time.monotonic()
+        sending = False
+        try:
+            with progress(len(plan.bodies), f"enqueue {run_id}", bar=progress_bar) as advance:
+                sending = True
+                send_all(queue, plan.bodies, ttl_s=settings.message_ttl_s, on_sent=advance)
+        except SendIncomplete as exc:
+            raise WorkpoolError(f"run {run_id}: {exc}. {_finish_hint(run_id)}") from None
+        except BaseException:
+            if sending:
+                log.error("run %s was interrupted while sending. %s", run_id, _finish_hint(run_id))
+            else:
+                runs.delete_manifest(run_id)  # nothing sent: leave no trace of the run
+            raise
+        finished = time.monotonic()
+
+    return EnqueueSummary(
+        run_id=run_id,
+        source=listing.source,
+        queue=settings.queue,
+        task=task,
+        model=model,
+        labels=labels,
+        batch_size=settings.batch_size,
+        images=len(images),
+        batches=len(plan.bodies),
+        skipped=listing.skipped,
+        duplicates=listing.duplicates,
+        seconds=round(finished - started, 3),
+        send_seconds=round(finished - send_started, 3),
+    )
+
+
+def refuse_existing_run(runs: RunStore, run_id: str) -> None:
+    if runs.has_manifest(run_id):
+        raise UsageError(
+            f"run {run_id} already exists in {runs.store.location}; a run is enqueued once. "
+            f"To re-send its work use `producer requeue --run {run_id} --failed` (poisoned batches) "
+            f"or `--missing` (batches without results), or pick a new --run"
+        )
+
+
+def _skipped_note(skipped: int) -> str:
+    if not skipped:
+        return ""
+    return f" ({skipped} files skipped: not {'/'.join(e.lstrip('.') for e in sorted(IMAGE_EXTENSIONS))})"
+
+
+def _finish_hint(run_id: str) -> str:
+    return f"Its manifest is written; send the rest with `producer requeue --run {run_id} --missing`"

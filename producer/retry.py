@@ -1,0 +1,56 @@
+"""Riding out short storage outages: retry transient errors with capped exponential backoff.
+
+The SDK already retries a request a couple of times within seconds; this is the longer,
+outer patience of a command that has real work in hand (a half-sent run), so a storage
+account that blinks for 15 s costs a pause, not the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from workpool.errors import TransientError
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    first_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+    give_up_after_s: float = 120.0  # of consecutive failure of one operation
+
+
+def retry_transient(
+    operation: Callable[[], T],
+    what: str,
+    policy: RetryPolicy = RetryPolicy(),
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Run `operation`; on `TransientError` wait and try again until `give_up_after_s` has passed.
+
+    Permanent errors pass straight through. The last transient error is re-raised when patience
+    runs out, so the caller can say what was left undone.
+    """
+    started = clock()
+    delay = policy.first_delay_s
+    attempt = 1
+    while True:
+        try:
+            return operation()
+        except TransientError as exc:
+            waited = clock() - started
+            if waited + delay > policy.give_up_after_s:
+                log.error("%s: giving up after %d attempts over %.0f s: %s", what, attempt, waited, exc)
+                raise
+            log.warning("%s failed (%s); retrying in %.1f s (attempt %d)", what, exc, delay, attempt + 1)
+            sleep(delay)
+            delay = min(delay * 2, policy.max_delay_s)
+            attempt += 1
