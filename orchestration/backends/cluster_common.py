@@ -1,0 +1,243 @@
+"""What both cluster backends (Batch AI, Azure Batch) share.
+
+- what runs on a node: the command that installs the project and the one that starts
+  `consumer run`, and the environment that hands the queue and storage settings to it, split
+  into plain values and secrets so each backend can send secrets its safest way;
+- Azure credentials and the management-plane client options (sovereign-cloud scopes, plain
+  http only for loopback test servers, fast polling);
+- turning Azure errors into one clear message naming what failed, plus what was already made.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline import PipelineRequest
+from azure.core.pipeline.policies import SansIOHTTPPolicy
+
+from workpool.errors import SettingsError, WorkpoolError
+from workpool.logs import redact
+from workpool.settings import CONNECTION_STRING_ENV, Settings, env_name, is_loopback
+
+log = logging.getLogger(__name__)
+
+# Where the setup/start task installs the project on a node; the consumer runs from there.
+NODE_VENV = "/opt/workpool/venv"
+CONSUMER_WORKER_ENV = "WORKPOOL_WORKER_ID"
+
+# Settings a consumer on a node needs, beside storage credentials. Only non-default values
+# travel, so a node's own defaults stay in charge of everything the user did not set.
+_NODE_FIELDS = (
+    "queue",
+    "results",
+    "visibility_timeout_s",
+    "max_attempts",
+    "idle_exit_s",
+    "prefetch_batches",
+    "decode_threads",
+    "precision",
+    "xla",
+    "allow_unsafe_models",
+    "message_ttl_s",
+)
+
+
+def require(settings: Settings, backend: str, *fields: str) -> None:
+    """Raise SettingsError (exit 2) naming every missing setting by its variable."""
+    missing = [env_name(f) for f in fields if not getattr(settings, f)]
+    if missing:
+        raise SettingsError(
+            f"the {backend} backend needs {', '.join(missing)} (set them in the environment or --config)"
+        )
+
+
+# --- what runs on a node --------------------------------------------------------------------
+def install_command() -> str:
+    """Shell line for the node setup/start task: a virtualenv with the project in it.
+
+    The package comes from $WORKPOOL_NODE_PACKAGE, never from the command line itself, so a
+    wheel URL carrying a SAS token is not shown wherever command lines are (portal, logs).
+    """
+    script = (
+        "set -euo pipefail; "
+        f"python3 -m venv {NODE_VENV}; "
+        f"{NODE_VENV}/bin/pip install --upgrade pip; "
+        f'{NODE_VENV}/bin/pip install "$WORKPOOL_NODE_PACKAGE"'
+    )
+    return f"/bin/bash -c {shlex.quote(script)}"
+
+
+def consumer_command(settings: Settings, worker_id: str) -> str:
+    """Shell line that runs the consumer: one worker per GPU with `--workers auto`."""
+    args = [f"{NODE_VENV}/bin/consumer", "run", "--workers", settings.node_workers, "--worker-id", worker_id]
+    return f"/bin/bash -c {shlex.quote(shlex.join(args))}"
+
+
+@dataclass
+class NodeEnvironment:
+    plain: dict[str, str] = field(default_factory=dict)
+    secret: dict[str, str] = field(default_factory=dict)
+
+
+def node_environment(settings: Settings, *, identity: bool = False) -> NodeEnvironment:
+    """Queue, storage and work settings for consumers on cluster nodes.
+
+    With `identity`, nodes sign in with their managed identity: only the storage account URL
+    travels, never a key or SAS token, even when this machine uses one.
+    """
+    env = NodeEnvironment()
+    defaults = Settings.model_fields
+    for name in _NODE_FIELDS:
+        value = getattr(settings, name)
+        if name in ("queue", "results") or (value is not None and value != defaults[name].default):
+            env.plain[env_name(name)] = _env_text(value)
+    if identity:
+        url = settings.account_url or account_url_of_connection_string(settings)
+        if url is None:
+            raise SettingsError(
+                f"nodes with a managed identity need the storage account: set {env_name('account_url')} "
+                "(for example https://<account>.blob.core.windows.net)"
+            )
+        env.plain[env_name("account_url")] = url
+        if settings.managed_identity_client_id:
+            env.plain["AZURE_CLIENT_ID"] = settings.managed_identity_client_id
+        return env
+    if settings.account_url is not None:
+        env.plain[env_name("account_url")] = settings.account_url
+    if settings.sas_token is not None:
+        env.secret[env_name("sas_token")] = settings.sas_token.get_secret_value()
+    if settings.connection_string is not None:
+        env.secret[CONNECTION_STRING_ENV] = settings.connection_string.get_secret_value()
+    return env
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def account_url_of_connection_string(settings: Settings) -> str | None:
+    """The blob endpoint named by the connection string (for nodes that sign in without it)."""
+    if settings.connection_string is None:
+        return None
+    parts = {}
+    for item in settings.connection_string.get_secret_value().split(";"):
+        key, _, value = item.partition("=")
+        parts[key.strip().lower()] = value.strip()
+    if parts.get("blobendpoint"):
+        return parts["blobendpoint"]
+    if parts.get("accountname"):
+        protocol = parts.get("defaultendpointsprotocol", "https")
+        suffix = parts.get("endpointsuffix", "core.windows.net")
+        return f"{protocol}://{parts['accountname']}.blob.{suffix}"
+    return None
+
+
+def storage_is_embedded(settings: Settings) -> bool:
+    return not settings.uses_azure_storage
+
+
+def warn_if_embedded(settings: Settings, backend: str) -> None:
+    if storage_is_embedded(settings):
+        raise SettingsError(
+            f"the {backend} backend needs Azure Storage for the queue and results: set "
+            f"{CONNECTION_STRING_ENV}, or {env_name('account_url')} (with {env_name('sas_token')} "
+            "or a managed identity); the embedded queue lives on this machine only"
+        )
+
+
+# --- credentials and client options ---------------------------------------------------------
+def default_credential() -> Any:
+    """Entra ID sign-in: environment, managed identity, Azure CLI (`az login`), …"""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+class LoopbackHttpPolicy(SansIOHTTPPolicy[Any, Any]):
+    """Let a bearer token go over plain http to a loopback test server, and nowhere else.
+
+    azure-core refuses bearer tokens on http. Settings already accept http only for loopback
+    hosts; this policy checks the host again on every request before relaxing the rule.
+    """
+
+    def on_request(self, request: PipelineRequest[Any]) -> None:
+        url = urlparse(request.http_request.url)
+        if url.scheme == "http" and is_loopback(url.hostname or ""):
+            request.context["enforce_https"] = False
+
+
+def arm_client_options(settings: Settings) -> dict[str, Any]:
+    """Options for ARM clients: the cloud's token scope, loopback http, polling, few retries."""
+    return {
+        "credential_scopes": [settings.arm_endpoint.rstrip("/") + "/.default"],
+        "per_call_policies": [LoopbackHttpPolicy()],
+        "polling_interval": settings.cluster_poll_interval_s,
+        "retry_total": 2,
+        "retry_backoff_factor": 0.5,
+    }
+
+
+# --- errors and what was made -----------------------------------------------------------------
+@dataclass
+class Made:
+    """What a launch created or changed so far, for an honest error message."""
+
+    items: list[str] = field(default_factory=list)
+
+    def add(self, item: str) -> None:
+        self.items.append(item)
+        log.info("made %s", item)
+
+    def note(self) -> str:
+        if not self.items:
+            return "nothing was created"
+        return "already made: " + "; ".join(self.items) + " (remove with `orchestration teardown --delete`)"
+
+
+def service_error(exc: HttpResponseError) -> str:
+    """'409 Conflict: Code: message' from an ARM or Batch error body."""
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None) or ""
+    message = getattr(error, "message", None) or ""
+    status = exc.status_code or 0
+    reason = exc.reason or ""
+    text = f"{status} {reason}".strip()
+    if code or message:
+        text += f": {code}" + (f": {message}" if message else "")
+    return text
+
+
+@contextmanager
+def cluster_errors(what: str, settings: Settings, made: Made | None = None) -> Iterator[None]:
+    """Raise WorkpoolError (exit 1) saying what failed, why, and what was already made."""
+    secrets = settings.secret_values()
+    suffix = f"; {made.note()}" if made is not None else ""
+    try:
+        yield
+    except WorkpoolError as exc:
+        if made is not None and made.items and "already made" not in str(exc):
+            raise type(exc)(f"{exc}{suffix}") from None
+        raise
+    except ClientAuthenticationError as exc:
+        raise WorkpoolError(redact(f"{what}: authentication failed ({service_error(exc)}){suffix}", secrets)) from None
+    except HttpResponseError as exc:
+        raise WorkpoolError(redact(f"{what} failed: {service_error(exc)}{suffix}", secrets)) from None
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise WorkpoolError(redact(f"{what}: service unreachable ({exc}){suffix}", secrets)) from None
+    except AzureError as exc:
+        raise WorkpoolError(redact(f"{what} failed: {exc}{suffix}", secrets)) from None
