@@ -153,6 +153,18 @@ class RunStore:
             for batch_id in self._ids(run_id, "batches", ".json")
         ]
 
+    def record_batch_ids(self, run_id: str) -> set[str]:
+        """Batch ids that have a timing record (i.e. were acked)."""
+        return set(self._ids(run_id, "batches", ".json"))
+
+    def read_batch_record(self, run_id: str, batch_id: str) -> BatchRecord | None:
+        """One batch's timing record, or None when it has none (yet)."""
+        try:
+            data = self.store.read(self._key(run_id, "batches", f"{batch_id}.json"))
+        except NotFoundError:
+            return None
+        return BatchRecord.model_validate_json(data)
+
     # --- poison reports --------------------------------------------------------------------
     def write_poison(self, report: PoisonReport) -> None:
         self.store.write(

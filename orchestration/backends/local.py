@@ -1,0 +1,220 @@
+"""The local backend: a node is a supervised `consumer run` process on this machine.
+
+`launch` starts a detached supervisor (`orchestration.supervisor`) that keeps the target number
+of nodes running and respawns crashed ones; `scale` rewrites the target it watches, from any
+shell; `teardown` SIGTERMs it, and it stops its nodes gracefully (their batches are released)
+before exiting. Everything lives under `<home>/local/<queue>/`, so the pool outlives the
+command that launched it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestration.environment import secret_names, settings_env
+from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
+from orchestration.local_state import (
+    SUPERVISOR_MODULE,
+    PoolRecord,
+    node_command,
+    pid_alive,
+    read_json,
+    read_pool,
+    read_target,
+    state_dir,
+    write_target,
+)
+from workpool.errors import UsageError, WorkpoolError
+from workpool.settings import Settings
+
+
+class LocalLauncher(Launcher):
+    name = "local"
+
+    def __init__(self, settings: Settings, *, grace_s: float = 30.0, start_timeout_s: float = 60.0) -> None:
+        self.settings = settings
+        self.directory = state_dir(settings)
+        self.grace_s = grace_s
+        self.start_timeout_s = start_timeout_s
+
+    # --- the supervisor ----------------------------------------------------------------------
+    def supervisor_pid(self) -> int | None:
+        """The running supervisor's pid, or None (never started, torn down, or dead)."""
+        data = read_json(self.directory / "supervisor.json")
+        pid = int(data["pid"]) if data else None
+        return pid if pid_alive(pid, SUPERVISOR_MODULE) else None
+
+    def _log_tail(self, name: str = "supervisor.log", lines: int = 15) -> str:
+        path = self.directory / "logs" / name
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def _wait_until(self, done: Callable[[PoolRecord], bool], what: str, timeout_s: float) -> PoolRecord:
+        started = time.monotonic()
+        deadline = started + timeout_s
+        while True:
+            pool = read_pool(self.directory)
+            if pool is not None and done(pool):
+                return pool
+            # The detached supervisor needs a moment to write its pid; after that, its absence
+            # means it died (a broken install, an unwritable home) and waiting is pointless.
+            if time.monotonic() > started + 5 and self.supervisor_pid() is None:
+                raise WorkpoolError(f"the local supervisor exited while {what}; its log:\n{self._log_tail()}")
+            if time.monotonic() > deadline:
+                raise WorkpoolError(f"timed out after {timeout_s:.0f} s {what}; supervisor log:\n{self._log_tail()}")
+            time.sleep(0.1)
+
+    # --- Launcher ----------------------------------------------------------------------------
+    def launch(self, nodes: int) -> None:
+        _check_nodes(nodes)
+        if self.supervisor_pid() is not None:
+            pool = read_pool(self.directory)
+            size = pool.target if pool else "?"
+            raise UsageError(
+                f"a local pool for queue {self.settings.queue} is already running ({size} nodes): "
+                "use `orchestration scale --nodes M`, or `orchestration teardown` first"
+            )
+        self._kill_orphans()
+        logs = self.directory / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (self.directory / "nodes.json").unlink(missing_ok=True)
+        write_target(self.directory, nodes)
+        with open(logs / "supervisor.log", "ab") as out:
+            # The supervisor forks itself away; this child exits at once and is reaped here.
+            subprocess.run(
+                [sys.executable, "-m", SUPERVISOR_MODULE, str(self.directory), str(self.grace_s)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=settings_env(self.settings),
+                start_new_session=True,
+                check=True,
+            )
+        self._wait_until(
+            lambda p: p.target == nodes and _running(p) == nodes,
+            f"waiting for {nodes} local node(s) to start",
+            self.start_timeout_s,
+        )
+
+    def scale(self, nodes: int) -> None:
+        _check_nodes(nodes)
+        if self.supervisor_pid() is None:
+            raise UsageError(f"no local pool is running for queue {self.settings.queue}: use `orchestration launch`")
+        write_target(self.directory, nodes)
+        # Returns once added nodes run and extras have been asked to stop (they finish releasing
+        # their batch on their own).
+        self._wait_until(
+            lambda p: p.target == nodes and _running(p) == nodes,
+            f"scaling to {nodes} local node(s)",
+            self.start_timeout_s,
+        )
+
+    def state(self) -> ClusterState:
+        pid = self.supervisor_pid()
+        pool = read_pool(self.directory)
+        target = read_target(self.directory) or 0
+        if pid is None:
+            detail = "not running" if pool is None or not pool.nodes else "supervisor is not running (run teardown)"
+            nodes = (
+                []
+                if pool is None
+                else [NodeInfo(n.id, "unsupervised", f"pid {n.pid}") for n in pool.nodes if pid_alive(n.pid)]
+            )
+            return ClusterState(backend=self.name, target_nodes=0 if not nodes else target, nodes=nodes, detail=detail)
+        infos = []
+        for n in pool.nodes if pool else []:
+            parts = [f"pid {n.pid}"] if n.pid else []
+            if n.restarts:
+                parts.append(f"{n.restarts} restart(s)")
+            if n.last_exit:
+                parts.append(f"last exit: {n.last_exit}")
+            infos.append(NodeInfo(n.id, n.state, ", ".join(parts)))
+        return ClusterState(
+            backend=self.name,
+            target_nodes=target,
+            nodes=infos,
+            detail=f"supervisor pid {pid}, logs in {self.directory / 'logs'}",
+        )
+
+    def teardown(self, delete: bool = False) -> None:
+        pid = self.supervisor_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.grace_s + 10
+            while pid_alive(pid, SUPERVISOR_MODULE) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if pid_alive(pid, SUPERVISOR_MODULE):
+                os.kill(pid, signal.SIGKILL)
+        self._kill_orphans()
+        (self.directory / "target.json").unlink(missing_ok=True)
+        (self.directory / "supervisor.json").unlink(missing_ok=True)
+        if delete and self.directory.exists():
+            shutil.rmtree(self.directory)
+
+    def describe(self, nodes: int) -> list[PlannedRequest]:
+        _check_nodes(nodes)
+        env = settings_env(self.settings, base={})
+        secrets = secret_names()
+        shown = {
+            k: ("***" if k in secrets else v)
+            for k, v in sorted(env.items())
+            if k.startswith("WORKPOOL_") or k in secrets
+        }
+        requests = [
+            PlannedRequest(
+                method="spawn",
+                path=f"{sys.executable} -m {SUPERVISOR_MODULE} {self.directory}",
+                body={"target_nodes": nodes, "environment": shown},
+                note="detached supervisor; keeps the nodes running and respawns crashed ones",
+            )
+        ]
+        from orchestration.supervisor import slot_id
+
+        for slot in range(1, nodes + 1):
+            node_id = slot_id(slot)
+            requests.append(
+                PlannedRequest(
+                    method="spawn",
+                    path=" ".join(node_command(sys.executable, node_id, self.settings.node_workers)),
+                    note=f"node {node_id}; log in {self.directory / 'logs' / (node_id + '.log')}",
+                )
+            )
+        return requests
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _kill_orphans(self) -> None:
+        """Nodes left running by a supervisor that was killed itself (SIGKILL, OOM): stop them."""
+        pool = read_pool(self.directory)
+        if pool is None:
+            return
+        pids = [n.pid for n in pool.nodes if n.pid and pid_alive(n.pid, "consumer")]
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        while any(pid_alive(p, "consumer") for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in pids:
+            if pid_alive(pid, "consumer"):
+                os.kill(pid, signal.SIGKILL)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.directory / "logs"
+
+
+def _running(pool: PoolRecord) -> int:
+    return sum(1 for n in pool.nodes if n.state == "running" and pid_alive(n.pid))
+
+
+def _check_nodes(nodes: int) -> None:
+    if nodes < 0:
+        raise UsageError(f"--nodes must be 0 or more, got {nodes}")

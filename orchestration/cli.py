@@ -1,0 +1,273 @@
+"""`orchestration`: launch and scale the pool, watch it, measure the drain, export results, benchmark.
+
+Every command reads the one settings object (WORKPOOL_* variables, --config FILE). Exit codes:
+0 success, 1 failure during the work (a poisoned batch included), 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from orchestration.backends import BACKENDS, open_launcher
+from orchestration.deployment import forget_backend, record_backend, resolve_backend
+from orchestration.drain import DrainReport, wait_for_drain
+from orchestration.export import export_results
+from orchestration.progress import RunTracker
+from orchestration.status import StatusReader, render, watch
+from workpool.cli import EXIT_FAILURE, EXIT_OK, ConfigOption, LogLevelOption, handle_errors, settings_for
+from workpool.errors import UsageError
+from workpool.queue import open_queue
+from workpool.runs import RunStore
+from workpool.settings import Settings
+from workpool.storage import open_result_store
+
+log = logging.getLogger("orchestration")
+
+app = typer.Typer(
+    help="Run the scoring pool: launch and scale nodes, watch progress, measure the drain, export results.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help=f"Where nodes run: {' | '.join(BACKENDS)}. Default: the one that launched this queue's pool, else local.",
+    ),
+]
+RunOption = Annotated[str, typer.Option("--run", help="Run id (as given to or printed by `producer enqueue`).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+
+
+def _runs(settings: Settings) -> RunStore:
+    return RunStore(open_result_store(settings))
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _check_backend(backend: str | None) -> None:
+    if backend is not None and backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
+def pending_runs(settings: Settings, runs: RunStore) -> list[str]:
+    """Runs of this queue with batches neither acked nor poisoned: what `launch --wait` waits for."""
+    pending = []
+    for run_id in runs.list_runs():
+        tracker = RunTracker(runs, run_id)
+        if tracker.manifest.queue == settings.queue and not tracker.refresh().complete:
+            pending.append(run_id)
+    return pending
+
+
+@app.command()
+@handle_errors
+def launch(
+    nodes: Annotated[int, typer.Option("--nodes", min=0, help="How many nodes to start.")],
+    backend: Annotated[str, typer.Option("--backend", help=f"Where nodes run: {' | '.join(BACKENDS)}.")] = "local",
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait until the queue's pending runs have drained, print their drain reports, then tear down.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be started or sent (secrets masked) and start nothing.")
+    ] = False,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "INFO",
+) -> None:
+    """Start N nodes running `consumer run` on the queue.
+
+    Returns once they are up; with --wait, once the queue's pending runs have drained (their
+    drain reports are printed) and the nodes are torn down.
+    """
+    _check_backend(backend)
+    settings = settings_for(config, log_level)
+    launcher = open_launcher(backend, settings)
+    if dry_run:
+        planned = [
+            {"method": r.method, "path": r.path, "body": r.body, "note": r.note} for r in launcher.describe(nodes)
+        ]
+        if json_out:
+            _echo_json({"backend": backend, "nodes": nodes, "requests": planned})
+        else:
+            typer.echo(f"Would launch {nodes} node(s) on {backend} for queue {settings.queue}:")
+            for r in planned:
+                typer.echo(f"  {r['method']} {r['path']}" + (f"  # {r['note']}" if r["note"] else ""))
+                if r["body"] is not None:
+                    typer.echo("    " + json.dumps(r["body"], ensure_ascii=False))
+        return
+    runs = _runs(settings)
+    waiting_for = pending_runs(settings, runs) if wait else []
+    launcher.launch(nodes)
+    record_backend(settings, backend)
+    typer.echo(f"launched {nodes} node(s) on {backend} for queue {settings.queue}", err=True)
+    if not wait:
+        return
+    reports: list[DrainReport] = []
+    try:
+        queue = open_queue(settings)
+        if not waiting_for:
+            typer.echo("no pending runs on this queue: waiting for the queue to empty", err=True)
+            _wait_for_empty_queue(settings)
+        for run_id in waiting_for:
+            typer.echo(f"waiting for run {run_id} to drain", err=True)
+            reports.append(wait_for_drain(runs, queue, run_id))
+    finally:
+        launcher.teardown()
+        forget_backend(settings)
+        typer.echo(f"tore down the {backend} pool", err=True)
+    _print_reports(reports, json_out)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _wait_for_empty_queue(settings: Settings, poll_s: float = 1.0) -> None:
+    import time
+
+    queue = open_queue(settings)
+    while queue.depth().messages:
+        time.sleep(poll_s)
+
+
+def _print_reports(reports: list[DrainReport], json_out: bool) -> None:
+    if json_out:
+        _echo_json(reports[0].to_json() if len(reports) == 1 else [r.to_json() for r in reports])
+    else:
+        for report in reports:
+            typer.echo(report.render())
+
+
+@app.command()
+@handle_errors
+def scale(
+    nodes: Annotated[int, typer.Option("--nodes", min=0, help="The new number of nodes.")],
+    backend: BackendOption = None,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "INFO",
+) -> None:
+    """Grow or shrink the running pool to M nodes.
+
+    New nodes join the queue at once; extras stop gracefully (SIGTERM: their batch is
+    released, not lost). Works from any shell while `launch --wait` or a run is going.
+    """
+    _check_backend(backend)
+    settings = settings_for(config, log_level)
+    name = resolve_backend(settings, backend)
+    open_launcher(name, settings).scale(nodes)
+    typer.echo(f"scaled the {name} pool of queue {settings.queue} to {nodes} node(s)", err=True)
+
+
+@app.command()
+@handle_errors
+def status(
+    run: Annotated[
+        str | None, typer.Option("--run", help="Show this run only (default: runs still going, else the latest).")
+    ] = None,
+    json_out: JsonOption = False,
+    watch_: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Live view with progress bars, refreshed every second (Ctrl-C to leave; ends when --run finishes).",
+        ),
+    ] = False,
+    backend: BackendOption = None,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "WARNING",
+) -> None:
+    """Queue depth and poison count, nodes and their state, and per run.
+
+    Per run: batches done/total, poisoned, images ok/failed, images/s over the last minute, ETA.
+    """
+    _check_backend(backend)
+    settings = settings_for(config, log_level)
+    launcher = open_launcher(resolve_backend(settings, backend), settings)
+    reader = StatusReader(_runs(settings), open_queue(settings), launcher, run)
+    if watch_:
+        watch(reader, Console())
+        return
+    snap = reader.snapshot()
+    if json_out:
+        _echo_json(snap.to_json())
+    else:
+        Console().print(render(snap))
+
+
+@app.command("wait")
+@handle_errors
+def wait_command(
+    run: RunOption,
+    json_out: JsonOption = False,
+    timeout_s: Annotated[
+        float | None, typer.Option("--timeout-s", help="Give up (exit 1) after this many seconds.")
+    ] = None,
+    poll_s: Annotated[float, typer.Option("--poll-s", help="Seconds between looks at the records.")] = 1.0,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "WARNING",
+) -> None:
+    """Block until every batch of the run is acked or poisoned, then print its drain report.
+
+    The drain wall time runs from the run's first dequeue to its last ack, read from the batch
+    records. Exit 1 if any batch was poisoned, or lost (the queue emptied without it).
+    """
+    settings = settings_for(config, log_level)
+    report = wait_for_drain(_runs(settings), open_queue(settings), run, poll_s=poll_s, timeout_s=timeout_s)
+    _print_reports([report], json_out)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE)
+
+
+@app.command()
+@handle_errors
+def results(
+    run: RunOption,
+    out: Annotated[Path, typer.Option("--out", help="Output file: .csv, .jsonl or .parquet (chosen by the suffix).")],
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "WARNING",
+) -> None:
+    """Export one row per input image, in manifest order.
+
+    Columns: image, status, error, top_label, top_score, predictions (JSON text in CSV and
+    Parquet), batch_id, worker. Images of a poisoned batch are error rows with the reason.
+    """
+    settings = settings_for(config, log_level)
+    summary = export_results(_runs(settings), run, out)
+    if json_out:
+        _echo_json(summary.to_json())
+    else:
+        typer.echo(f"wrote {summary.rows} rows to {summary.path} ({summary.ok} ok, {summary.failed} error)")
+    if summary.pending:
+        typer.echo(f"warning: run {run} is not finished: {summary.pending} image(s) have no result yet", err=True)
+
+
+@app.command()
+@handle_errors
+def teardown(
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Also delete the cluster or pool (local: its state and logs).")
+    ] = False,
+    backend: BackendOption = None,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "INFO",
+) -> None:
+    """Stop every node (gracefully: in-flight batches are released) and forget the pool."""
+    _check_backend(backend)
+    settings = settings_for(config, log_level)
+    name = resolve_backend(settings, backend)
+    open_launcher(name, settings).teardown(delete=delete)
+    forget_backend(settings)
+    typer.echo(f"tore down the {name} pool of queue {settings.queue}", err=True)

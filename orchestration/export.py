@@ -1,0 +1,186 @@
+"""`orchestration results`: one row per manifest image, in manifest order, as CSV, JSONL or Parquet.
+
+Every image of the manifest yields exactly one row, whatever happened to its batch:
+- scored: the batch's result rows (a batch scored twice was overwritten, never appended);
+- poisoned: an error row with the poison reason;
+- not finished yet: an error row saying so (the export of a running run is still complete).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workpool.errors import NotFoundError, UsageError
+from workpool.runs import ResultRow, RunStore
+
+FORMATS = (".csv", ".jsonl", ".parquet")
+COLUMNS = ["image", "status", "error", "top_label", "top_score", "predictions", "batch_id", "worker"]
+
+
+@dataclass
+class ExportSummary:
+    path: Path
+    rows: int
+    ok: int
+    failed: int
+    pending: int  # images whose batch had neither results nor a poison report
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": str(self.path), "rows": self.rows, "ok": self.ok, "failed": self.failed, "pending": self.pending}
+
+
+def top_prediction(predictions: Any) -> tuple[str | None, float | None]:
+    """The flat top label and score: the best of a top-k list; one label per head for a multi-head task."""
+    if isinstance(predictions, list):
+        scored = [p for p in predictions if isinstance(p, dict) and "score" in p]
+        if scored:
+            best = max(scored, key=lambda p: float(p["score"]))
+            return str(best.get("label", best.get("index"))), float(best["score"])
+    if isinstance(predictions, dict):
+        # cloth_recognition: {head: [{label, score}, ...]} → "head=label; head=label", no single score.
+        tops = {head: top_prediction(values)[0] for head, values in predictions.items()}
+        if any(label is not None for label in tops.values()):
+            return "; ".join(f"{head}={label}" for head, label in tops.items() if label is not None), None
+    return None, None
+
+
+def export_rows(runs: RunStore, run_id: str, pending: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows in manifest order; `pending`, if given, gets one count per unfinished image appended."""
+    manifest = runs.read_manifest(run_id)
+    poison = {p.batch_id: p for p in runs.read_poison(run_id)}
+    scored_ids = runs.result_batch_ids(run_id)
+    for batch_id, images in manifest.batches.items():
+        by_image: dict[str, ResultRow] = {}
+        if batch_id in scored_ids:
+            try:
+                by_image = {row.image: row for row in runs.read_results(run_id, batch_id)}
+            except NotFoundError:
+                by_image = {}
+        for image in images:
+            row = by_image.get(image)
+            if row is not None:
+                yield _row(row)
+            elif batch_id in poison:
+                report = poison[batch_id]
+                yield _error(
+                    image, batch_id, f"poisoned after {report.attempts} attempts: {report.reason}", report.worker
+                )
+            elif by_image:
+                yield _error(image, batch_id, "missing from its batch's results", None)
+            else:
+                if pending is not None:
+                    pending.append(1)
+                yield _error(image, batch_id, "not scored yet: its batch has no result", None)
+
+
+def _row(row: ResultRow) -> dict[str, Any]:
+    label, score = top_prediction(row.predictions) if row.status == "ok" else (None, None)
+    return {
+        "image": row.image,
+        "status": row.status,
+        "error": row.error,
+        "top_label": label,
+        "top_score": score,
+        "predictions": row.predictions,
+        "batch_id": row.batch_id,
+        "worker": row.worker,
+    }
+
+
+def _error(image: str, batch_id: str, reason: str, worker: str | None) -> dict[str, Any]:
+    return {
+        "image": image,
+        "status": "error",
+        "error": reason,
+        "top_label": None,
+        "top_score": None,
+        "predictions": None,
+        "batch_id": batch_id,
+        "worker": worker,
+    }
+
+
+def export_results(runs: RunStore, run_id: str, out: Path) -> ExportSummary:
+    """Write the run's rows to `out` (format from its suffix), atomically: a reader never sees half a file."""
+    suffix = out.suffix.lower()
+    if suffix not in FORMATS:
+        raise UsageError(f"--out {out}: expected a file ending in {', '.join(FORMATS)}")
+    runs.read_manifest(run_id)  # a missing run fails before any file is created
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pending: list[int] = []
+    counts = {"ok": 0, "error": 0}
+
+    def counted() -> Iterator[dict[str, Any]]:
+        for row in export_rows(runs, run_id, pending):
+            counts[row["status"]] += 1
+            yield row
+
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if suffix == ".csv":
+            _write_csv(counted(), tmp)
+        elif suffix == ".jsonl":
+            _write_jsonl(counted(), tmp)
+        else:
+            _write_parquet(counted(), tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ExportSummary(out, counts["ok"] + counts["error"], counts["ok"], counts["error"], len(pending))
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """Nested predictions as JSON text, for the flat formats."""
+    predictions = row["predictions"]
+    return {**row, "predictions": None if predictions is None else json.dumps(predictions, ensure_ascii=False)}
+
+
+def _write_csv(rows: Iterator[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in _flat(row).items()})
+
+
+def _write_jsonl(rows: Iterator[dict[str, Any]], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, chunk: int = 10_000) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("image", pa.string()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("top_label", pa.string()),
+            ("top_score", pa.float64()),
+            ("predictions", pa.string()),  # JSON text: tasks differ in shape, Parquet wants one
+            ("batch_id", pa.string()),
+            ("worker", pa.string()),
+        ]
+    )
+    with pq.ParquetWriter(str(path), schema) as writer:
+        buffer: list[dict[str, Any]] = []
+        for row in rows:
+            buffer.append(_flat(row))
+            if len(buffer) >= chunk:
+                writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
+                buffer.clear()
+        # Always write the last (possibly only, possibly empty) chunk so the file has its schema.
+        writer.write_table(pa.Table.from_pylist(buffer, schema=schema))

@@ -1,0 +1,158 @@
+"""`orchestration status`: the queue, the nodes and the runs in one snapshot (or a live view)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from orchestration.launcher import ClusterState, Launcher
+from orchestration.progress import RunProgress, RunTracker
+from workpool.errors import WorkpoolError
+from workpool.queue import Depth, WorkQueue
+from workpool.runs import RunStore
+
+
+@dataclass
+class Snapshot:
+    queue: str
+    depth: Depth
+    cluster: ClusterState | None
+    cluster_error: str | None = None
+    runs: list[RunProgress] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        cluster: dict[str, Any] | None = None
+        if self.cluster is not None:
+            cluster = {
+                "backend": self.cluster.backend,
+                "target_nodes": self.cluster.target_nodes,
+                "nodes": [{"id": n.id, "state": n.state, "detail": n.detail} for n in self.cluster.nodes],
+                "detail": self.cluster.detail,
+            }
+        return {
+            "queue": {"name": self.queue, "messages": self.depth.messages, "poison": self.depth.poison},
+            "cluster": cluster,
+            "cluster_error": self.cluster_error,
+            "runs": [r.to_json() for r in self.runs],
+        }
+
+
+class StatusReader:
+    """Builds snapshots; keeps run trackers between refreshes so `--watch` reads each record once."""
+
+    def __init__(self, runs: RunStore, queue: WorkQueue, launcher: Launcher | None, run_id: str | None) -> None:
+        self.runs = runs
+        self.queue = queue
+        self.launcher = launcher
+        self.run_id = run_id
+        self.trackers: dict[str, RunTracker] = {}
+        self.progress: dict[str, RunProgress] = {}
+        self._elsewhere: set[str] = set()  # runs of other queues sharing the result store
+
+    def _trackers(self) -> list[RunTracker]:
+        if self.run_id is not None:
+            if self.run_id not in self.trackers:
+                self.trackers[self.run_id] = RunTracker(self.runs, self.run_id)
+            return [self.trackers[self.run_id]]
+        # Without --run: every run whose manifest names this queue (manifests are read once).
+        for run_id in self.runs.list_runs():
+            if run_id in self.trackers or run_id in self._elsewhere:
+                continue
+            tracker = RunTracker(self.runs, run_id)
+            if tracker.manifest.queue == self.queue.name:
+                self.trackers[run_id] = tracker
+            else:
+                self._elsewhere.add(run_id)
+        return list(self.trackers.values())
+
+    def snapshot(self) -> Snapshot:
+        cluster, cluster_error = None, None
+        if self.launcher is not None:
+            try:
+                cluster = self.launcher.state()
+            except WorkpoolError as exc:
+                cluster_error = str(exc)
+        for tracker in self._trackers():
+            last = self.progress.get(tracker.run_id)
+            # A finished run of the pool's history stays finished: no need to list its records again.
+            if last is None or not last.complete or self.run_id is not None:
+                self.progress[tracker.run_id] = tracker.refresh()
+        shown = list(self.progress.values())
+        if self.run_id is None:
+            # The runs still going; when none, the latest one.
+            going = [p for p in shown if not p.complete]
+            latest = max(self.trackers.values(), key=lambda t: t.manifest.created_at, default=None)
+            shown = going or [p for p in shown if latest is not None and p.run_id == latest.run_id]
+        return Snapshot(self.queue.name, self.queue.depth(), cluster, cluster_error, shown)
+
+
+def format_eta(eta_s: float | None) -> str:
+    if eta_s is None:
+        return "—"
+    minutes, seconds = divmod(round(eta_s), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def render(snapshot: Snapshot) -> Group:
+    parts: list[Any] = [
+        f"[bold]queue[/] {snapshot.queue}: {snapshot.depth.messages} message(s) (in flight included), "
+        f"{snapshot.depth.poison} poisoned"
+    ]
+    if snapshot.cluster_error:
+        parts.append(f"[red]cluster: {snapshot.cluster_error}[/]")
+    elif snapshot.cluster is not None:
+        c = snapshot.cluster
+        nodes = Table(title=f"{c.backend}: {len(c.nodes)} node(s), target {c.target_nodes}", title_justify="left")
+        for column in ("node", "state", "detail"):
+            nodes.add_column(column)
+        for n in c.nodes:
+            nodes.add_row(n.id, n.state, n.detail)
+        parts.append(nodes)
+        if c.detail:
+            parts.append(f"[dim]{c.detail}[/]")
+    runs = Table(title="runs", title_justify="left")
+    for column in ("run", "batches done/total", "poisoned", "images ok", "failed", "images/s (1 min)", "ETA"):
+        runs.add_column(column, justify="left" if column == "run" else "right")
+    for r in snapshot.runs:
+        runs.add_row(
+            r.run_id,
+            f"{r.batches_done}/{r.batches}",
+            str(r.batches_poisoned),
+            str(r.images_ok),
+            str(r.images_failed),
+            f"{r.images_per_s:.2f}",
+            "done" if r.complete else format_eta(r.eta_s),
+        )
+    parts.append(runs if snapshot.runs else "no runs on this queue yet")
+    return Group(*parts)
+
+
+def watch(reader: StatusReader, console: Console, interval_s: float = 1.0) -> None:
+    """Live view until Ctrl-C, or until the run given with --run has finished."""
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("batches · ETA {task.fields[eta]}"),
+    )
+    tasks: dict[str, Any] = {}
+    with Live(console=console, refresh_per_second=4) as live:
+        while True:
+            snap = reader.snapshot()
+            for r in snap.runs:
+                if r.run_id not in tasks:
+                    tasks[r.run_id] = bars.add_task(r.run_id, total=r.batches, eta="—")
+                bars.update(
+                    tasks[r.run_id], completed=r.batches_finished, eta="done" if r.complete else format_eta(r.eta_s)
+                )
+            live.update(Group(render(snap), bars))
+            if reader.run_id is not None and snap.runs and snap.runs[0].complete:
+                return
+            time.sleep(interval_s)
