@@ -1,0 +1,93 @@
+"""Helpers for the producer tests: run the real CLI, and look at what it left on the backend.
+
+Messages on Azurite are read with a plain `azure.storage.queue.QueueClient`, not workpool's
+queue code, so the tests prove that any Storage Queue client can read what the producer sends.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from azure.storage.queue import QueueClient
+
+from tests.conftest import backend_env
+from workpool.errors import NotFoundError
+from workpool.messages import BatchMessage
+from workpool.queue import open_queue
+from workpool.runs import RunStore
+from workpool.settings import Settings
+from workpool.storage import open_result_store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def producer(settings: Settings, *args: str, cwd: Path | None = None, timeout_s: float = 120) -> Outcome:
+    """Run `python -m producer ARGS` in a child process on the settings' backend."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "producer", *args],
+        env=backend_env(settings),
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    return Outcome(proc.returncode, proc.stdout, proc.stderr)
+
+
+def drain_bodies(settings: Settings, queue_name: str | None = None) -> list[str]:
+    """Every message body on the queue, read (and deleted) with a plain client of the backend."""
+    name = queue_name or settings.queue
+    if settings.connection_string is not None:
+        client = QueueClient.from_connection_string(settings.connection_string.get_secret_value(), name)
+        bodies = []
+        with client:
+            while True:
+                page = list(next(client.receive_messages(messages_per_page=32, visibility_timeout=300).by_page(), []))
+                if not page:
+                    return bodies
+                for message in page:
+                    bodies.append(str(message.content))
+                    client.delete_message(message)
+    with open_queue(settings, name) as queue:
+        bodies = []
+        while received := queue.receive(32, visibility_timeout_s=300):
+            for message in received:
+                bodies.append(message.body)
+                queue.ack(message)
+        return bodies
+
+
+def drain_messages(settings: Settings) -> list[BatchMessage]:
+    return [BatchMessage.decode(body) for body in drain_bodies(settings)]
+
+
+def queue_depth(settings: Settings) -> int:
+    """Messages on the work queue; a queue that was never created holds none."""
+    try:
+        with open_queue(settings) as queue:
+            return queue.depth().messages
+    except NotFoundError:
+        return 0
+
+
+def recorded_runs(settings: Settings) -> list[str]:
+    """Runs with a manifest in the result store; a store that was never created holds none."""
+    try:
+        return RunStore(open_result_store(settings)).list_runs()
+    except NotFoundError:
+        return []
