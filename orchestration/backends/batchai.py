@@ -34,6 +34,7 @@ from orchestration.backends.cluster_common import (
     install_command,
     node_environment,
     require,
+    text_of,
     warn_if_embedded,
 )
 from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
@@ -100,7 +101,8 @@ class BatchAILauncher(Launcher):
             return ClusterState(self.name, 0, [], f"cluster {s.cluster} does not exist")
         counts = cluster.node_state_counts
         detail = (
-            f"cluster {s.cluster}: provisioning {cluster.provisioning_state}, allocation {cluster.allocation_state}, "
+            f"cluster {s.cluster}: provisioning {text_of(cluster.provisioning_state)}, "
+            f"allocation {text_of(cluster.allocation_state)}, "
             f"{cluster.current_node_count or 0} nodes"
         )
         if counts is not None:
@@ -109,7 +111,7 @@ class BatchAILauncher(Launcher):
                 f"preparing {counts.preparing_node_count or 0}, leaving {counts.leaving_node_count or 0}, "
                 f"unusable {counts.unusable_node_count or 0})"
             )
-        nodes = [NodeInfo(job.name, str(job.execution_state), _job_detail(job)) for job in self._jobs()]
+        nodes = [NodeInfo(job.name, text_of(job.execution_state), _job_detail(job)) for job in self._jobs()]
         return ClusterState(self.name, self._target_of(cluster), nodes, detail)
 
     def teardown(self, delete: bool = False) -> None:
@@ -117,7 +119,7 @@ class BatchAILauncher(Launcher):
         s = self.settings
         made = Made()
         for job in self._jobs():
-            if job.execution_state in ACTIVE_JOB_STATES:
+            if text_of(job.execution_state) in ACTIVE_JOB_STATES:
                 self._terminate(job.name, made)
         if self._get_cluster() is None:
             log.info("cluster %s does not exist: nothing to scale down", s.cluster)
@@ -244,7 +246,7 @@ class BatchAILauncher(Launcher):
     def _converge_jobs(self, nodes: int, made: Made) -> None:
         """Submit or terminate consumer jobs so that `nodes` of them are queued or running."""
         jobs = self._jobs()
-        active = [j for j in jobs if j.execution_state in ACTIVE_JOB_STATES]
+        active = [j for j in jobs if text_of(j.execution_state) in ACTIVE_JOB_STATES]
         # Newest first: the jobs started last have done the least work.
         for job in reversed(active[nodes:]):
             self._terminate(job.name, made)
@@ -330,7 +332,7 @@ class BatchAILauncher(Launcher):
             s = self.settings
             credential = self._credential if self._credential is not None else default_credential()
             self._client_instance = BatchAI(
-                credential, self._subscription, base_url=s.arm_endpoint, **arm_client_options(s)
+                credential, self._subscription, base_url=s.arm_endpoint, **arm_client_options(s, credential)
             )
         return self._client_instance
 
@@ -358,7 +360,7 @@ def _env_list(values: dict[str, str], secret: bool, redacted: bool = False) -> l
 
 def _check_provisioned(resource: Any, what: str, made: Made) -> None:
     """The SDK hands back a resource whose provisioning failed without raising: raise here."""
-    state = str(getattr(resource, "provisioning_state", "") or "").lower()
+    state = text_of(getattr(resource, "provisioning_state", "")).lower()
     if state == "failed":
         errors = getattr(resource, "errors", None) or []
         reasons = "; ".join(f"{e.code}: {e.message}" for e in errors) or "no reason given"

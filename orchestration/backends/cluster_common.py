@@ -26,7 +26,8 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline import PipelineRequest
-from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.core.pipeline.policies import BearerTokenCredentialPolicy
+from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
 
 from workpool.errors import SettingsError, WorkpoolError
 from workpool.logs import redact
@@ -124,6 +125,11 @@ def node_environment(settings: Settings, *, identity: bool = False) -> NodeEnvir
     return env
 
 
+def text_of(value: Any) -> str:
+    """An SDK enum or string as its wire text ("running"): str() of an enum gives its name."""
+    return str(getattr(value, "value", value) or "")
+
+
 def _env_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -168,24 +174,44 @@ def default_credential() -> Any:
     return DefaultAzureCredential(exclude_interactive_browser_credential=True)
 
 
-class LoopbackHttpPolicy(SansIOHTTPPolicy[Any, Any]):
-    """Let a bearer token go over plain http to a loopback test server, and nowhere else.
+def _loopback_http(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme == "http" and is_loopback(parsed.hostname or "")
+
+
+class _LoopbackBearerPolicy(BearerTokenCredentialPolicy):  # type: ignore[type-arg]
+    """A bearer-token policy that lets the token go over plain http to a loopback test server.
 
     azure-core refuses bearer tokens on http. Settings already accept http only for loopback
-    hosts; this policy checks the host again on every request before relaxing the rule.
+    hosts; this checks the host again on every request before relaxing the rule.
     """
 
     def on_request(self, request: PipelineRequest[Any]) -> None:
-        url = urlparse(request.http_request.url)
-        if url.scheme == "http" and is_loopback(url.hostname or ""):
+        if _loopback_http(request.http_request.url):
             request.context["enforce_https"] = False
+        super().on_request(request)
 
 
-def arm_client_options(settings: Settings) -> dict[str, Any]:
+class _LoopbackArmPolicy(ARMChallengeAuthenticationPolicy):
+    """The same, for Resource Manager clients (which answer auth challenges ARM's way)."""
+
+    def on_request(self, request: PipelineRequest[Any]) -> None:
+        if _loopback_http(request.http_request.url):
+            request.context["enforce_https"] = False
+        super().on_request(request)
+
+
+def bearer_policy(credential: Any, scope: str, arm: bool = False) -> Any:
+    """Entra ID authentication for a client: ARM's challenge-aware policy or the plain one."""
+    return _LoopbackArmPolicy(credential, scope) if arm else _LoopbackBearerPolicy(credential, scope)
+
+
+def arm_client_options(settings: Settings, credential: Any) -> dict[str, Any]:
     """Options for ARM clients: the cloud's token scope, loopback http, polling, few retries."""
+    scope = settings.arm_endpoint.rstrip("/") + "/.default"
     return {
-        "credential_scopes": [settings.arm_endpoint.rstrip("/") + "/.default"],
-        "per_call_policies": [LoopbackHttpPolicy()],
+        "credential_scopes": [scope],
+        "authentication_policy": bearer_policy(credential, scope, arm=True),
         "polling_interval": settings.cluster_poll_interval_s,
         "retry_total": 2,
         "retry_backoff_factor": 0.5,
