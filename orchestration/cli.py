@@ -15,10 +15,14 @@ import typer
 from rich.console import Console
 
 from orchestration.backends import BACKENDS, open_launcher
+from orchestration.benchmark import BenchmarkPlan, parse_tiers, render_table, run_benchmark
 from orchestration.deployment import forget_backend, record_backend, resolve_backend
 from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.export import export_results
-from orchestration.progress import RunTracker
+from orchestration.plot import plot_benchmark
+from orchestration.pool import launch_until_drained
+from orchestration.random_models import ARCHITECTURES, build_model
+from orchestration.samples import write_samples
 from orchestration.status import StatusReader, render, watch
 from workpool.cli import EXIT_FAILURE, EXIT_OK, ConfigOption, LogLevelOption, handle_errors, settings_for
 from workpool.errors import UsageError
@@ -58,16 +62,6 @@ def _echo_json(data: Any) -> None:
 def _check_backend(backend: str | None) -> None:
     if backend is not None and backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-
-
-def pending_runs(settings: Settings, runs: RunStore) -> list[str]:
-    """Runs of this queue with batches neither acked nor poisoned: what `launch --wait` waits for."""
-    pending = []
-    for run_id in runs.list_runs():
-        tracker = RunTracker(runs, run_id)
-        if tracker.manifest.queue == settings.queue and not tracker.refresh().complete:
-            pending.append(run_id)
-    return pending
 
 
 @app.command()
@@ -110,37 +104,15 @@ def launch(
                 if r["body"] is not None:
                     typer.echo("    " + json.dumps(r["body"], ensure_ascii=False))
         return
-    runs = _runs(settings)
-    waiting_for = pending_runs(settings, runs) if wait else []
-    launcher.launch(nodes)
-    record_backend(settings, backend)
-    typer.echo(f"launched {nodes} node(s) on {backend} for queue {settings.queue}", err=True)
     if not wait:
+        launcher.launch(nodes)
+        record_backend(settings, backend)
+        typer.echo(f"launched {nodes} node(s) on {backend} for queue {settings.queue}", err=True)
         return
-    reports: list[DrainReport] = []
-    try:
-        queue = open_queue(settings)
-        if not waiting_for:
-            typer.echo("no pending runs on this queue: waiting for the queue to empty", err=True)
-            _wait_for_empty_queue(settings)
-        for run_id in waiting_for:
-            typer.echo(f"waiting for run {run_id} to drain", err=True)
-            reports.append(wait_for_drain(runs, queue, run_id))
-    finally:
-        launcher.teardown()
-        forget_backend(settings)
-        typer.echo(f"tore down the {backend} pool", err=True)
+    reports = launch_until_drained(settings, launcher, nodes, say=lambda line: typer.echo(line, err=True))
     _print_reports(reports, json_out)
     if not all(r.ok for r in reports):
         raise typer.Exit(EXIT_FAILURE)
-
-
-def _wait_for_empty_queue(settings: Settings, poll_s: float = 1.0) -> None:
-    import time
-
-    queue = open_queue(settings)
-    while queue.depth().messages:
-        time.sleep(poll_s)
 
 
 def _print_reports(reports: list[DrainReport], json_out: bool) -> None:
@@ -271,3 +243,74 @@ def teardown(
     open_launcher(name, settings).teardown(delete=delete)
     forget_backend(settings)
     typer.echo(f"tore down the {name} pool of queue {settings.queue}", err=True)
+
+
+@app.command()
+@handle_errors
+def benchmark(
+    tiers: Annotated[str, typer.Option("--tiers", help="Node counts to compare, like 1,2,4.")] = "1,2,4",
+    images: Annotated[int, typer.Option("--images", min=1, help="Images per tier (the same images every tier).")] = 256,
+    arch: Annotated[
+        str | None,
+        typer.Option("--arch", help=f"Build a random-weight model: {' | '.join(ARCHITECTURES)} (default inceptionv3)."),
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Score with this model URI instead of --arch.")] = None,
+    task: Annotated[
+        str, typer.Option("--task", help="classification, cloth_recognition or pkg.module:Class.")
+    ] = "classification",
+    labels: Annotated[str | None, typer.Option("--labels", help="Labels URI for the task.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="Images to score (directory or az://). Default: synthetic JPEGs under <home>."),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per batch message.")] = None,
+    backend: Annotated[str, typer.Option("--backend", help=f"Where nodes run: {' | '.join(BACKENDS)}.")] = "local",
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of wall time and speedup vs nodes.")] = None,
+    timeout_s: Annotated[float | None, typer.Option("--timeout-s", help="Give up on a tier after this long.")] = None,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "WARNING",
+) -> None:
+    """Time the same images at each node count and print the scale-tier table (speedup, efficiency).
+
+    Each tier is a fresh run: enqueue, launch that many nodes, wait for the drain, tear down.
+    Needs an idle queue. Example: `orchestration benchmark --tiers 1,2,4 --images 256 --plot bench.png`
+    """
+    _check_backend(backend)
+    tier_list = parse_tiers(tiers)
+    settings = settings_for(config, log_level)
+    if arch is not None and model is not None:
+        raise UsageError("give --arch or --model, not both")
+    if task == "classification" and model is None:
+        if backend != "local":
+            raise UsageError("cluster nodes cannot read a model built here: give --model az://<container>/<path>")
+        model = str(build_model(arch or "inceptionv3", settings.home / "models"))
+    elif arch is not None:
+        model = str(build_model(arch, settings.home / "models"))
+    if source is None:
+        if backend != "local":
+            raise UsageError("cluster nodes cannot read images generated here: give --source az://<container>/<prefix>")
+        folder = settings.home.absolute() / "benchmark" / "images"
+        write_samples(folder, images)
+        source = str(folder)
+    plan = BenchmarkPlan(
+        tiers=tier_list,
+        images=images,
+        source=source,
+        task=task,
+        model=model,
+        labels=labels,
+        backend=backend,
+        batch_size=batch_size,
+        timeout_s=timeout_s,
+    )
+    result = run_benchmark(settings, plan, open_launcher, say=lambda line: typer.echo(line, err=True))
+    if plot is not None:
+        plot_benchmark(result, plot)
+        typer.echo(f"wrote {plot}", err=True)
+    if json_out:
+        _echo_json(result.to_json())
+    else:
+        typer.echo(render_table(result))
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILURE)

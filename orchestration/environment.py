@@ -15,11 +15,13 @@ from pathlib import Path
 from pydantic import SecretStr
 
 import orchestration
-from workpool.settings import CONNECTION_STRING_ENV, ENV_PREFIX, Settings, env_name
+from workpool.settings import ENV_PREFIX, Settings, env_name
 
 # The folder holding the `workpool`, `consumer`, `producer` and `orchestration` packages, so a
 # child imports the same code as its parent even when the project is not pip-installed.
 PROJECT_ROOT = Path(orchestration.__file__).resolve().parents[1]
+
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
 # Secrets that only talk to the cluster's control plane: a consumer never needs them.
 CLUSTER_SECRETS = frozenset({"batch_account_key"})
@@ -33,9 +35,11 @@ def secret_names() -> frozenset[str]:
 def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
     """`base` (default: this process's environment) with every setting that differs from its default."""
     env = dict(os.environ if base is None else base)
-    # Drop what the parent inherited so a setting left unset here cannot leak in from the shell.
+    # Drop inherited settings (and the config file, already read) so the child sees exactly these
+    # values. Other WORKPOOL_* variables (log level, a task's own knobs) pass through.
+    setting_names = {env_name(f) for f in Settings.model_fields} | {ENV_PREFIX + "CONNECTION_STRING", CONFIG_ENV}
     for key in list(env):
-        if key.startswith(ENV_PREFIX) or key == CONNECTION_STRING_ENV:
+        if key in setting_names:
             del env[key]
     for field, info in Settings.model_fields.items():
         value = getattr(settings, field)

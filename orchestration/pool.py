@@ -1,0 +1,64 @@
+"""Launch a pool, wait for runs to drain, tear it down: `launch --wait`, the benchmark, the demo."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from orchestration.deployment import forget_backend, record_backend
+from orchestration.drain import DrainReport, wait_for_drain
+from orchestration.launcher import Launcher
+from orchestration.progress import RunTracker
+from workpool.queue import open_queue
+from workpool.runs import RunStore
+from workpool.settings import Settings
+from workpool.storage import open_result_store
+
+log = logging.getLogger(__name__)
+
+
+def pending_runs(settings: Settings, runs: RunStore) -> list[str]:
+    """Runs of this queue with batches neither acked nor poisoned."""
+    pending = []
+    for run_id in runs.list_runs():
+        tracker = RunTracker(runs, run_id)
+        if tracker.manifest.queue == settings.queue and not tracker.refresh().complete:
+            pending.append(run_id)
+    return pending
+
+
+def launch_until_drained(
+    settings: Settings,
+    launcher: Launcher,
+    nodes: int,
+    run_ids: list[str] | None = None,
+    *,
+    timeout_s: float | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> list[DrainReport]:
+    """Launch `nodes`, wait for `run_ids` (default: the queue's pending runs) to drain, tear down.
+
+    The teardown happens whatever goes wrong (Ctrl-C included): a pool left running would
+    keep a cluster's nodes billing.
+    """
+    runs = RunStore(open_result_store(settings))
+    queue = open_queue(settings)
+    waiting_for = pending_runs(settings, runs) if run_ids is None else run_ids
+    launcher.launch(nodes)
+    record_backend(settings, launcher.name)
+    say(f"launched {nodes} node(s) on {launcher.name} for queue {settings.queue}")
+    reports = []
+    try:
+        if not waiting_for:
+            say("no pending runs on this queue: waiting for the queue to empty")
+            while queue.depth().messages:
+                time.sleep(1.0)
+        for run_id in waiting_for:
+            say(f"waiting for run {run_id} to drain")
+            reports.append(wait_for_drain(runs, queue, run_id, timeout_s=timeout_s))
+    finally:
+        launcher.teardown()
+        forget_backend(settings)
+        say(f"tore down the {launcher.name} pool")
+    return reports
