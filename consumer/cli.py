@@ -1,0 +1,130 @@
+"""`consumer run`: score batches from the work queue until stopped or idle.
+
+Every flag is also a setting (`WORKPOOL_<NAME>` or the config file); flags win.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import warnings
+from types import FrameType
+from typing import Annotated, Literal
+
+import typer
+from PIL import Image
+
+from consumer.runner import Consumer, default_worker_id
+from consumer.supervisor import run_children, visible_gpus, worker_count
+from workpool.cli import EXIT_FAILURE, ConfigOption, LogLevelOption, handle_errors, settings_for
+from workpool.errors import UsageError, WorkpoolError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Score image batches from the work queue.")
+log = logging.getLogger("consumer")
+
+
+@app.callback()
+def main() -> None:
+    """Score image batches from the work queue."""
+
+
+@app.command()
+@handle_errors
+def run(
+    config: ConfigOption = None,
+    workers: Annotated[
+        str,
+        typer.Option("--workers", help="Worker processes: 'auto' (one per visible GPU, one without GPUs) or a number."),
+    ] = "auto",
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="Name in results and logs (default <host>-<pid>).")
+    ] = None,
+    idle_exit_s: Annotated[
+        float | None,
+        typer.Option("--idle-exit-s", help="Exit after the queue has been empty this long (default: never)."),
+    ] = None,
+    visibility_timeout_s: Annotated[
+        int | None, typer.Option("--visibility-timeout-s", help="Lease on a received batch, renewed in the background.")
+    ] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option("--max-attempts", help="Deliveries before a failing batch is dead-lettered (default 5)."),
+    ] = None,
+    prefetch_batches: Annotated[
+        int | None, typer.Option("--prefetch-batches", help="Batches received and decoded ahead (default 1).")
+    ] = None,
+    decode_threads: Annotated[
+        int | None, typer.Option("--decode-threads", help="Image decode threads (default: one per core).")
+    ] = None,
+    precision: Annotated[
+        Literal["float32", "mixed"] | None,
+        typer.Option("--precision", help="float32, or mixed (float16 compute on GPUs)."),
+    ] = None,
+    xla: Annotated[bool | None, typer.Option("--xla/--no-xla", help="Compile the model call with XLA.")] = None,
+    allow_unsafe_models: Annotated[
+        bool | None,
+        typer.Option("--allow-unsafe-models", help="Allow models whose loading runs Python code (Lambda layers)."),
+    ] = None,
+    log_level: LogLevelOption = "INFO",
+) -> None:
+    """Dequeue, score and ack batches. Last line: 'Worker <id> Processed <n> images, took <H:MM:SS.ffffff>'."""
+    flags = {
+        "idle_exit_s": idle_exit_s,
+        "visibility_timeout_s": visibility_timeout_s,
+        "max_attempts": max_attempts,
+        "prefetch_batches": prefetch_batches,
+        "decode_threads": decode_threads,
+        "precision": precision,
+        "xla": xla,
+        "allow_unsafe_models": allow_unsafe_models,
+    }
+    settings = settings_for(config, log_level, **flags)
+    if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
+        raise UsageError(f"--workers: expected 'auto' or a positive number, got {workers!r}")
+    gpus = visible_gpus()
+    count = worker_count(workers, gpus)
+    if count > 1 or (gpus and "CUDA_VISIBLE_DEVICES" not in os.environ):
+        child_args = [
+            f"--{name.replace('_', '-')}={value}"
+            for name, value in flags.items()
+            if value is not None and not isinstance(value, bool)
+        ]
+        child_args += [
+            f"--{'' if value else 'no-'}xla" for name, value in flags.items() if name == "xla" and value is not None
+        ]
+        if allow_unsafe_models:
+            child_args.append("--allow-unsafe-models")
+        if config is not None:
+            child_args.append(f"--config={config}")
+        child_args.append(f"--log-level={log_level}")
+        raise typer.Exit(run_children(worker_id or default_worker_id(), count, gpus, child_args))
+
+    # Refuse decompression bombs between Pillow's limit and twice it (Pillow only warns there).
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    consumer = Consumer(settings, worker_id)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        log.info(
+            "worker %s: %s received, releasing held batches and stopping",
+            consumer.worker_id,
+            signal.Signals(signum).name,
+        )
+        consumer.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("worker %s: consuming queue %s (%s)", consumer.worker_id, settings.queue, settings.storage_mode.value)
+    consumer.run()
+    print(consumer.summary_line(), flush=True)
+    if isinstance(consumer.error, WorkpoolError):
+        raise consumer.error  # handle_errors: one line on stderr, exit 1 (2 for bad settings)
+    if consumer.error is not None:
+        typer.echo(f"error: worker stopped: {type(consumer.error).__name__}: {consumer.error}", err=True)
+        raise typer.Exit(EXIT_FAILURE)
+    if consumer.abandoned:
+        # The worker thread is inside a model call that cannot be interrupted; its batch has
+        # been released already, so leave without waiting for it.
+        sys.stderr.flush()
+        os._exit(0)

@@ -1,0 +1,223 @@
+"""Find, download, load and call Keras models.
+
+A model URI is a local path or `az://<container>/<path>` on the configured storage account.
+Formats: `.keras` (Keras 3), `.h5` (legacy HDF5) and TensorFlow SavedModel directories. Blob
+models are downloaded once per node into the model cache (`WORKPOOL_MODEL_CACHE`, default
+`<home>/models`), keyed by URI, so the worker processes of one node share one copy; a changed
+model needs a new URI (version it in the name). Loaded models are kept per process, keyed by
+URI, so a consumer serving several runs loads each model once.
+
+Keras safe mode stays on unless `allow_unsafe_models` is set: a `.keras` file with a `Lambda`
+layer would otherwise run arbitrary Python from the file when loaded.
+
+TensorFlow and Keras are imported here lazily, so tasks that need no model (the examples) start
+without paying for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from workpool.errors import NotFoundError, UsageError, WorkpoolError
+from workpool.settings import Settings
+from workpool.storage import open_location, parse_location
+
+log = logging.getLogger(__name__)
+
+Outputs = npt.NDArray[Any] | list[npt.NDArray[Any]] | dict[str, npt.NDArray[Any]]
+
+
+class ModelLoadError(WorkpoolError):
+    """The model exists but cannot be loaded (wrong format, unsafe without permission, broken)."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score: numpy in, numpy out, whichever Keras backend runs it."""
+
+    uri: str
+    name: str
+    input_size: tuple[int, int] | None  # (height, width) when the model fixes it
+    output_names: list[str]
+    call: Callable[[npt.NDArray[np.float32]], Outputs]
+
+    def __call__(self, batch: npt.NDArray[np.float32]) -> Outputs:
+        return self.call(batch)
+
+
+class ModelCache:
+    """Per-process cache of loaded models; blob models are downloaded to a per-node folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, uri: str) -> LoadedModel:
+        with self._lock:
+            if uri not in self._models:
+                self._models[uri] = load_model(self.local_path(uri), uri, self.settings)
+            return self._models[uri]
+
+    def local_path(self, uri: str) -> Path:
+        """A local file or directory holding the model named by `uri` (downloading blobs once)."""
+        location = parse_location(uri)
+        if not location.is_blob:
+            path = Path(location.path)
+            if not path.exists():
+                raise NotFoundError(f"model {uri} not found")
+            return path
+        target = self.settings.model_cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:16] / _leaf(location.path)
+        if target.exists():
+            return target
+        store, prefix = open_location(self.settings, uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Download into a temporary sibling, then rename: a crash or a second worker process
+        # downloading at the same time never leaves a half-written model in the cache.
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".download-"))
+        try:
+            if store.exists(prefix):
+                (staging / "model").write_bytes(store.read(prefix))
+            else:
+                # A SavedModel is a folder: every blob under `<path>/`.
+                names = list(store.list(prefix.rstrip("/") + "/"))
+                if not names:
+                    raise NotFoundError(f"model {uri} not found")
+                for name in names:
+                    dest = staging / "model" / name[len(prefix.rstrip("/")) + 1 :]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(store.read(name))
+            try:
+                os.rename(staging / "model", target)
+            except OSError:
+                if not target.exists():  # lost a race with another process: theirs is as good
+                    raise
+            log.info("downloaded model %s to %s", uri, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+
+def _leaf(path: str) -> str:
+    leaf = path.rstrip("/").rsplit("/", 1)[-1]
+    return leaf or "model"
+
+
+def load_model(path: Path, uri: str, settings: Settings) -> LoadedModel:
+    import keras
+
+    if settings.precision == "mixed":
+        # Layers built from now on compute in float16 with float32 variables (GPUs with tensor
+        # cores). Models whose saved config pins a dtype policy keep it.
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    safe_mode = not settings.allow_unsafe_models
+    try:
+        if path.is_dir():
+            if not (path / "saved_model.pb").exists():
+                raise ModelLoadError(f"model {uri}: a folder must be a TensorFlow SavedModel (no saved_model.pb)")
+            return _saved_model(path, uri)
+        kind = _sniff(path)
+        if kind == "keras":
+            model = keras.saving.load_model(
+                path if path.suffix == ".keras" else _with_suffix(path, ".keras"), safe_mode=safe_mode
+            )
+        elif kind == "h5":
+            model = keras.saving.load_model(
+                path if path.suffix == ".h5" else _with_suffix(path, ".h5"), safe_mode=safe_mode
+            )
+        else:
+            raise ModelLoadError(f"model {uri}: expected a .keras or .h5 file or a SavedModel folder")
+    except WorkpoolError:
+        raise
+    except ValueError as exc:
+        text = str(exc)
+        if "safe_mode" in text or "Lambda" in text:
+            raise UsageError(
+                f"model {uri} runs Python code when loaded (e.g. a Lambda layer); "
+                "set WORKPOOL_ALLOW_UNSAFE_MODELS=true (--allow-unsafe-models) only if you trust it"
+            ) from None
+        raise ModelLoadError(f"model {uri} cannot be loaded: {text[:300]}") from None
+    except (OSError, TypeError, KeyError) as exc:
+        raise ModelLoadError(f"model {uri} cannot be loaded: {type(exc).__name__}: {str(exc)[:300]}") from None
+    return _keras_model(model, uri, settings)
+
+
+def _sniff(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK"):
+        return "keras"  # a zip archive
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "h5"
+    return "unknown"
+
+
+def _with_suffix(path: Path, suffix: str) -> Path:
+    """Keras picks the loader by file name; a cached blob may have none, so link one in."""
+    alias = path.with_name(path.name + suffix)
+    if not alias.exists():
+        with contextlib.suppress(FileExistsError):
+            os.symlink(path.name, alias)
+    return alias
+
+
+def _keras_model(model: Any, uri: str, settings: Settings) -> LoadedModel:
+    import keras
+
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
+    size = (int(shape[1]), int(shape[2])) if len(shape) == 4 and shape[1] and shape[2] else None
+    output_names = [str(n) for n in getattr(model, "output_names", None) or []]
+
+    def direct(batch: npt.NDArray[np.float32]) -> Any:
+        return model(batch, training=False)
+
+    fn: Callable[[npt.NDArray[np.float32]], Any] = direct
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # One traced graph instead of eager layer-by-layer dispatch; relaxed shapes so a short
+        # last batch does not retrace. XLA only when asked (first batches compile slowly).
+        fn = tf.function(direct, jit_compile=settings.xla, reduce_retracing=True)
+    elif settings.xla:
+        log.warning(
+            "--xla applies to the TensorFlow backend only; the %s backend compiles on its own", keras.backend.backend()
+        )
+
+    def call(batch: npt.NDArray[np.float32]) -> Outputs:
+        return _to_numpy(fn(batch))
+
+    return LoadedModel(uri=uri, name=str(model.name), input_size=size, output_names=output_names, call=call)
+
+
+def _saved_model(path: Path, uri: str) -> LoadedModel:
+    import keras
+
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+
+    def call(batch: npt.NDArray[np.float32]) -> Outputs:
+        return _to_numpy(layer(batch))
+
+    return LoadedModel(uri=uri, name=path.name, input_size=None, output_names=[], call=call)
+
+
+def _to_numpy(outputs: Any) -> Outputs:
+    import keras
+
+    if isinstance(outputs, dict):
+        return {str(k): np.asarray(keras.ops.convert_to_numpy(v)) for k, v in outputs.items()}
+    if isinstance(outputs, list | tuple):
+        return [np.asarray(keras.ops.convert_to_numpy(v)) for v in outputs]
+    return np.asarray(keras.ops.convert_to_numpy(outputs))

@@ -1,0 +1,265 @@
+"""Receive, fetch and decode batches ahead of the one being scored.
+
+A `Job` is one received message on its way through the consumer. `Preparer.prepare` turns a
+message into a ready job: validate it, load its task (model cached), download its images
+concurrently and decode/resize/preprocess them in a thread pool. `Prefetcher` runs that in a
+background thread up to `prefetch_batches` jobs ahead, so the accelerator never waits for I/O
+or decoding. The bound keeps memory flat: at most `prefetch_batches` prepared batches wait,
+however long the run.
+
+Failures are sorted here, never raised past a job:
+- a message that can never succeed (not JSON, wrong schema, unknown task) → `job.failure` is a
+  `MessageError` (poison at once);
+- anything that stops the whole batch (model will not load, storage unreachable) →
+  `job.failure` holds it (release with backoff, poison after `max_attempts`);
+- one unreadable or missing image → that image's `error` (an error row; the batch goes on).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_module
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from consumer.images import decode_image
+from consumer.lease import LeaseKeeper
+from consumer.tasks import ScoringTask, TaskCache
+from workpool.errors import ImageError, NotFoundError, StorageUnavailableError
+from workpool.messages import BatchMessage
+from workpool.queue import Received, WorkQueue
+from workpool.settings import Settings
+from workpool.storage import ObjectStore, open_location
+
+log = logging.getLogger(__name__)
+
+# Image downloads are I/O: more of them in flight than cores.
+FETCH_THREADS = 16
+# A blob read that fails because storage is unreachable is retried this many times (0.5 s, 1 s,
+# 2 s, 4 s apart) before the batch is given up for a later attempt.
+FETCH_RETRIES = 4
+
+
+@dataclass
+class ImageInput:
+    name: str
+    array: npt.NDArray[np.float32] | None = None
+    error: str | None = None
+
+
+@dataclass
+class Job:
+    message: Received
+    dequeued_at: datetime
+    batch: BatchMessage | None = None
+    task: ScoringTask | None = None
+    images: list[ImageInput] = field(default_factory=list)
+    failure: Exception | None = None
+    prepare_s: float = 0.0
+
+    @property
+    def message_id(self) -> str:
+        return self.message.id
+
+
+class Preparer:
+    """Turns a received message into a Job ready to score (see the module docstring)."""
+
+    def __init__(self, settings: Settings, tasks: TaskCache, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self.tasks = tasks
+        self._sleep = sleep
+        threads = settings.decode_threads or os.cpu_count() or 1
+        self.decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.fetch_pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="fetch")
+        self._sources: dict[str, tuple[ObjectStore, str]] = {}
+
+    def close(self) -> None:
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.fetch_pool.shutdown(wait=False, cancel_futures=True)
+
+    def prepare(self, message: Received, dequeued_at: datetime | None = None) -> Job:
+        started = time.perf_counter()
+        job = Job(message=message, dequeued_at=dequeued_at or datetime.now(UTC))
+        try:
+            job.batch = BatchMessage.decode(message.body)
+            job.task = self.tasks.get(job.batch.task, job.batch.model, job.batch.labels)
+            job.images = self._load_images(job.batch, job.task)
+        except Exception as exc:
+            job.failure = exc
+        job.prepare_s = time.perf_counter() - started
+        return job
+
+    def _source(self, uri: str) -> tuple[ObjectStore, str]:
+        if uri not in self._sources:
+            self._sources[uri] = open_location(self.settings, uri)
+        return self._sources[uri]
+
+    def _load_images(self, batch: BatchMessage, task: ScoringTask) -> list[ImageInput]:
+        store, prefix = self._source(batch.source)
+        keys = [f"{prefix.rstrip('/')}/{name}" if prefix else name for name in batch.images]
+        fetches = {self.fetch_pool.submit(self._fetch, store, key): i for i, key in enumerate(keys)}
+        decodes: dict[int, Future[npt.NDArray[np.float32]]] = {}
+        inputs = [ImageInput(name) for name in batch.images]
+        # Decode each image as soon as its bytes arrive, while the others still download.
+        for done in as_completed(fetches):
+            i = fetches[done]
+            try:
+                data = done.result()
+            except NotFoundError:
+                inputs[i].error = "not found"
+                continue
+            decodes[i] = self.decode_pool.submit(_decode, data, task)
+        for i, future in decodes.items():
+            try:
+                inputs[i].array = future.result()
+            except ImageError as exc:
+                inputs[i].error = str(exc)
+            except Exception as exc:
+                inputs[i].error = f"preprocessing failed: {type(exc).__name__}: {exc}"
+        return inputs
+
+    def _fetch(self, store: ObjectStore, key: str) -> bytes:
+        for attempt in range(FETCH_RETRIES + 1):
+            try:
+                return store.read(key)
+            except StorageUnavailableError:
+                if attempt == FETCH_RETRIES:
+                    raise
+                self._sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+def _decode(data: bytes, task: ScoringTask) -> npt.NDArray[np.float32]:
+    return task.preprocess(decode_image(data, task.input_size))
+
+
+class Prefetcher:
+    """Receives and prepares jobs in a background thread, at most `depth` ahead.
+
+    With depth 0 nothing runs in the background: `take` receives and prepares on the caller's
+    thread. `empty_since` is when the queue was last seen empty with nothing in hand (None while
+    work is flowing), for `--idle-exit-s`.
+    """
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        leases: LeaseKeeper,
+        preparer: Preparer,
+        *,
+        depth: int,
+        visibility_timeout_s: int,
+        poll_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.queue = queue
+        self.leases = leases
+        self.preparer = preparer
+        self.depth = depth
+        self.visibility_timeout_s = visibility_timeout_s
+        self.poll_s = poll_s
+        self._clock = clock
+        self.empty_since: float | None = clock()
+        self._ready: queue_module.Queue[Job | BaseException] = queue_module.Queue()
+        self._slots = threading.Semaphore(max(depth, 1))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outage_since: float | None = None
+
+    # --- background mode ---------------------------------------------------------------------
+    def start(self) -> None:
+        if self.depth > 0:
+            self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._slots.release()  # wake the thread if it waits for a slot
+
+    def join(self, timeout_s: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def take(self, timeout_s: float) -> Job | None:
+        """The next prepared job, or None when none came within `timeout_s` (queue empty)."""
+        if self.depth == 0:
+            job = self.receive_one()
+            if job is None:
+                time.sleep(min(timeout_s, self.poll_s))
+            return job
+        try:
+            item = self._ready.get(timeout=timeout_s)
+        except queue_module.Empty:
+            return None
+        self._slots.release()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._slots.acquire()
+                if self._stop.is_set():
+                    return
+                job = None
+                while job is None and not self._stop.is_set():
+                    job = self.receive_one()
+                    if job is None:
+                        self._stop.wait(self._idle_wait_s())
+                if job is not None and self._stop.is_set():
+                    # Received while stopping: give it straight back.
+                    self.leases.finish(job.message_id, lambda m: self.queue.release(m, 0))
+                elif job is not None:
+                    self._ready.put(job)
+        except BaseException as exc:
+            self._ready.put(exc)
+
+    def drain(self) -> list[Job]:
+        """Prepared jobs not yet taken (at shutdown, to release them)."""
+        jobs: list[Job] = []
+        while True:
+            try:
+                item = self._ready.get_nowait()
+            except queue_module.Empty:
+                return jobs
+            if isinstance(item, Job):
+                jobs.append(item)
+
+    # --- one receive ---------------------------------------------------------------------------
+    def receive_one(self) -> Job | None:
+        """Receive one message and prepare it; None when the queue is empty or unreachable."""
+        try:
+            messages = self.queue.receive(1, visibility_timeout_s=self.visibility_timeout_s)
+        except StorageUnavailableError as exc:
+            if self._outage_since is None:
+                log.warning("queue unreachable, will keep trying: %s", exc)
+                self._outage_since = self._clock()
+            return None
+        if self._outage_since is not None:
+            log.info("queue reachable again after %.1f s", self._clock() - self._outage_since)
+            self._outage_since = None
+        if not messages:
+            if self.empty_since is None:
+                self.empty_since = self._clock()
+            return None
+        self.empty_since = None
+        message = messages[0]
+        dequeued_at = datetime.now(UTC)
+        self.leases.hold(message)
+        return self.preparer.prepare(message, dequeued_at)
+
+    def _idle_wait_s(self) -> float:
+        if self._outage_since is not None:
+            # Back off while storage is down: 1 s, growing to 10 s.
+            return min(1.0 + (self._clock() - self._outage_since) / 2, 10.0)
+        return self.poll_s

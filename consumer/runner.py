@@ -1,0 +1,162 @@
+"""One consumer process: the queue, the lease keeper, the prefetcher and the worker, wired up.
+
+Threads, and why there are several:
+- the worker thread scores (TensorFlow calls block it for the length of a batch);
+- the main thread only waits and handles signals, so SIGTERM is acted on at once even while a
+  batch is being scored (Python runs signal handlers on the main thread only);
+- the prefetch thread receives and prepares the next batches; the lease thread renews.
+
+Stopping (SIGTERM, SIGINT or `--idle-exit-s`): stop receiving, release every held message
+(the one being scored and the prefetched ones) so they are visible again at once, and return.
+A batch caught mid-score is abandoned, not finished: its results would arrive after its message
+was released, and another consumer is free to score it immediately.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from consumer.lease import LeaseKeeper
+from consumer.pipeline import Prefetcher, Preparer
+from consumer.tasks import TaskCache
+from consumer.worker import Backoff, Worker
+from workpool.errors import StorageUnavailableError
+from workpool.queue import WorkQueue, open_queue
+from workpool.runs import RunStore
+from workpool.settings import Settings
+from workpool.storage import open_result_store
+
+log = logging.getLogger(__name__)
+
+# How long a stopping consumer waits for its worker thread (an idle one ends at once; one in
+# the middle of a TensorFlow call is abandoned after this).
+STOP_GRACE_S = 2.0
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def format_took(seconds: float) -> str:
+    """H:MM:SS.ffffff, always with microseconds (str(timedelta) drops them when zero)."""
+    micros = round(seconds * 1_000_000)
+    hours, rest = divmod(micros, 3_600_000_000)
+    minutes, rest = divmod(rest, 60_000_000)
+    secs, micros = divmod(rest, 1_000_000)
+    return f"{hours}:{minutes:02d}:{secs:02d}.{micros:06d}"
+
+
+class Consumer:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: str | None = None,
+        *,
+        queue: WorkQueue | None = None,
+        backoff: Backoff | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or default_worker_id()
+        self.queue = queue or open_queue(settings)
+        self.runs = RunStore(open_result_store(settings))
+        self.tasks = TaskCache(settings)
+        self.leases = LeaseKeeper(self.queue, settings.visibility_timeout_s)
+        self.preparer = Preparer(settings, self.tasks)
+        self.prefetcher = Prefetcher(
+            self.queue,
+            self.leases,
+            self.preparer,
+            depth=settings.prefetch_batches,
+            visibility_timeout_s=settings.visibility_timeout_s,
+            poll_s=poll_s,
+        )
+        self.worker = Worker(
+            self.queue,
+            self.runs,
+            self.leases,
+            self.prefetcher,
+            worker_id=self.worker_id,
+            max_attempts=settings.max_attempts,
+            idle_exit_s=settings.idle_exit_s,
+            backoff=backoff,
+        )
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.abandoned = False
+        self._threads: list[threading.Thread] = []
+        self._worker_thread: threading.Thread | None = None
+        self.started = time.monotonic()
+
+    def prepare_storage(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Create the queue and result store if missing, waiting out an unreachable account."""
+        delay = 1.0
+        while True:
+            try:
+                self.queue.create()
+                self.runs.store.ensure()
+                return
+            except StorageUnavailableError as exc:
+                if self.stop_event.is_set():
+                    return
+                log.warning("storage unreachable at start, retrying in %.0f s: %s", delay, exc)
+                sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.prepare_storage()
+        lease_thread = threading.Thread(target=self.leases.run, args=(self.stop_event,), name="lease", daemon=True)
+        lease_thread.start()
+        self.prefetcher.start()
+        self._worker_thread = threading.Thread(target=self._work, name="worker", daemon=True)
+        self._worker_thread.start()
+        self._threads = [lease_thread, self._worker_thread]
+
+    def _work(self) -> None:
+        try:
+            self.worker.run(self.stop_event)
+        except BaseException as exc:
+            self.error = exc
+            log.error("worker %s stopped on an error: %s", self.worker_id, exc)
+
+    def wait(self, poll_s: float = 0.2) -> None:
+        """Block until the worker ends or `request_stop` is called (signal handlers call it)."""
+        assert self._worker_thread is not None
+        while self._worker_thread.is_alive() and not self.stop_event.is_set():
+            self._worker_thread.join(poll_s)
+        self.shutdown()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def shutdown(self) -> None:
+        self.stop_event.set()
+        self.prefetcher.stop()
+        released = self.leases.release_all()
+        if released:
+            log.info("worker %s released %d held batch(es) for other consumers", self.worker_id, released)
+        self.prefetcher.join(STOP_GRACE_S)
+        if self._worker_thread is not None:
+            self._worker_thread.join(STOP_GRACE_S)
+            self.abandoned = self._worker_thread.is_alive()
+            # Anything taken between the release above and the worker noticing the stop.
+            self.leases.release_all()
+        self.preparer.close()
+
+    def run(self) -> None:
+        self.start()
+        self.wait()
+
+    @property
+    def images_processed(self) -> int:
+        return self.worker.images_processed
+
+    def summary_line(self) -> str:
+        took = format_took(time.monotonic() - self.started)
+        return f"Worker {self.worker_id} Processed {self.images_processed} images, took {took}"

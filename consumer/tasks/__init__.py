@@ -1,0 +1,46 @@
+"""Scoring tasks by name, and the per-process cache of loaded tasks."""
+
+from __future__ import annotations
+
+import threading
+
+from consumer.models import ModelCache
+from consumer.tasks.base import ScoringTask, TaskContext
+from consumer.tasks.custom import is_custom, load_task_class
+from workpool.errors import MessageError
+from workpool.settings import Settings
+
+__all__ = ["BUILTIN_TASKS", "ScoringTask", "TaskCache", "TaskContext", "task_class"]
+
+BUILTIN_TASKS = ("classification", "cloth_recognition")
+
+
+def task_class(name: str) -> type[ScoringTask]:
+    """The class for a message's `task`: a built-in name or `package.module:ClassName`."""
+    if name == "classification":
+        from consumer.tasks.classification import Classification
+
+        return Classification
+    if name == "cloth_recognition":
+        from consumer.tasks.cloth import ClothRecognition
+
+        return ClothRecognition
+    if is_custom(name):
+        return load_task_class(name)
+    raise MessageError(f"unknown task {name!r}: expected {', '.join(BUILTIN_TASKS)} or package.module:ClassName")
+
+
+class TaskCache:
+    """Loaded tasks keyed by (task, model, labels); models are shared through one ModelCache."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.context = TaskContext(settings, ModelCache(settings))
+        self._tasks: dict[tuple[str, str | None, str | None], ScoringTask] = {}
+        self._lock = threading.Lock()
+
+    def get(self, task: str, model: str | None, labels: str | None) -> ScoringTask:
+        key = (task, model, labels)
+        with self._lock:
+            if key not in self._tasks:
+                self._tasks[key] = task_class(task).load(self.context, model, labels)
+            return self._tasks[key]

@@ -1,0 +1,86 @@
+"""The scoring-task interface: what turns decoded images into predictions for one kind of model.
+
+A task is loaded once per `(task, model, labels)` a message names and reused for every batch
+that names the same. Its three steps run in different places, which is why they are separate:
+
+- `preprocess(pixels)` runs in the decode threads, one image at a time, while the previous batch
+  is being scored. Pixels arrive as RGB uint8 arrays already resized to `input_size`.
+- `predict(batch)` runs on the scoring thread with the stacked, preprocessed images of the
+  batch's readable images. Numpy in, numpy out: no framework types cross this line.
+- `postprocess(outputs, count)` turns the model outputs into one JSON-able `predictions` value
+  per image, in order.
+
+A custom task is any importable class implementing this interface, named in the message as
+`package.module:ClassName` (see `consumer.tasks.examples` for one that needs no model).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from consumer.models import ModelCache
+from workpool.errors import NotFoundError
+from workpool.settings import Settings
+from workpool.storage import open_location, parse_location
+
+Pixels = npt.NDArray[np.uint8]
+Array = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task may use while loading: the settings, the model cache and a file reader."""
+
+    settings: Settings
+    models: ModelCache
+
+    def read(self, uri: str) -> bytes:
+        """The bytes of a small file (labels, head spec) named by a local path or az:// URI."""
+        location = parse_location(uri)
+        if not location.is_blob:
+            try:
+                with open(location.path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                raise NotFoundError(f"{uri} not found") from None
+        store, name = open_location(self.settings, uri)
+        return store.read(name)
+
+    def exists(self, uri: str) -> bool:
+        location = parse_location(uri)
+        if not location.is_blob:
+            import os
+
+            return os.path.isfile(location.path)
+        store, name = open_location(self.settings, uri)
+        return store.exists(name)
+
+
+class ScoringTask(ABC):
+    """One kind of scoring. Subclasses set `input_size` while loading."""
+
+    #: (height, width) every image is resized to before `preprocess`; None keeps the decoded size
+    #: (then the task must cope with images of different sizes itself).
+    input_size: tuple[int, int] | None = None
+
+    @classmethod
+    @abstractmethod
+    def load(cls, context: TaskContext, model: str | None, labels: str | None) -> ScoringTask:
+        """Build the task for a message's `model` and `labels` URIs (either may be None)."""
+
+    @abstractmethod
+    def preprocess(self, pixels: Pixels) -> Array:
+        """One image's RGB uint8 pixels → the model's input for it (float32)."""
+
+    @abstractmethod
+    def predict(self, batch: Array) -> Any:
+        """Score a stacked batch (N, ...) → model outputs (numpy arrays)."""
+
+    @abstractmethod
+    def postprocess(self, outputs: Any, count: int) -> list[Any]:
+        """Model outputs → `count` JSON-able predictions, one per image, in batch order."""

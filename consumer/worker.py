@@ -1,0 +1,286 @@
+"""The worker loop: take a prepared batch, score it, write its results, ack it.
+
+    while not stopped:
+        job = prefetcher.take()          received, validated, fetched and decoded ahead
+        process(job):
+            bad message             → dead-letter at once (+ poison report)
+            delivered too often     → dead-letter (it crashed or timed out every consumer)
+            batch-level failure     → release with exponential backoff, or dead-letter after
+                                      max_attempts deliveries
+            else: score → write results (durable) → ack → write the timing record
+
+Acking only after the results are written means a crash anywhere leaves the message to come
+back; results are keyed by (run_id, batch_id), so scoring a batch twice still yields one row
+per image. Storage outages while writing or acking are waited out with backoff (the lease keeper
+keeps renewing meanwhile); `step` is one iteration, testable on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from consumer.lease import LeaseKeeper
+from consumer.pipeline import Job, Prefetcher
+from workpool.errors import LeaseLostError, MessageError, StorageUnavailableError, WorkpoolError
+from workpool.queue import WorkQueue
+from workpool.runs import BatchRecord, PoisonReport, ResultRow, RunStore
+
+log = logging.getLogger(__name__)
+
+# How long a write or ack keeps retrying through a storage outage before the batch is left to
+# come back on its own (its lease then runs out).
+OUTAGE_PATIENCE_S = 300.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Backoff:
+    """Delays for releasing a failed batch: base·2^(attempt-1), capped."""
+
+    base_s: float = 2.0
+    max_s: float = 300.0
+
+    def delay_s(self, attempt: int) -> int:
+        return int(min(self.base_s * 2 ** max(attempt - 1, 0), self.max_s))
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        runs: RunStore,
+        leases: LeaseKeeper,
+        prefetcher: Prefetcher,
+        *,
+        worker_id: str,
+        max_attempts: int,
+        idle_exit_s: float | None = None,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.queue = queue
+        self.runs = runs
+        self.leases = leases
+        self.prefetcher = prefetcher
+        self.worker_id = worker_id
+        self.max_attempts = max_attempts
+        self.idle_exit_s = idle_exit_s
+        self.backoff = backoff or Backoff()
+        self._clock = clock
+        self._now = now
+        self._sleep = sleep
+        self.images_processed = 0
+        self.batches_processed = 0
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self.step(stop) is None and self.idle_expired():
+                log.info("worker %s: queue empty for %.0f s, exiting", self.worker_id, self.idle_exit_s)
+                return
+
+    def step(self, stop: threading.Event, wait_s: float = 0.5) -> Job | None:
+        """Take one prepared job and process it; None when there was nothing to take."""
+        job = self.prefetcher.take(wait_s)
+        if job is None:
+            return None
+        if stop.is_set():
+            return job  # stopping: shutdown releases it with everything else held
+        self.process(job, stop)
+        return job
+
+    def idle_expired(self) -> bool:
+        since = self.prefetcher.empty_since
+        return (
+            self.idle_exit_s is not None
+            and since is not None
+            and not self.leases.held()
+            and self._clock() - since >= self.idle_exit_s
+        )
+
+    # --- one batch ---------------------------------------------------------------------------
+    def process(self, job: Job, stop: threading.Event) -> None:
+        attempt = job.message.dequeue_count
+        if isinstance(job.failure, MessageError):
+            self.poison(job, str(job.failure), stop)
+            return
+        if attempt > self.max_attempts:
+            self.poison(job, f"delivered {attempt} times without being finished (consumers crashed or timed out)", stop)
+            return
+        if job.failure is not None:
+            self.fail(job, job.failure, stop)
+            return
+        started = time.perf_counter()
+        started_at = self._now()
+        try:
+            rows = self.score(job)
+        except Exception as exc:
+            self.fail(job, exc, stop)
+            return
+        scored_at = self._now()
+        score_s = time.perf_counter() - started
+        assert job.batch is not None
+        run_id, batch_id = job.batch.run_id, job.batch.batch_id
+        if not self._persist(lambda: self.runs.write_results(run_id, batch_id, rows), "write results", stop):
+            self.leases.finish(job.message_id, lambda m: None)  # stop renewing: it comes back
+            return
+        try:
+            acked = self._persist(lambda: self._ack(job), "ack", stop)
+        except LeaseLostError:
+            acked = False
+        acked_at = self._now()
+        if not acked:
+            log.warning(
+                "run=%s batch=%s worker=%s: lease lost before the ack; another consumer will redo the batch "
+                "(results are overwritten, not duplicated)",
+                run_id,
+                batch_id,
+                self.worker_id,
+            )
+            return
+        total_s = time.perf_counter() - started
+        failed = sum(1 for r in rows if r.status == "error")
+        record = BatchRecord(
+            run_id=run_id,
+            batch_id=batch_id,
+            worker=self.worker_id,
+            attempt=attempt,
+            images=len(rows),
+            images_ok=len(rows) - failed,
+            images_failed=failed,
+            dequeued_at=job.dequeued_at,
+            scored_at=scored_at,
+            acked_at=acked_at,
+            images_per_s=len(rows) / max((acked_at - started_at).total_seconds(), 1e-9),
+            started_at=started_at,
+            prepare_s=round(job.prepare_s, 6),
+            score_s=round(score_s, 6),
+        )
+        # The record is bookkeeping for reports: the batch is done even if it cannot be written.
+        if not self._persist(lambda: self.runs.write_batch_record(record), "write batch record", stop):
+            log.error("run=%s batch=%s: timing record not written", run_id, batch_id)
+        self.images_processed += len(rows)
+        self.batches_processed += 1
+        log.info(
+            "run=%s batch=%s worker=%s attempt=%d images=%d ok=%d failed=%d "
+            "prepare=%.3fs score=%.3fs total=%.3fs %.1f images/s",
+            run_id,
+            batch_id,
+            self.worker_id,
+            attempt,
+            len(rows),
+            len(rows) - failed,
+            failed,
+            job.prepare_s,
+            score_s,
+            total_s,
+            record.images_per_s,
+        )
+
+    def score(self, job: Job) -> list[ResultRow]:
+        """Predictions for the readable images, error rows for the rest, in message order."""
+        assert job.batch is not None and job.task is not None
+        readable = [image for image in job.images if image.array is not None]
+        predictions: list[Any] = []
+        if readable:
+            batch = np.stack([image.array for image in readable if image.array is not None])
+            predictions = job.task.postprocess(job.task.predict(batch), len(readable))
+            if len(predictions) != len(readable):
+                raise WorkpoolError(f"task returned {len(predictions)} predictions for {len(readable)} images")
+        by_name = iter(predictions)
+        rows = []
+        for image in job.images:
+            if image.array is not None:
+                rows.append(
+                    ResultRow(
+                        image=image.name,
+                        status="ok",
+                        predictions=next(by_name),
+                        batch_id=job.batch.batch_id,
+                        worker=self.worker_id,
+                    )
+                )
+            else:
+                rows.append(
+                    ResultRow(
+                        image=image.name,
+                        status="error",
+                        error=image.error,
+                        batch_id=job.batch.batch_id,
+                        worker=self.worker_id,
+                    )
+                )
+        return rows
+
+    # --- failures ------------------------------------------------------------------------------
+    def fail(self, job: Job, exc: BaseException, stop: threading.Event) -> None:
+        attempt = job.message.dequeue_count
+        reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, WorkpoolError) else str(exc)
+        where = self._where(job)
+        if attempt >= self.max_attempts:
+            self.poison(job, f"failed {attempt} times; last error: {reason}", stop)
+            return
+        delay = self.backoff.delay_s(attempt)
+        log.warning("%s attempt=%d failed, retrying in %d s: %s", where, attempt, delay, reason)
+        try:
+            self.leases.finish(job.message_id, lambda m: self.queue.release(m, delay))
+        except WorkpoolError as release_error:
+            # Cannot even release (storage down): stop renewing; the lease runs out instead.
+            log.warning("%s could not be released (%s); it returns when its lease expires", where, release_error)
+            self.leases.finish(job.message_id, lambda m: None)
+
+    def poison(self, job: Job, reason: str, stop: threading.Event) -> None:
+        attempt = job.message.dequeue_count
+        log.error("%s attempt=%d dead-lettered: %s", self._where(job), attempt, reason)
+        if job.batch is not None:
+            report = PoisonReport(
+                run_id=job.batch.run_id,
+                batch_id=job.batch.batch_id,
+                reason=reason,
+                attempts=attempt,
+                worker=self.worker_id,
+            )
+            # The report goes first: a crash before the dead-letter leaves a report and a message
+            # that comes back, never a poisoned batch nobody can find.
+            self._persist(lambda: self.runs.write_poison(report), "write poison report", stop)
+        self._persist(
+            lambda: self.leases.finish(job.message_id, lambda m: self.queue.dead_letter(m, reason)), "dead-letter", stop
+        )
+
+    def _where(self, job: Job) -> str:
+        if job.batch is None:
+            return f"message={job.message_id} worker={self.worker_id}"
+        return f"run={job.batch.run_id} batch={job.batch.batch_id} worker={self.worker_id}"
+
+    def _ack(self, job: Job) -> None:
+        if not self.leases.finish(job.message_id, self.queue.ack):
+            raise LeaseLostError(f"message {job.message_id} is no longer ours")
+
+    def _persist(self, operation: Callable[[], object], what: str, stop: threading.Event) -> bool:
+        """Run a storage operation, waiting out outages with backoff; False if it never succeeded."""
+        deadline = self._clock() + OUTAGE_PATIENCE_S
+        delay = 0.5
+        while True:
+            try:
+                operation()
+                return True
+            except StorageUnavailableError as exc:
+                if stop.is_set() or self._clock() + delay > deadline:
+                    log.error("%s: gave up after storage stayed unreachable: %s", what, exc)
+                    return False
+                log.warning("%s: storage unreachable, retrying in %.1f s: %s", what, delay, exc)
+                self._sleep(delay)
+                delay = min(delay * 2, 10.0)
