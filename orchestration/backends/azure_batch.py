@@ -76,7 +76,7 @@ class AzureBatchLauncher(Launcher):
         self._require()
         warn_if_embedded(self.settings, "azure-batch")
         self._warn_about_keys()
-        made = Made()
+        made = Made(self.name)
         pool = self._get_pool(made)
         if pool is None:
             self._create_pool(nodes, made)
@@ -88,7 +88,7 @@ class AzureBatchLauncher(Launcher):
     def scale(self, nodes: int) -> None:
         _check_nodes(nodes, allow_zero=True)
         self._require()
-        made = Made()
+        made = Made(self.name)
         pool = self._get_pool(made)
         if pool is None:
             raise NotFoundError(f"Azure Batch pool {self._pool} does not exist: run `orchestration launch` first")
@@ -126,7 +126,7 @@ class AzureBatchLauncher(Launcher):
     def teardown(self, delete: bool = False) -> None:
         self._require()
         s = self.settings
-        made = Made()
+        made = Made(self.name)
         client = self._client()
         job = self._get_job()
         if job is not None and text_of(job.state) in {"active", "disabled", "disabling", "enabling"}:

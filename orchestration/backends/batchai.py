@@ -70,7 +70,7 @@ class BatchAILauncher(Launcher):
         _check_nodes(nodes)
         self._require()
         warn_if_embedded(self.settings, "batchai")
-        made = Made()
+        made = Made(self.name)
         self._ensure_workspace(made)
         self._ensure_experiment(made)
         self._ensure_cluster(nodes, made)
@@ -79,7 +79,7 @@ class BatchAILauncher(Launcher):
     def scale(self, nodes: int) -> None:
         _check_nodes(nodes, allow_zero=True)
         self._require()
-        made = Made()
+        made = Made(self.name)
         cluster = self._get_cluster()
         if cluster is None:
             raise NotFoundError(
@@ -117,7 +117,7 @@ class BatchAILauncher(Launcher):
     def teardown(self, delete: bool = False) -> None:
         self._require()
         s = self.settings
-        made = Made()
+        made = Made(self.name)
         for job in self._jobs():
             if text_of(job.execution_state) in ACTIVE_JOB_STATES:
                 self._terminate(job.name, made)
@@ -364,7 +364,10 @@ def _check_provisioned(resource: Any, what: str, made: Made) -> None:
     if state == "failed":
         errors = getattr(resource, "errors", None) or []
         reasons = "; ".join(f"{e.code}: {e.message}" for e in errors) or "no reason given"
-        raise WorkpoolError(f"{what} failed: provisioning state Failed ({reasons}); {made.note()}")
+        raise WorkpoolError(
+            f"{what} failed: provisioning state Failed ({reasons}); the resource is left in the Failed state; "
+            + made.note()
+        )
 
 
 def _job_name(index: int) -> str:

@@ -223,6 +223,7 @@ def arm_client_options(settings: Settings, credential: Any) -> dict[str, Any]:
 class Made:
     """What a launch created or changed so far, for an honest error message."""
 
+    backend: str
     items: list[str] = field(default_factory=list)
 
     def add(self, item: str) -> None:
@@ -232,7 +233,8 @@ class Made:
     def note(self) -> str:
         if not self.items:
             return "nothing was created"
-        return "already made: " + "; ".join(self.items) + " (remove with `orchestration teardown --delete`)"
+        undo = f"`orchestration teardown --backend {self.backend} --delete`"
+        return "already made: " + "; ".join(self.items) + f" (remove with {undo})"
 
 
 def service_error(exc: HttpResponseError) -> str:

@@ -108,7 +108,7 @@ class RecordingServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     def start(self) -> RecordingServer:
         self._thread.start()
@@ -374,3 +374,36 @@ class FakeBatch:
         if task is not None:
             task["state"] = "completed"
         return reply(204)
+
+
+# --- fake credentials and secrets, to prove none of them leaks --------------------------------
+ACCOUNT_KEY = "c3RvcmFnZS1hY2NvdW50LWtleS1zZWNyZXQtMDAwMDAw"  # base64, like a real key
+SAS_SIGNATURE = "c2FzLXNpZ25hdHVyZS1zZWNyZXQtMDA%3D"
+SAS_TOKEN = f"sv=2022-11-02&ss=bq&srt=sco&sp=rwdlacup&se=2030-01-01T00%3A00%3A00Z&sig={SAS_SIGNATURE}"
+CONNECTION_STRING = (
+    f"DefaultEndpointsProtocol=https;AccountName=imagesacct;AccountKey={ACCOUNT_KEY};EndpointSuffix=core.windows.net"
+)
+BATCH_KEY = "YmF0Y2gtc2hhcmVkLWtleS1zZWNyZXQtMDAwMDAwMA=="
+SECRETS = (ACCOUNT_KEY, SAS_SIGNATURE, SAS_TOKEN, CONNECTION_STRING, BATCH_KEY)
+
+
+class FakeTokenCredential:
+    """An Entra ID stand-in: hands out a static token and remembers the scopes asked for."""
+
+    token = "fake-entra-token"
+
+    def __init__(self) -> None:
+        self.scopes: list[str] = []
+
+    def get_token(self, *scopes: str, **_kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        self.scopes.extend(scopes)
+        return AccessToken(self.token, 4_102_444_800)  # 2100-01-01
+
+
+class UnusableCredential:
+    """For dry runs: any attempt to sign in fails the test."""
+
+    def get_token(self, *scopes: str, **_kwargs: Any) -> Any:
+        raise AssertionError(f"a dry run asked for a token ({scopes})")
