@@ -7,6 +7,8 @@
 The corpus maps each name to the status a consumer must give it. One name in it, `MISSING_IMAGE`,
 is deliberately not written: list it in a batch to test a missing blob or file. Every file is
 generated here (no binary fixtures in the repository) and deterministic for a given seed.
+`stage_folder(settings, folder)` puts a folder where a consumer on that backend reads it
+(the folder itself, or a blob container on Azure/Azurite) and returns its source URI.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from workpool.settings import Settings
 
 MISSING_IMAGE = "missing.jpg"
 
@@ -124,3 +128,22 @@ def decompression_bomb_png(width: int = 10_000, height: int = 10_000) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def stage_folder(settings: Settings, folder: Path, container: str | None = None) -> str:
+    """Where a consumer should read `folder` from on the settings' backend; returns the URI.
+
+    Embedded: the folder itself. Azure (Azurite): every file uploaded to `container` (default:
+    `<queue>-src`) under the folder's name, returned as `az://<container>/<folder name>`.
+    """
+    if not settings.uses_azure_storage:
+        return str(folder)
+    from workpool.storage import open_location
+
+    uri = f"az://{container or settings.queue + '-src'}/{folder.name}"
+    store, prefix = open_location(settings, uri)
+    store.ensure()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            store.write(f"{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+    return uri

@@ -1,0 +1,216 @@
+"""The consumer scores what the model says, maps every row to its image, and survives bad images.
+
+Each story runs the real consumer in this process (queue, prefetch thread, decode pool, lease
+keeper, worker) on the embedded backend and on Azurite, with models saved as real `.keras`
+files. Images come from a local folder (embedded) or a blob container (Azurite).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from consumer.images import decode_image
+from consumer.runner import Consumer
+from tests.support.images import (
+    MISSING_IMAGE,
+    solid_color_image,
+    stage_folder,
+    write_bad_image_corpus,
+    write_sample_images,
+)
+from tests.support.models import (
+    CLOTH_HEADS,
+    save_cloth_model,
+    save_identity_model,
+    save_inception_v3,
+    save_tiny_classifier,
+    save_vgg16,
+)
+from workpool.messages import BatchMessage
+from workpool.queue import open_queue
+from workpool.runs import ResultRow, RunStore
+from workpool.settings import Settings
+from workpool.storage import open_result_store
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every model these stories use, built once per session (the smallest inputs Keras allows)."""
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "inception_v3": save_inception_v3(folder, (75, 75), sharpen=300),
+        "vgg16": save_vgg16(folder, (32, 32), sharpen=300),
+        "cloth": save_cloth_model(folder / "cloth"),
+        "identity": save_identity_model(folder),
+        "tiny": save_tiny_classifier(folder),
+    }
+
+
+def send(settings: Settings, *messages: BatchMessage) -> None:
+    queue = open_queue(settings)
+    queue.create()
+    queue.send([m.encode() for m in messages])
+    queue.close()
+
+
+def drain(settings: Settings) -> Consumer:
+    """Run one consumer until the queue has been empty for a moment."""
+    consumer = Consumer(settings.model_copy(update={"idle_exit_s": 0.5}), "test-worker", poll_s=0.05)
+    consumer.run()
+    assert consumer.error is None
+    return consumer
+
+
+def results(settings: Settings, run_id: str, batch_id: str) -> list[ResultRow]:
+    return RunStore(open_result_store(settings)).read_results(run_id, batch_id)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arch", "reference_preprocessing"),
+    [("inception_v3", "inception_v3"), ("vgg16", "vgg16")],
+)
+def test_classification_scores_equal_a_direct_model_call(
+    arch: str, reference_preprocessing: str, models: dict[str, Path], settings: Settings, tmp_path: Path
+) -> None:
+    import keras
+
+    # Given JPEGs and a batch for a random-weight model of the architecture, asking for all
+    # 1000 scores (labels options), so every score can be compared
+    names = write_sample_images(tmp_path / "images", 5, (240, 180))
+    source = stage_folder(settings, tmp_path / "images")
+    options = write_json(tmp_path / "options.json", {"top_k": 1000})
+    send(settings, BatchMessage(run_id="r1", batch_id="b1", task="classification", model=str(models[arch]),
+                                labels=str(options), source=source, images=names))  # fmt: skip
+
+    # When a consumer drains the queue
+    drain(settings)
+
+    # Then every score equals the model called directly on the same decoded pixels, preprocessed
+    # by Keras' own function for the family
+    model = keras.saving.load_model(models[arch])
+    size = tuple(model.inputs[0].shape[1:3])
+    pixels = np.stack([decode_image((tmp_path / "images" / n).read_bytes(), size) for n in names])
+    preprocess_input = getattr(keras.applications, reference_preprocessing).preprocess_input
+    expected = np.asarray(model(preprocess_input(pixels.astype("float32")), training=False))
+    rows = results(settings, "r1", "b1")
+    assert [r.image for r in rows] == names
+    for row, reference in zip(rows, expected, strict=True):
+        assert row.status == "ok"
+        scores = np.zeros(1000, dtype=np.float64)
+        for p in row.predictions:
+            scores[p["index"]] = p["score"]
+        assert np.max(np.abs(scores - reference)) <= 1e-5
+        assert row.predictions[0]["index"] == int(np.argmax(reference))
+        assert [p["score"] for p in row.predictions] == sorted((p["score"] for p in row.predictions), reverse=True)
+    # ImageNet names are used for a 1000-class model without labels
+    assert rows[0].predictions[0]["label"] != str(rows[0].predictions[0]["index"])
+
+
+def test_cloth_heads_equal_a_direct_model_call(models: dict[str, Path], settings: Settings, tmp_path: Path) -> None:
+    import keras
+
+    # Given a two-head model with its head spec beside it, both read from the backend's store
+    names = write_sample_images(tmp_path / "images", 4, (120, 90))
+    source = stage_folder(settings, tmp_path / "images")
+    model_uri = stage_folder(settings, models["cloth"].parent) + "/cloth.keras"
+    send(settings, BatchMessage(run_id="r1", batch_id="b1", task="cloth_recognition", model=model_uri,
+                                source=source, images=names))  # fmt: skip
+
+    # When a consumer drains the queue
+    drain(settings)
+
+    # Then each row has one entry per head, scored exactly as the model scores them
+    model = keras.saving.load_model(models["cloth"])
+    pixels = np.stack([decode_image((tmp_path / "images" / n).read_bytes(), (32, 32)) for n in names])
+    category, attributes = (np.asarray(o) for o in model(pixels.astype("float32"), training=False))
+    category_head, attribute_head = CLOTH_HEADS["heads"]
+    for i, row in enumerate(results(settings, "r1", "b1")):
+        assert set(row.predictions) == {"category", "attributes"}
+        top2 = np.argsort(-category[i])[:2]
+        assert [p["label"] for p in row.predictions["category"]] == [category_head["labels"][j] for j in top2]
+        for p, j in zip(row.predictions["category"], top2, strict=True):
+            assert abs(p["score"] - category[i, j]) <= 1e-5
+        over = {attribute_head["labels"][j]: attributes[i, j] for j in range(3) if attributes[i, j] >= 0.3}
+        assert {p["label"] for p in row.predictions["attributes"]} == set(over)
+        for p in row.predictions["attributes"]:
+            assert abs(p["score"] - over[p["label"]]) <= 1e-5
+
+
+def test_rows_map_to_their_images(models: dict[str, Path], settings: Settings, tmp_path: Path) -> None:
+    # Given images of distinct solid colours, interleaved with broken and missing ones, and a
+    # model whose output is the mean of each input channel (so a row names its own image)
+    colours = {f"c{i:02d}.png": (i * 20, 255 - i * 20, (i * 37) % 256) for i in range(10)}
+    for name, rgb in colours.items():
+        solid_color_image(tmp_path / "images", name, rgb)
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"not an image")
+    names = list(colours)
+    names[3:3] = ["broken.jpg"]
+    names[7:7] = [MISSING_IMAGE]
+    spec = write_json(tmp_path / "means.json", {
+        "preprocess": "raw",
+        "heads": [{"name": "mean", "activation": "sigmoid", "labels": ["r", "g", "b"], "threshold": 0.0}],
+    })  # fmt: skip
+    source = stage_folder(settings, tmp_path / "images")
+    send(settings, BatchMessage(run_id="r1", batch_id="b1", task="cloth_recognition", model=str(models["identity"]),
+                                labels=str(spec), source=source, images=names))  # fmt: skip
+
+    # When a consumer drains the queue
+    drain(settings)
+
+    # Then each row is for its image, in message order, and carries that image's colour
+    rows = results(settings, "r1", "b1")
+    assert [r.image for r in rows] == names
+    for row in rows:
+        if row.image in colours:
+            means = {p["label"]: p["score"] for p in row.predictions["mean"]}
+            assert (means["r"], means["g"], means["b"]) == pytest.approx(colours[row.image], abs=1e-3)
+        else:
+            assert row.status == "error" and row.error
+
+
+def test_bad_image_corpus_gives_one_row_each_and_the_consumer_goes_on(
+    models: dict[str, Path], settings: Settings, tmp_path: Path
+) -> None:
+    # Given the corpus of broken and awkward images in one batch, and a good batch after it
+    expected = write_bad_image_corpus(tmp_path / "images")
+    good = write_sample_images(tmp_path / "images", 3, (64, 48), prefix="good_")
+    source = stage_folder(settings, tmp_path / "images")
+    model = str(models["tiny"])
+    send(
+        settings,
+        BatchMessage(
+            run_id="r1", batch_id="bad", task="classification", model=model, source=source, images=list(expected)
+        ),
+        BatchMessage(run_id="r1", batch_id="good", task="classification", model=model, source=source, images=good),
+    )
+
+    # When one consumer drains the queue
+    consumer = drain(settings)
+
+    # Then every image has exactly one row with the expected status, errors with a reason
+    rows = results(settings, "r1", "bad")
+    assert [r.image for r in rows] == list(expected)
+    assert {r.image: r.status for r in rows} == expected
+    reasons = {r.image: r.error for r in rows if r.status == "error"}
+    assert all(reasons.values())
+    assert reasons[MISSING_IMAGE] == "not found"
+    assert "empty" in reasons["zero_bytes.jpg"]
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "too many pixels" in reasons["bomb.png"]
+    assert "not an image" in reasons["text_named.jpg"]
+    # And the same consumer went on to score the next batch; nothing is left on the queue
+    assert [r.status for r in results(settings, "r1", "good")] == ["ok"] * 3
+    assert consumer.images_processed == len(expected) + 3
+    assert open_queue(settings).depth().messages == 0
