@@ -290,6 +290,23 @@ class FakeBatch:
         s.route("GET", r"^/jobs/(?P<job>[^/]+)/tasks$", self._list_tasks)
         s.route("POST", r"^/jobs/(?P<job>[^/]+)/addtaskcollection$", self._add_tasks)
         s.route("POST", r"^/jobs/(?P<job>[^/]+)/tasks/(?P<task>[^/]+)/terminate$", self._terminate_task)
+        # The one management-plane call: a pool with a managed identity is created through ARM.
+        s.route("PUT", r"/providers/Microsoft\.Batch/batchAccounts/[^/]+/pools/(?P<pool>[^/]+)$", self._put_arm_pool)
+
+    def _put_arm_pool(self, request: Recorded, m: re.Match[str]) -> Reply:
+        props = request.body["properties"]
+        fixed = props["scaleSettings"]["fixedScale"]
+        self.add_pool(
+            {
+                "id": m["pool"],
+                "vmSize": props["vmSize"],
+                "targetDedicatedNodes": fixed.get("targetDedicatedNodes", 0),
+                "targetLowPriorityNodes": fixed.get("targetLowPriorityNodes", 0),
+            }
+        )
+        body = dict(request.body, id=request.path, name=m["pool"])
+        body["properties"] = dict(props, provisioningState="Succeeded")
+        return reply(200, body)
 
     def _add_pool(self, request: Recorded, _m: re.Match[str]) -> Reply:
         body = request.body
