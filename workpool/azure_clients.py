@@ -22,6 +22,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import ExponentialRetry, QueueServiceClient
 
@@ -32,11 +33,18 @@ from workpool.settings import Settings, StorageMode
 for _name in ("azure", "azure.core.pipeline.policies.http_logging_policy", "azure.identity"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-_CLIENT_OPTIONS: dict[str, Any] = {
-    "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2, random_jitter_range=1),
-    "connection_timeout": 10,
-    "read_timeout": 30,
-}
+_CONNECTION_TIMEOUT_S, _READ_TIMEOUT_S = 10, 30
+
+
+def _client_options() -> dict[str, Any]:
+    # A fresh retry policy per client: a policy instance links itself to the next policy of the
+    # pipeline it is placed in, so one instance shared by the blob and queue clients sent queue
+    # requests down the blob client's pipeline (its connection pool and policies), and back.
+    return {
+        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2, random_jitter_range=1),
+        "connection_timeout": _CONNECTION_TIMEOUT_S,
+        "read_timeout": _READ_TIMEOUT_S,
+    }
 
 
 def service_url(account_url: str, service: str) -> str:
@@ -65,27 +73,53 @@ def _credential(settings: Settings) -> Any:
     return _default_credential()
 
 
+# AzureQueue.send runs 32 requests at once; requests' default pool keeps 10 connections, so
+# the rest were opened anew per request and dropped with a "Connection pool is full" warning.
+QUEUE_POOL_CONNECTIONS = 32
+
+
+def _queue_transport() -> RequestsTransport:
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    # Retries belong to the SDK's policy (above), never to urllib3 underneath it.
+    adapter = HTTPAdapter(pool_maxsize=QUEUE_POOL_CONNECTIONS, max_retries=Retry(total=False, redirect=False))
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, adapter)
+    return RequestsTransport(
+        session=session,
+        session_owner=True,
+        connection_timeout=_CONNECTION_TIMEOUT_S,
+        read_timeout=_READ_TIMEOUT_S,
+    )
+
+
 def queue_service(settings: Settings) -> QueueServiceClient:
     if settings.connection_string is not None:
         return QueueServiceClient.from_connection_string(
-            settings.connection_string.get_secret_value(), **_CLIENT_OPTIONS
+            settings.connection_string.get_secret_value(), transport=_queue_transport(), **_client_options()
         )
     if settings.account_url is None:
         raise WorkpoolError("Azure Storage is not configured")
     return QueueServiceClient(
-        service_url(settings.account_url, "queue"), credential=_credential(settings), **_CLIENT_OPTIONS
+        service_url(settings.account_url, "queue"),
+        credential=_credential(settings),
+        transport=_queue_transport(),
+        **_client_options(),
     )
 
 
 def blob_service(settings: Settings) -> BlobServiceClient:
     if settings.connection_string is not None:
         return BlobServiceClient.from_connection_string(
-            settings.connection_string.get_secret_value(), **_CLIENT_OPTIONS
+            settings.connection_string.get_secret_value(), **_client_options()
         )
     if settings.account_url is None:
         raise WorkpoolError("Azure Storage is not configured")
     return BlobServiceClient(
-        service_url(settings.account_url, "blob"), credential=_credential(settings), **_CLIENT_OPTIONS
+        service_url(settings.account_url, "blob"), credential=_credential(settings), **_client_options()
     )
 
 
