@@ -21,6 +21,7 @@ from tests.support.recording_server import (
     FakeTokenCredential,
     RecordingServer,
     UnusableCredential,
+    arm_error,
     batch_error,
     recording_server,
     reply,
@@ -397,3 +398,33 @@ def test_without_an_identity_keys_travel_only_in_the_job_environment_with_a_warn
     assert BATCH_KEY not in server.everything_sent()
     assert "travels to the nodes in the job's environment" in caplog.text
     assert not [s for s in SECRETS if s in caplog.text]
+
+
+def test_a_package_url_with_a_sas_is_masked_in_the_dry_run_but_sent_to_the_start_task(
+    server: RecordingServer, fake: FakeBatch
+) -> None:
+    wheel = "https://pkgs.blob.core.windows.net/wheels/workpool-0.1.0-py3-none-any.whl?sv=2022&sig=d2hlZWwtc2ln"
+
+    plan = launcher(server, node_package=wheel).describe(1)
+    launcher(server, node_package=wheel).launch(1)
+
+    planned = plan[0].body["startTask"]
+    assert planned["environmentSettings"] == [{"name": "WORKPOOL_NODE_PACKAGE", "value": wheel.split("?")[0] + "?***"}]
+    start = server.sent("POST", "^/pools$")[0].body["startTask"]
+    assert start["environmentSettings"] == [{"name": "WORKPOOL_NODE_PACKAGE", "value": wheel}]
+    assert wheel not in start["commandLine"]
+
+
+def test_an_identity_pool_refused_by_resource_manager_is_a_clear_error(
+    server: RecordingServer, fake: FakeBatch
+) -> None:
+    server.route("PUT", ARM_POOL, arm_error(403, "AuthorizationFailed", "no write access to batchAccounts/pools"))
+
+    with pytest.raises(WorkpoolError) as error:
+        identity_launcher(server).launch(2)
+
+    message = str(error.value)
+    assert message.startswith("creating Azure Batch pool gpu (2 × STANDARD_NC6S_V3, dedicated) failed: 403")
+    assert "AuthorizationFailed: no write access to batchAccounts/pools" in message
+    assert message.endswith("nothing was created")
+    assert non_get(server) == [("PUT", ARM_POOL)]

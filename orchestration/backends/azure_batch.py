@@ -40,6 +40,7 @@ from orchestration.backends.cluster_common import (
     default_credential,
     install_command,
     node_environment,
+    package_source,
     require,
     text_of,
     warn_if_embedded,
@@ -158,13 +159,15 @@ class AzureBatchLauncher(Launcher):
                 PlannedRequest(
                     "PUT",
                     self._arm_pool_path() + f"?api-version={ARM_BATCH_API_VERSION}",
-                    self._arm_pool_body(nodes).as_dict(),
+                    self._arm_pool_body(nodes, redacted=True).as_dict(),
                     "through Azure Resource Manager: only ARM can give a pool a managed identity",
                 )
             )
         else:
             plan.append(
-                PlannedRequest("POST", self._batch_path("/pools"), self._pool_body(nodes).as_dict(), "the GPU pool")
+                PlannedRequest(
+                    "POST", self._batch_path("/pools"), self._pool_body(nodes, redacted=True).as_dict(), "the GPU pool"
+                )
             )
         plan.append(
             PlannedRequest(
@@ -220,7 +223,7 @@ class AzureBatchLauncher(Launcher):
             self._client().begin_resize_pool(self._pool, options, polling_interval=_seconds(s))
         made.add(f"pool {self._pool} resizing to {nodes} nodes")
 
-    def _pool_body(self, nodes: int) -> Any:
+    def _pool_body(self, nodes: int, redacted: bool = False) -> Any:
         s = self.settings
         dedicated, low = _split(nodes, s.vm_priority)
         return bm.BatchPoolCreateOptions(
@@ -237,7 +240,9 @@ class AzureBatchLauncher(Launcher):
             task_slots_per_node=1,
             start_task=bm.BatchStartTask(
                 command_line=install_command(),
-                environment_settings=[bm.EnvironmentSetting(name="WORKPOOL_NODE_PACKAGE", value=s.node_package)],
+                environment_settings=[
+                    bm.EnvironmentSetting(name="WORKPOOL_NODE_PACKAGE", value=package_source(s, redacted))
+                ],
                 # Installing into /opt needs root; the consumer tasks run as the default
                 # non-admin user.
                 user_identity=bm.UserIdentity(
@@ -265,7 +270,7 @@ class AzureBatchLauncher(Launcher):
         if state.lower() == "failed":
             raise WorkpoolError(f"{what} failed: provisioning state Failed; {made.note()}")
 
-    def _arm_pool_body(self, nodes: int) -> Any:
+    def _arm_pool_body(self, nodes: int, redacted: bool = False) -> Any:
         from azure.mgmt.batch import models as am
 
         s = self.settings
@@ -290,7 +295,9 @@ class AzureBatchLauncher(Launcher):
                 task_slots_per_node=1,
                 start_task=am.StartTask(
                     command_line=install_command(),
-                    environment_settings=[am.EnvironmentSetting(name="WORKPOOL_NODE_PACKAGE", value=s.node_package)],
+                    environment_settings=[
+                        am.EnvironmentSetting(name="WORKPOOL_NODE_PACKAGE", value=package_source(s, redacted))
+                    ],
                     user_identity=am.UserIdentity(
                         auto_user=am.AutoUserSpecification(scope="Pool", elevation_level="Admin")
                     ),
