@@ -24,7 +24,7 @@ def plot_benchmark(result: BenchmarkResult, path: Path) -> Path:
     for n, w in zip(nodes, walls, strict=True):
         left.annotate(f"{w:.1f} s", (n, w), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     left.set(title="Drain wall time", xlabel="nodes", ylabel="seconds (first dequeue → last ack)")
-    left.set_ylim(bottom=0)
+    left.set_ylim(0, max(walls) * 1.15)  # headroom for the labels above the points
 
     speedups = [t.speedup for t in tiers]
     right.plot(nodes, speedups, "o-", color="tab:green", label="measured")
@@ -35,7 +35,7 @@ def plot_benchmark(result: BenchmarkResult, path: Path) -> Path:
             xytext=(0, 7), ha="center", fontsize=8,
         )  # fmt: skip
     right.set(title="Speedup (scaling efficiency)", xlabel="nodes", ylabel=f"× vs {base.nodes} node(s)")
-    right.set_ylim(bottom=0)
+    right.set_ylim(0, max(*speedups, nodes[-1] / base.nodes) * 1.15)
 
     for ax in (left, right):
         ax.set_xticks(nodes)

@@ -1,0 +1,109 @@
+"""The orchestration CLI's contract at its edges: usage errors exit 2, dry runs start nothing and
+show no secret, a second launch is refused, and the benchmark runs its tiers end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support.images import write_sample_images
+from tests.support.orchestration_cli import SLEEP_TASK, enqueue, live_node_pids, orchestration, torn_down
+from workpool.settings import Settings, load_settings
+
+
+def test_every_command_has_help() -> None:
+    settings = load_settings()
+    for command in ("launch", "scale", "status", "wait", "results", "benchmark", "teardown"):
+        out = orchestration(settings, command, "--help")
+        assert out.code == 0 and "Usage" in out.stdout, command
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["launch", "--nodes", "2", "--backend", "kubernetes"],
+        ["launch"],
+        ["scale", "--nodes", "2"],  # nothing is running
+        ["results", "--run", "r", "--out", "out.xlsx"],
+        ["benchmark", "--tiers", "1,x"],
+        ["benchmark", "--arch", "vgg16", "--model", "m.keras"],
+        ["wait"],
+    ],
+)
+def test_bad_usage_exits_2_with_one_clear_line(tmp_path: Path, args: list[str]) -> None:
+    settings = load_settings(home=tmp_path / "home", queue="usage")
+    out = orchestration(settings, *args)
+    assert out.code == 2, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.azurite
+def test_dry_run_describes_the_nodes_and_shows_no_secret(azurite: object, tmp_path: Path) -> None:
+    from tests.support.azurite import ACCOUNT_KEY, Azurite
+
+    assert isinstance(azurite, Azurite)
+    settings = load_settings(home=tmp_path / "home", queue="dry", connection_string=azurite.connection_string)
+    out = orchestration(settings, "launch", "--nodes", "3", "--dry-run", "--json")
+    assert out.code == 0, out.stderr
+    plan = out.json()
+    assert [r["path"].split(" --worker-id ")[1].split()[0].rsplit("-", 1)[1] for r in plan["requests"][1:]] == [
+        "1",
+        "2",
+        "3",
+    ]
+    assert plan["requests"][0]["body"]["environment"]["AZURE_STORAGE_CONNECTION_STRING"] == "***"
+    for text in (out.stdout, out.stderr, orchestration(settings, "launch", "--nodes", "1", "--dry-run").stdout):
+        assert ACCOUNT_KEY not in text and ACCOUNT_KEY[:20] not in text
+    assert live_node_pids(settings) == []
+    assert not (tmp_path / "home" / "local").exists()
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_a_second_launch_is_refused_and_teardown_stops_every_node(tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path / "home", queue="twice")
+    with torn_down(settings):
+        assert orchestration(settings, "launch", "--nodes", "2").code == 0
+        pids = live_node_pids(settings)
+        assert len(pids) == 2
+
+        again = orchestration(settings, "launch", "--nodes", "1")
+        assert again.code == 2 and "already running" in again.stderr
+
+        assert orchestration(settings, "teardown").code == 0
+        assert live_node_pids(settings) == []
+        status = orchestration(settings, "status", "--json").json()
+        assert status["cluster"]["nodes"] == [] and status["queue"]["messages"] == 0
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_benchmark_runs_each_tier_as_a_fresh_run_and_writes_table_json_and_plot(tmp_path: Path) -> None:
+    settings: Settings = load_settings(home=tmp_path / "home", queue="bench")
+    write_sample_images(tmp_path / "images", 24, (64, 48))
+    png = tmp_path / "bench.png"
+    with torn_down(settings):
+        out = orchestration(
+            settings,
+            "benchmark", "--tiers", "1,2", "--images", "20", "--source", str(tmp_path / "images"),
+            "--task", SLEEP_TASK, "--batch-size", "4", "--plot", str(png), "--json",
+            env={"WORKPOOL_EXAMPLE_SLEEP_S": "0.02"},
+        )  # fmt: skip
+    assert out.code == 0, out.stderr
+    result = out.json()
+    tiers = result["tiers"]
+    assert [t["nodes"] for t in tiers] == [1, 2]
+    assert len({t["run_id"] for t in tiers}) == 2
+    assert all(t["images"] == t["images_ok"] == 20 and t["complete"] for t in tiers)
+    assert tiers[0]["speedup"] == 1.0 and tiers[0]["efficiency"] == 1.0
+    assert len(tiers[0]["workers"]) == 1
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert live_node_pids(settings) == []
+
+    # A busy queue would spoil the timings: the benchmark refuses it.
+    enqueue(settings, tmp_path / "images", "busy", "--task", SLEEP_TASK)
+    busy = orchestration(settings, "benchmark", "--tiers", "1", "--images", "4", "--task", SLEEP_TASK)
+    assert busy.code == 2 and "holds 1 message" in busy.stderr
+    assert json.loads(orchestration(settings, "status", "--json").stdout)["queue"]["messages"] == 1
