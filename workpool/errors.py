@@ -37,6 +37,15 @@ class StorageUnavailableError(TransientError):
     """The queue or store could not be reached (connection refused, timeout, 5xx, locked)."""
 
 
+class PartialSendError(StorageUnavailableError):
+    """Some messages of one `send` arrived and some did not: `unsent` are the indices of the
+    bodies that did not, so a retry re-sends only those instead of duplicating the rest."""
+
+    def __init__(self, message: str, unsent: list[int]) -> None:
+        super().__init__(message)
+        self.unsent = unsent
+
+
 class LeaseLostError(WorkpoolError):
     """The message's receipt is no longer valid: its lease expired or it was renewed elsewhere.
 

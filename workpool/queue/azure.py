@@ -16,6 +16,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, QueueMessage, QueueServiceClient
 
 from workpool.azure_clients import azure_errors
+from workpool.errors import PartialSendError, StorageUnavailableError
 from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, WorkQueue, now_iso
 
 SEND_CONCURRENCY = 32
@@ -42,8 +43,16 @@ class AzureQueue(WorkQueue):
                 send_one(body)
             return
         with ThreadPoolExecutor(max_workers=min(SEND_CONCURRENCY, len(bodies))) as pool:
-            # list() re-raises the first failure here, after the pool has finished the rest.
-            list(pool.map(send_one, bodies))
+            futures = [pool.submit(send_one, body) for body in bodies]
+        failed = [(i, exc) for i, f in enumerate(futures) if (exc := f.exception()) is not None]
+        if not failed:
+            return
+        first = failed[0][1]
+        if all(isinstance(exc, StorageUnavailableError) for _, exc in failed):
+            # Say which bodies did not arrive, so the caller's retry does not duplicate the others.
+            unsent = [i for i, _ in failed]
+            raise PartialSendError(f"{first} ({len(unsent)} of {len(bodies)} not sent)", unsent) from None
+        raise first
 
     def receive(self, max_messages: int = 1, *, visibility_timeout_s: int = 30) -> list[Received]:
         if not 1 <= max_messages <= MAX_RECEIVE:
