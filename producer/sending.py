@@ -1,20 +1,20 @@
 """Putting a run's messages on the queue: in chunks, each chunk retried through short outages.
 
-`WorkQueue.send` of a chunk is one SQLite transaction on the embedded backend and 32 concurrent
-requests on Azure, so chunks keep the account near its 2,000 messages/s per queue while bounding
-what a failure can leave uncertain: when a chunk fails part-way, some of its messages may have
-arrived, and the retry sends the whole chunk again. Those few duplicates are harmless (results
-are written idempotently per batch); a lost message would not be.
+`WorkQueue.send` of a chunk is one SQLite transaction on the embedded backend (all or nothing)
+and 32 concurrent requests on Azure, which keeps the account near its 2,000 messages/s per queue.
+When only part of a chunk arrives, the queue says which bodies did not (`PartialSendError`) and
+only those are retried, so an outage mid-run neither loses nor duplicates messages. (A request
+whose response was lost may still have arrived; its duplicate is harmless, since results are
+written idempotently per batch. A lost message would not be harmless.)
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
 
 from producer.retry import RetryPolicy, retry_transient
-from workpool.errors import TransientError
+from workpool.errors import PartialSendError, TransientError
 from workpool.queue import WorkQueue
 
 CHUNK_MESSAGES = 128
@@ -45,15 +45,26 @@ def send_all(
     """
     sent = 0
     for start in range(0, len(bodies), chunk):
-        part = bodies[start : start + chunk]
+        part = list(bodies[start : start + chunk])
+        pending = part
+
+        def attempt() -> None:
+            nonlocal pending
+            try:
+                queue.send(pending, ttl_s=ttl_s)
+            except PartialSendError as exc:
+                pending = [pending[i] for i in exc.unsent]  # the rest arrived: retry only these
+                raise
+
         try:
             retry_transient(
-                functools.partial(queue.send, part, ttl_s=ttl_s),
+                attempt,
                 f"send messages {start + 1}-{start + len(part)} of {len(bodies)} to queue {queue.name}",
                 policy,
                 sleep=sleep,
             )
         except TransientError as exc:
+            sent += len(part) - len(pending)
             raise SendIncomplete(f"sent {sent} of {len(bodies)} messages, then: {exc}", sent) from None
         sent += len(part)
         on_sent(len(part))

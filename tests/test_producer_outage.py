@@ -1,0 +1,131 @@
+"""The producer rides out a storage outage in the middle of sending a run.
+
+The outage is real: the embedded database is locked by another connection, or the Azurite
+server is stopped and restarted on disk. It starts right after the first chunk of messages has
+been sent (from the progress callback), so it always falls mid-run, and the test then checks
+that every message arrived exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from producer.retry import RetryPolicy
+from producer.sending import SendIncomplete, send_all
+from tests.support.azurite import Azurite, unavailable_reason
+from tests.support.producer_cli import drain_bodies, producer, queue_depth, recorded_runs
+from workpool.queue.embedded import EmbeddedQueue
+from workpool.settings import load_settings
+
+QUICK = RetryPolicy(first_delay_s=0.2, max_delay_s=1.0, give_up_after_s=60)
+BODIES = [f"message {i:03d}" for i in range(300)]
+
+
+@pytest.mark.faults
+def test_a_locked_embedded_queue_mid_send_costs_a_pause_not_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an embedded queue that waits only briefly for SQLite's lock (so our retry is what copes)
+    path = tmp_path / "queue.sqlite3"
+    queue = EmbeddedQueue(path, "work", busy_timeout_s=0.1)
+    queue.create()
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    unlocked = threading.Event()
+
+    def lock_after_first_chunk(n: int) -> None:
+        if not unlocked.is_set() and locker.in_transaction is False:
+            locker.execute("BEGIN EXCLUSIVE")  # another process holding the database
+            threading.Timer(1.5, lambda: (locker.rollback(), unlocked.set())).start()
+
+    # When 300 messages are sent in chunks of 100 and the database locks after the first chunk
+    with caplog.at_level(logging.WARNING, logger="producer.retry"):
+        sent = send_all(queue, BODIES, ttl_s=-1, on_sent=lock_after_first_chunk, chunk=100, policy=QUICK)
+
+    # Then the send waited the lock out and every message arrived once, in order
+    assert unlocked.is_set()
+    assert sent == 300
+    assert any("retrying" in r.getMessage() for r in caplog.records)
+    received = []
+    while batch := queue.receive(32, visibility_timeout_s=60):
+        received += [m.body for m in batch]
+    assert received == BODIES
+    queue.close()
+    locker.close()
+
+
+@pytest.mark.faults
+def test_a_lock_that_outlasts_the_retry_budget_fails_naming_what_was_sent(tmp_path: Path) -> None:
+    path = tmp_path / "queue.sqlite3"
+    queue = EmbeddedQueue(path, "work", busy_timeout_s=0.1)
+    queue.create()
+    queue.send(["already there"])
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(SendIncomplete, match="sent 0 of 300 messages") as failure:
+            send_all(queue, BODIES, ttl_s=-1, policy=RetryPolicy(first_delay_s=0.1, give_up_after_s=0.5))
+        assert failure.value.sent == 0
+    finally:
+        locker.rollback()
+        locker.close()
+    assert queue.depth().messages == 1  # nothing half-written
+    queue.close()
+
+
+@pytest.fixture
+def own_azurite(tmp_path: Path) -> Azurite:
+    """An Azurite of this test's own, on disk, so it can be stopped and restarted."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"Azurite unavailable: {reason}")
+    server = Azurite(location=tmp_path / "azurite")
+    server.start()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+@pytest.mark.faults
+@pytest.mark.azurite
+def test_azurite_stopped_mid_send_and_restarted_loses_nothing(
+    own_azurite: Azurite, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from workpool.queue import open_queue
+
+    settings = load_settings(home=tmp_path / "home", queue="outage", connection_string=own_azurite.connection_string)
+    queue = open_queue(settings)
+    queue.create()
+    restarted = threading.Event()
+
+    def stop_after_first_chunk(n: int) -> None:
+        if own_azurite.proc is not None and not restarted.is_set():
+            own_azurite.stop()  # the storage account goes away mid-run...
+            threading.Timer(9.0, lambda: (own_azurite.start(), restarted.set())).start()  # ...and comes back
+
+    with caplog.at_level(logging.WARNING, logger="producer.retry"):
+        sent = send_all(queue, BODIES, ttl_s=-1, on_sent=stop_after_first_chunk, chunk=100, policy=QUICK)
+    queue.close()
+
+    assert restarted.is_set()
+    assert sent == 300
+    assert any("retrying" in r.getMessage() for r in caplog.records)
+    assert sorted(drain_bodies(settings)) == BODIES  # each exactly once
+
+
+@pytest.mark.faults
+@pytest.mark.azurite
+def test_enqueue_with_storage_down_fails_with_exit_1_and_writes_nothing(own_azurite: Azurite, tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path / "home", queue="down", connection_string=own_azurite.connection_string)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"x")
+    own_azurite.stop()
+    out = producer(settings, "enqueue", str(tmp_path / "images"), "--run", "down-1")
+    assert out.code == 1, out.stderr
+    assert "storage unreachable" in out.stderr and "Traceback" not in out.stderr
+    own_azurite.start()
+    assert queue_depth(settings) == 0
+    assert recorded_runs(settings) == []
