@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ClientAuthenticationError
 
 from orchestration.backends.batchai import BatchAILauncher
 from tests.support.recording_server import (
@@ -401,3 +402,18 @@ def test_a_package_source_with_a_sas_travels_as_a_secret(server: RecordingServer
     assert "environmentVariables" not in setup
     assert setup["secrets"] == [{"name": "WORKPOOL_NODE_PACKAGE", "value": wheel}]
     assert wheel not in setup["commandLine"]
+
+
+def test_a_credential_that_cannot_sign_in_is_named_as_the_cause(server: RecordingServer, fake: FakeBatchAI) -> None:
+    class NotSignedIn:
+        def get_token(self, *scopes: str, **_kwargs: Any) -> Any:
+            raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token.\nAttempted: ...")
+
+    with pytest.raises(WorkpoolError) as error:
+        launcher(server, NotSignedIn()).launch(1)
+
+    assert str(error.value) == (
+        "reading Batch AI workspace ws failed: authentication failed (DefaultAzureCredential failed to retrieve "
+        "a token.); sign in with `az login` or configure a credential; nothing was created"
+    )
+    assert server.requests == []

@@ -236,7 +236,7 @@ class Made:
 
     def add(self, item: str) -> None:
         self.items.append(item)
-        log.info("made %s", item)
+        log.info("%s: %s", self.backend, item)
 
     def note(self) -> str:
         if not self.items:
@@ -262,18 +262,26 @@ def service_error(exc: HttpResponseError) -> str:
 def cluster_errors(what: str, settings: Settings, made: Made | None = None) -> Iterator[None]:
     """Raise WorkpoolError (exit 1) saying what failed, why, and what was already made."""
     secrets = settings.secret_values()
-    suffix = f"; {made.note()}" if made is not None else ""
+
+    def fail(reason: str) -> WorkpoolError:
+        suffix = f"; {made.note()}" if made is not None else ""
+        return WorkpoolError(redact(f"{what} {reason}{suffix}", secrets))
+
     try:
         yield
     except WorkpoolError as exc:
         if made is not None and made.items and "already made" not in str(exc):
-            raise type(exc)(f"{exc}{suffix}") from None
+            raise type(exc)(f"{exc}; {made.note()}") from None
         raise
     except ClientAuthenticationError as exc:
-        raise WorkpoolError(redact(f"{what}: authentication failed ({service_error(exc)}){suffix}", secrets)) from None
+        # No status: the credential itself could not get a token (not signed in, no identity).
+        reason = service_error(exc) if exc.status_code else str(exc).strip().splitlines()[0]
+        raise fail(
+            f"failed: authentication failed ({reason}); sign in with `az login` or configure a credential"
+        ) from None
     except HttpResponseError as exc:
-        raise WorkpoolError(redact(f"{what} failed: {service_error(exc)}{suffix}", secrets)) from None
+        raise fail(f"failed: {service_error(exc)}") from None
     except (ServiceRequestError, ServiceResponseError) as exc:
-        raise WorkpoolError(redact(f"{what}: service unreachable ({exc}){suffix}", secrets)) from None
+        raise fail(f"failed: service unreachable ({type(exc).__name__}: {exc})") from None
     except AzureError as exc:
-        raise WorkpoolError(redact(f"{what} failed: {exc}{suffix}", secrets)) from None
+        raise fail(f"failed: {exc}") from None
