@@ -145,6 +145,7 @@ def test_with_a_managed_identity_the_pool_is_made_through_arm_and_no_key_travels
 
     assert non_get(server)[0] == ("PUT", ARM_POOL)
     arm = server.sent("PUT", ARM_POOL)[0]
+    assert arm.query["api-version"] == "2025-06-01"
     assert arm.body["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {IDENTITY: {}}}
     props = arm.body["properties"]
     assert props["scaleSettings"] == {"fixedScale": {"targetDedicatedNodes": 2, "targetLowPriorityNodes": 0}}
@@ -368,7 +369,7 @@ def test_describe_needs_no_credentials_and_masks_every_secret(server: RecordingS
 def test_describe_with_an_identity_shows_the_arm_pool_request(server: RecordingServer) -> None:
     plan = identity_launcher(server, UnusableCredential()).describe(1)
 
-    assert plan[0].method == "PUT" and plan[0].path == ARM_POOL + "?api-version=2024-07-01"
+    assert plan[0].method == "PUT" and plan[0].path == ARM_POOL + "?api-version=2025-06-01"
     assert plan[0].body["identity"]["userAssignedIdentities"] == {IDENTITY: {}}
     assert server.requests == []
 

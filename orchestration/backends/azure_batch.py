@@ -53,7 +53,7 @@ from workpool.settings import Settings, env_name
 log = logging.getLogger(__name__)
 
 BATCH_API_VERSION = "2025-06-01"
-ARM_BATCH_API_VERSION = "2024-07-01"
+ARM_BATCH_API_VERSION = "2025-06-01"  # azure-mgmt-batch 19
 TASK_PREFIX = "consumer-"
 _TASK_ID = re.compile(rf"^{TASK_PREFIX}(\d+)$")
 ACTIVE_TASK_STATES = {"active", "preparing", "running"}
