@@ -156,15 +156,20 @@ def requeue_command(
         typer.echo(_describe_requeue(summary))
 
 
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _describe_enqueue(s: EnqueueSummary, store: str) -> str:
     extras = []
     if s.skipped:
-        extras.append(f"{s.skipped:,} files skipped: not images")
+        extras.append(f"{_count(s.skipped, 'file')} skipped: not images")
     if s.duplicates:
-        extras.append(f"{s.duplicates:,} duplicate names dropped")
+        extras.append(f"{_count(s.duplicates, 'duplicate name')} dropped")
     note = f" ({'; '.join(extras)})" if extras else ""
     return (
-        f"Enqueued run {s.run_id}: {s.images:,} images in {s.batches:,} batches of up to {s.batch_size} "
+        f"Enqueued run {s.run_id}: {_count(s.images, 'image')} in {_count(s.batches, 'batch', 'batches')} "
+        f"of up to {s.batch_size} "
         f"on queue {s.queue}{note}, in {s.seconds:.1f} s.\n"
         f"Source: {s.source}   task: {s.task}" + (f"   model: {s.model}" if s.model else "") + "\n"
         f"Manifest: {store}/runs/{s.run_id}/manifest.json\n"
@@ -175,15 +180,17 @@ def _describe_enqueue(s: EnqueueSummary, store: str) -> str:
 def _describe_requeue(s: RequeueSummary) -> str:
     if s.mode == "failed":
         line = (
-            f"Requeued {s.requeued} failed batches ({s.images:,} images) of run {s.run_id} "
+            f"Requeued {_count(s.requeued, 'failed batch', 'failed batches')} ({_count(s.images, 'image')}) "
+            f"of run {s.run_id} "
             f"from {s.queue}-poison to {s.queue}"
         )
         if s.duplicates_dropped:
-            line += f"; dropped {s.duplicates_dropped} duplicate poison records"
-        return line + f"; {s.left_in_poison} records of other runs left in poison."
+            line += f"; dropped {_count(s.duplicates_dropped, 'duplicate poison record')}"
+        return line + f"; {_count(s.left_in_poison, 'other record')} left in poison."
     if not s.requeued:
         return f"Nothing to requeue: all {s.batches} batches of run {s.run_id} have results."
     return (
-        f"Requeued {s.requeued} of {s.batches} batches ({s.images:,} images) of run {s.run_id} "
+        f"Requeued {s.requeued:,} of {_count(s.batches, 'batch', 'batches')} ({_count(s.images, 'image')}) "
+        f"of run {s.run_id} "
         f"that had no result; {s.with_results} already had results."
     )

@@ -6,12 +6,20 @@ hold exactly the listing, cut into batches that any client can read.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import pty
+import subprocess
+import sys
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from tests.conftest import backend_env
 from tests.support.producer_cli import drain_bodies, drain_messages, producer, queue_depth, recorded_runs
 from workpool.messages import MAX_MESSAGE_BYTES, BatchMessage, encoded_size
 from workpool.runs import RunStore
@@ -70,8 +78,8 @@ def test_the_human_summary_names_the_run_and_what_to_do_next(settings: Settings,
     make_images(tmp_path / "src", ["a.jpg", "b.jpeg", "c.gif", "readme.md"])
     out = producer(settings, "enqueue", str(tmp_path / "src"), "--run", "human-1")
     assert out.code == 0, out.stderr
-    assert "Enqueued run human-1: 3 images in 1 batches" in out.stdout
-    assert "1 files skipped" in out.stdout
+    assert "Enqueued run human-1: 3 images in 1 batch of up to 64" in out.stdout
+    assert "1 file skipped: not images" in out.stdout
     assert "orchestration wait --run human-1" in out.stdout
 
 
@@ -148,6 +156,7 @@ def test_a_blob_folder_is_enqueued_and_any_queue_client_can_read_it(settings: Se
     # Then a plain azure-storage-queue client reads every message, and each decodes to the schema
     assert out.code == 0, out.stderr
     assert (out.json()["images"], out.json()["batches"], out.json()["skipped"]) == (32, 4, 1)
+    assert out.stderr == ""  # no noise: no warnings from the SDK's connection pools either
     messages = drain_messages(settings)
     assert len(messages) == 4
     assert {m.source for m in messages} == {f"az://{container}/shoot"}
@@ -176,3 +185,37 @@ def test_the_queue_and_result_store_are_created_when_missing(settings: Settings,
     assert out.code == 0, out.stderr
     assert recorded_runs(settings) == ["fresh-1"]
     assert queue_depth(settings) == 2
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_a_terminal_gets_a_progress_bar_on_stderr_and_json_stays_clean(settings: Settings, tmp_path: Path) -> None:
+    # Given stderr is a terminal (a pseudo-terminal here) and stdout a pipe
+    make_images(tmp_path / "src", [f"{i:03d}.jpg" for i in range(300)])
+    controller, terminal = pty.openpty()
+    shown = bytearray()
+
+    def read_terminal() -> None:  # concurrently, so a full terminal buffer never blocks the child
+        with contextlib.suppress(OSError):  # EIO once the child has closed its end
+            while chunk := os.read(controller, 65536):
+                shown.extend(chunk)
+
+    reader = threading.Thread(target=read_terminal)
+    reader.start()
+    args = ["enqueue", str(tmp_path / "src"), "--run", "tty-1", "--batch-size", "1", "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer", *args],
+        env={**backend_env(settings), "COLUMNS": "100", "TERM": "xterm"},
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        text=True,
+    )
+    os.close(terminal)
+    stdout, _ = proc.communicate(timeout=60)
+    reader.join(timeout=10)
+    os.close(controller)
+
+    # Then the bar ran to 300/300 on the terminal, and stdout holds only the JSON summary
+    assert proc.returncode == 0
+    assert "enqueue tty-1" in shown.decode(errors="replace")
+    assert "300/300" in shown.decode(errors="replace")
+    assert json.loads(stdout)["batches"] == 300
