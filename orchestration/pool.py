@@ -10,6 +10,7 @@ from orchestration.deployment import forget_backend, record_backend
 from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.launcher import Launcher
 from orchestration.progress import RunTracker
+from workpool.errors import NotFoundError
 from workpool.queue import open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings
@@ -20,10 +21,14 @@ log = logging.getLogger(__name__)
 
 def pending_runs(settings: Settings, runs: RunStore) -> list[str]:
     """Runs of this queue with batches neither acked nor poisoned."""
+    try:
+        run_ids = runs.list_runs()
+    except NotFoundError:
+        return []  # nothing was ever enqueued: the result store does not exist yet
     pending = []
-    for run_id in runs.list_runs():
+    for run_id in run_ids:
         tracker = RunTracker(runs, run_id)
-        if tracker.manifest.queue == settings.queue and not tracker.refresh().complete:
+        if tracker.manifest.queue == settings.queue and not tracker.looks_complete():
             pending.append(run_id)
     return pending
 

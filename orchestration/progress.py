@@ -88,6 +88,14 @@ class RunTracker:
             complete=complete,
         )
 
+    def looks_complete(self) -> bool:
+        """Whether every batch is acked or poisoned, from listings alone (no record is read).
+
+        Cheap enough to ask of every run in a store with a long history.
+        """
+        finished = self.runs.record_batch_ids(self.run_id) | {p.batch_id for p in self.runs.read_poison(self.run_id)}
+        return set(self.manifest.batches) <= finished
+
     def unfinished(self) -> list[str]:
         return [b for b in self.manifest.batches if b not in self.records and b not in self.poison]
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from orchestration.launcher import ClusterState, Launcher
 from orchestration.progress import RunProgress, RunTracker
-from workpool.errors import WorkpoolError
+from workpool.errors import NotFoundError, WorkpoolError
 from workpool.queue import Depth, WorkQueue
 from workpool.runs import RunStore
 
@@ -54,6 +54,7 @@ class StatusReader:
         self.trackers: dict[str, RunTracker] = {}
         self.progress: dict[str, RunProgress] = {}
         self._elsewhere: set[str] = set()  # runs of other queues sharing the result store
+        self.finished: set[str] = set()  # runs seen complete (without --run): not read again
 
     def _trackers(self) -> list[RunTracker]:
         if self.run_id is not None:
@@ -61,7 +62,11 @@ class StatusReader:
                 self.trackers[self.run_id] = RunTracker(self.runs, self.run_id)
             return [self.trackers[self.run_id]]
         # Without --run: every run whose manifest names this queue (manifests are read once).
-        for run_id in self.runs.list_runs():
+        try:
+            run_ids = self.runs.list_runs()
+        except NotFoundError:
+            run_ids = []  # nothing enqueued yet: the result store does not exist
+        for run_id in run_ids:
             if run_id in self.trackers or run_id in self._elsewhere:
                 continue
             tracker = RunTracker(self.runs, run_id)
@@ -78,16 +83,21 @@ class StatusReader:
                 cluster = self.launcher.state()
             except WorkpoolError as exc:
                 cluster_error = str(exc)
-        for tracker in self._trackers():
-            last = self.progress.get(tracker.run_id)
-            # A finished run of the pool's history stays finished: no need to list its records again.
-            if last is None or not last.complete or self.run_id is not None:
-                self.progress[tracker.run_id] = tracker.refresh()
+        trackers = self._trackers()
+        latest = max(trackers, key=lambda t: t.manifest.created_at, default=None)
+        for tracker in trackers:
+            if tracker.run_id in self.finished:
+                continue
+            # Without --run, a finished run of the pool's history is only listed, never read,
+            # unless it is the latest one (shown when nothing is going).
+            if self.run_id is None and tracker is not latest and tracker.looks_complete():
+                self.finished.add(tracker.run_id)
+                self.progress.pop(tracker.run_id, None)
+                continue
+            self.progress[tracker.run_id] = tracker.refresh()
         shown = list(self.progress.values())
         if self.run_id is None:
-            # The runs still going; when none, the latest one.
             going = [p for p in shown if not p.complete]
-            latest = max(self.trackers.values(), key=lambda t: t.manifest.created_at, default=None)
             shown = going or [p for p in shown if latest is not None and p.run_id == latest.run_id]
         return Snapshot(self.queue.name, self.queue.depth(), cluster, cluster_error, shown)
 

@@ -107,3 +107,20 @@ def test_benchmark_runs_each_tier_as_a_fresh_run_and_writes_table_json_and_plot(
     busy = orchestration(settings, "benchmark", "--tiers", "1", "--images", "4", "--task", SLEEP_TASK)
     assert busy.code == 2 and "holds 1 message" in busy.stderr
     assert json.loads(orchestration(settings, "status", "--json").stdout)["queue"]["messages"] == 1
+
+
+@pytest.mark.embedded
+@pytest.mark.faults
+def test_a_node_that_cannot_start_fails_launch_with_its_log_and_leaves_nothing_running(tmp_path: Path) -> None:
+    # Given a node setting every consumer refuses at start-up
+    settings = load_settings(home=tmp_path / "home", queue="broken")
+    with torn_down(settings):
+        # When the pool is launched
+        out = orchestration(settings, "launch", "--nodes", "2", env={"WORKPOOL_NODE_WORKERS": "several"})
+
+        # Then launch fails (exit 1), quoting the node's own complaint, and tears the pool down
+        assert out.code == 1
+        assert "died while waiting for 2 local node(s) to start" in out.stderr
+        assert "--workers: expected 'auto' or a positive number" in out.stderr
+        assert live_node_pids(settings) == []
+        assert orchestration(settings, "status", "--json").json()["cluster"]["nodes"] == []

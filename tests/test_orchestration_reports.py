@@ -244,3 +244,28 @@ def test_benchmark_table_and_plot_show_speedup_against_the_smallest_tier(tmp_pat
 
     png = plot_benchmark(result, tmp_path / "bench.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_status_shows_the_runs_still_going_else_the_latest(settings: Settings, runs: RunStore) -> None:
+    from orchestration.status import StatusReader
+
+    queue = open_queue(settings)
+    queue.create()
+    old = make_run(runs, "old", batches=1).model_copy(update={"queue": settings.queue, "created_at": at(0)})
+    runs.write_manifest(old)
+    score(runs, old, "b0", "w1", start=0, end=1)
+    reader = StatusReader(runs, queue, None, None)
+
+    # With only a finished run, the latest run is shown
+    assert [r.run_id for r in reader.snapshot().runs] == ["old"]
+
+    # Once a new run is going, only it is shown, with its progress
+    new = make_run(runs, "new", batches=2).model_copy(update={"queue": settings.queue, "created_at": at(60)})
+    runs.write_manifest(new)
+    score(runs, new, "b0", "w2", start=60, end=61)
+    queue.send(["one message of the new run"])
+    snap = reader.snapshot().to_json()
+    assert [r["run_id"] for r in snap["runs"]] == ["new"]
+    assert snap["runs"][0]["batches_done"] == 1 and not snap["runs"][0]["complete"]
+    assert snap["queue"] == {"name": settings.queue, "messages": 1, "poison": 0}
+    assert snap["cluster"] is None

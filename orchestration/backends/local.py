@@ -38,11 +38,14 @@ from workpool.settings import Settings
 class LocalLauncher(Launcher):
     name = "local"
 
-    def __init__(self, settings: Settings, *, grace_s: float = 30.0, start_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, settings: Settings, *, grace_s: float = 30.0, start_timeout_s: float = 60.0, up_after_s: float = 1.5
+    ) -> None:
         self.settings = settings
         self.directory = state_dir(settings)
-        self.grace_s = grace_s
+        self.grace_s = grace_s  # how long a SIGTERMed node may take to release its batch and exit
         self.start_timeout_s = start_timeout_s
+        self.up_after_s = up_after_s  # a node alive this long has got past its start-up checks
 
     # --- the supervisor ----------------------------------------------------------------------
     def supervisor_pid(self) -> int | None:
@@ -57,6 +60,29 @@ class LocalLauncher(Launcher):
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+    def _wait_for_nodes(self, nodes: int, restarts_before: dict[str, int], what: str) -> None:
+        """Until `nodes` nodes have stayed up `up_after_s`; fail at once if one dies meanwhile.
+
+        A node that exits within moments of starting (a broken install, a bad model cache
+        folder) would be restarted forever; saying so now, with its log, beats a "running" pool
+        that never scores anything.
+        """
+
+        def up(pool: PoolRecord) -> bool:
+            for n in pool.nodes:
+                if n.restarts > restarts_before.get(n.id, 0) or n.state == "restarting":
+                    raise WorkpoolError(
+                        f"local node {n.id} died while {what} ({n.last_exit or 'exited'}); "
+                        f"the end of its log:\n{self._log_tail(n.id + '.log')}"
+                    )
+            settled = time.time() - self.up_after_s
+            running = [n for n in pool.nodes if n.state == "running" and pid_alive(n.pid)]
+            return (
+                pool.target == nodes and len(running) == nodes and all((n.started_at or 0) <= settled for n in running)
+            )
+
+        self._wait_until(up, what, self.start_timeout_s)
 
     def _wait_until(self, done: Callable[[PoolRecord], bool], what: str, timeout_s: float) -> PoolRecord:
         started = time.monotonic()
@@ -99,24 +125,22 @@ class LocalLauncher(Launcher):
                 start_new_session=True,
                 check=True,
             )
-        self._wait_until(
-            lambda p: p.target == nodes and _running(p) == nodes,
-            f"waiting for {nodes} local node(s) to start",
-            self.start_timeout_s,
-        )
+        try:
+            self._wait_for_nodes(nodes, {}, f"waiting for {nodes} local node(s) to start")
+        except WorkpoolError:
+            self.teardown()  # a pool whose nodes cannot start would only crash-loop
+            raise
 
     def scale(self, nodes: int) -> None:
         _check_nodes(nodes)
         if self.supervisor_pid() is None:
             raise UsageError(f"no local pool is running for queue {self.settings.queue}: use `orchestration launch`")
+        before = read_pool(self.directory)
+        restarts = {n.id: n.restarts for n in before.nodes} if before else {}
         write_target(self.directory, nodes)
-        # Returns once added nodes run and extras have been asked to stop (they finish releasing
-        # their batch on their own).
-        self._wait_until(
-            lambda p: p.target == nodes and _running(p) == nodes,
-            f"scaling to {nodes} local node(s)",
-            self.start_timeout_s,
-        )
+        # Returns once added nodes are up and extras have been asked to stop (they finish
+        # releasing their batch on their own).
+        self._wait_for_nodes(nodes, restarts, f"scaling to {nodes} local node(s)")
 
     def state(self) -> ClusterState:
         pid = self.supervisor_pid()
@@ -209,10 +233,6 @@ class LocalLauncher(Launcher):
     @property
     def log_dir(self) -> Path:
         return self.directory / "logs"
-
-
-def _running(pool: PoolRecord) -> int:
-    return sum(1 for n in pool.nodes if n.state == "running" and pid_alive(n.pid))
 
 
 def _check_nodes(nodes: int) -> None:
