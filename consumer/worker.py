@@ -134,7 +134,12 @@ class Worker:
         score_s = time.perf_counter() - started
         assert job.batch is not None
         run_id, batch_id = job.batch.run_id, job.batch.batch_id
-        if not self._persist(lambda: self.runs.write_results(run_id, batch_id, rows), "write results", stop):
+        try:
+            written = self._persist(lambda: self.runs.write_results(run_id, batch_id, rows), "write results", stop)
+        except WorkpoolError as exc:  # e.g. the result container was deleted: retry later
+            self.fail(job, exc, stop)
+            return
+        if not written:
             self.leases.finish(job.message_id, lambda m: None)  # stop renewing: it comes back
             return
         try:
