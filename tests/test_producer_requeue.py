@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tests.support.producer_cli import drain_messages, producer
 from workpool.messages import BatchMessage
-from workpool.queue import WorkQueue, open_queue
+from workpool.queue import PoisonRecord, WorkQueue, open_queue
+from workpool.queue.base import now_iso
 from workpool.runs import PoisonReport, ResultRow, RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
@@ -26,32 +27,41 @@ def enqueue_run(settings: Settings, tmp_path: Path, run_id: str, images: int, ba
     assert out.code == 0, out.stderr
 
 
-def consume(settings: Settings, queue: WorkQueue, *, poison: set[tuple[str, str]], lose: set[tuple[str, str]]) -> None:
+def consume(
+    settings: Settings, queue: WorkQueue, *, poison: set[tuple[str, str]], lose: set[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
     """Play the consumers: score every batch, except those to `poison` (dead-lettered with a
-    report) and those to `lose` (deleted without a result, like an expired message)."""
+    report) and those to `lose` (deleted without a result, like an expired message).
+    Returns the bodies of the poisoned messages."""
     runs = RunStore(open_result_store(settings))
+    poisoned: dict[tuple[str, str], str] = {}
     while received := queue.receive(32, visibility_timeout_s=60):
         for message in received:
             batch = BatchMessage.decode(message.body)
             key = (batch.run_id, batch.batch_id)
             if key in poison:
                 queue.dead_letter(message, "model exploded")
+                poisoned[key] = message.body
                 runs.write_poison(PoisonReport(run_id=batch.run_id, batch_id=batch.batch_id, reason="boom", attempts=5))
                 continue
             if key not in lose:
                 rows = [ResultRow(image=i, status="ok", batch_id=batch.batch_id, worker="w1") for i in batch.images]
                 runs.write_results(batch.run_id, batch.batch_id, rows)
             queue.ack(message)
+    return poisoned
 
 
 def test_requeue_failed_sends_back_only_this_runs_batches(settings: Settings, tmp_path: Path) -> None:
-    # Given two runs whose consumers poisoned a batch each, and an unreadable record in poison
+    # Given two runs whose consumers poisoned a batch each, an unreadable record in poison, and a
+    # second record of alpha's batch (a consumer crashed between dead-lettering and deleting)
     enqueue_run(settings, tmp_path, "alpha", images=6)
     enqueue_run(settings, tmp_path, "beta", images=4)
     with open_queue(settings) as queue, queue.poison() as poison:
-        consume(settings, queue, poison={("alpha", "b000001"), ("beta", "b000000")}, lose=set())
+        poisoned = consume(settings, queue, poison={("alpha", "b000001"), ("beta", "b000000")}, lose=set())
         poison.send(["not a poison record at all"])
-        assert queue.depth().poison == 3
+        again = PoisonRecord(body=poisoned[("alpha", "b000001")], reason="x", attempts=5, dead_lettered_at=now_iso())
+        poison.send([again.encode()])
+        assert queue.depth().poison == 4
 
     # When alpha's failed batches are requeued
     out = producer(settings, "requeue", "--run", "alpha", "--failed", "--json")
@@ -60,7 +70,7 @@ def test_requeue_failed_sends_back_only_this_runs_batches(settings: Settings, tm
     assert out.code == 0, out.stderr
     summary = out.json()
     assert (summary["requeued"], summary["batch_ids"], summary["images"]) == (1, ["b000001"], 2)
-    assert summary["left_in_poison"] == 2
+    assert (summary["left_in_poison"], summary["duplicates_dropped"]) == (2, 1)
     runs = RunStore(open_result_store(settings))
     manifest = runs.read_manifest("alpha")
     with open_queue(settings) as queue, queue.poison() as poison:
