@@ -119,10 +119,6 @@ def _leaf(path: str) -> str:
 def load_model(path: Path, uri: str, settings: Settings) -> LoadedModel:
     import keras
 
-    if settings.precision == "mixed":
-        # Layers built from now on compute in float16 with float32 variables (GPUs with tensor
-        # cores). Models whose saved config pins a dtype policy keep it.
-        keras.mixed_precision.set_global_policy("mixed_float16")
     safe_mode = not settings.allow_unsafe_models
     try:
         if path.is_dir():
@@ -152,7 +148,37 @@ def load_model(path: Path, uri: str, settings: Settings) -> LoadedModel:
         raise ModelLoadError(f"model {uri} cannot be loaded: {text[:300]}") from None
     except (OSError, TypeError, KeyError) as exc:
         raise ModelLoadError(f"model {uri} cannot be loaded: {type(exc).__name__}: {str(exc)[:300]}") from None
+    if settings.precision == "mixed":
+        model = with_mixed_precision(model)
     return _keras_model(model, uri, settings)
+
+
+def with_mixed_precision(model: Any) -> Any:
+    """A copy of `model` computing in float16 with float32 variables (GPUs with tensor cores).
+
+    A saved model pins every layer's dtype policy (float32 when it was trained that way), so a
+    global policy set before loading changes nothing: the layers are rebuilt with the
+    `mixed_float16` policy and given the same weights. The layers producing the model's outputs
+    stay float32, so softmax scores keep full precision (Keras' own advice). Models that are not
+    functional or sequential (subclassed) are returned as they are, with a warning.
+    """
+    import keras
+
+    outputs = {id(t._keras_history[0]) for t in keras.tree.flatten(getattr(model, "outputs", None) or [])}
+
+    def rebuild(layer: Any) -> Any:
+        config = layer.get_config()
+        if id(layer) not in outputs and not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = "mixed_float16"
+        return layer.__class__.from_config(config)
+
+    try:
+        clone = keras.models.clone_model(model, clone_function=rebuild)
+    except ValueError as exc:
+        log.warning("--precision mixed: model %s cannot be rebuilt (%s); it runs in float32", model.name, exc)
+        return model
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def _sniff(path: Path) -> str:

@@ -125,6 +125,7 @@ class Worker:
             return
         started = time.perf_counter()
         started_at = self._now()
+        log.debug("%s attempt=%d scoring %d images", self._where(job), attempt, len(job.images))
         try:
             rows = self.score(job)
         except Exception as exc:
