@@ -219,3 +219,25 @@ def test_a_terminal_gets_a_progress_bar_on_stderr_and_json_stays_clean(settings:
     assert "enqueue tty-1" in shown.decode(errors="replace")
     assert "300/300" in shown.decode(errors="replace")
     assert json.loads(stdout)["batches"] == 300
+
+
+@AZURITE_ONLY
+def test_blob_models_are_checked_before_anything_is_sent(settings: Settings, tmp_path: Path) -> None:
+    # Given a models container with one .keras blob and one SavedModel folder
+    container = f"models{uuid.uuid4().hex[:8]}"
+    upload(settings, container, ["cloth.keras", "inception/saved_model.pb", "inception/variables/v.index"])
+    make_images(tmp_path / "src", ["a.jpg"])
+
+    # When a run names a model blob or a model folder, the URI travels in the messages as given
+    for run_id, model in [("m-1", f"az://{container}/cloth.keras"), ("m-2", f"az://{container}/inception")]:
+        out = producer(settings, "enqueue", str(tmp_path / "src"), "--run", run_id, "--model", model, "--json")
+        assert out.code == 0, out.stderr
+        [message] = drain_messages(settings)
+        assert message.model == model
+
+    # And a model that is not there is bad input: exit 2, nothing sent, no manifest
+    out = producer(settings, "enqueue", str(tmp_path / "src"), "--run", "m-3", "--model", f"az://{container}/nope.h5")
+    assert out.code == 2
+    assert "does not exist" in out.stderr
+    assert queue_depth(settings) == 0
+    assert recorded_runs(settings) == ["m-1", "m-2"]
