@@ -24,7 +24,7 @@ from orchestration.plot import plot_benchmark
 from orchestration.pool import launch_until_drained
 from orchestration.random_models import ARCHITECTURES, build_model
 from orchestration.samples import write_samples
-from orchestration.status import StatusReader, render, watch
+from orchestration.status import StatusReader, cluster_json, render, watch
 from workpool.cli import EXIT_FAILURE, EXIT_OK, ConfigOption, LogLevelOption, handle_errors, settings_for
 from workpool.errors import UsageError
 from workpool.queue import open_queue
@@ -80,7 +80,9 @@ def launch(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what would be started or sent (secrets masked) and start nothing.")
     ] = False,
-    json_out: JsonOption = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON: the nodes, the drain report(s) with --wait, or the plan.")
+    ] = False,
     config: ConfigOption = None,
     log_level: LogLevelOption = "INFO",
 ) -> None:
@@ -109,6 +111,8 @@ def launch(
         launcher.launch(nodes)
         record_backend(settings, backend)
         typer.echo(f"launched {nodes} node(s) on {backend} for queue {settings.queue}", err=True)
+        if json_out:
+            _echo_json(cluster_json(launcher.state()))
         return
     reports = launch_until_drained(settings, launcher, nodes, say=lambda line: typer.echo(line, err=True))
     _print_reports(reports, json_out)

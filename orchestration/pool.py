@@ -50,11 +50,11 @@ def launch_until_drained(
     runs = RunStore(open_result_store(settings))
     queue = open_queue(settings)
     waiting_for = pending_runs(settings, runs) if run_ids is None else run_ids
-    launcher.launch(nodes)
-    record_backend(settings, launcher.name)
-    say(f"launched {nodes} node(s) on {launcher.name} for queue {settings.queue}")
     reports = []
     try:
+        launcher.launch(nodes)
+        record_backend(settings, launcher.name)
+        say(f"launched {nodes} node(s) on {launcher.name} for queue {settings.queue}")
         if not waiting_for:
             say("no pending runs on this queue: waiting for the queue to empty")
             while queue.depth().messages:

@@ -27,20 +27,21 @@ class Snapshot:
     runs: list[RunProgress] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        cluster: dict[str, Any] | None = None
-        if self.cluster is not None:
-            cluster = {
-                "backend": self.cluster.backend,
-                "target_nodes": self.cluster.target_nodes,
-                "nodes": [{"id": n.id, "state": n.state, "detail": n.detail} for n in self.cluster.nodes],
-                "detail": self.cluster.detail,
-            }
         return {
             "queue": {"name": self.queue, "messages": self.depth.messages, "poison": self.depth.poison},
-            "cluster": cluster,
+            "cluster": None if self.cluster is None else cluster_json(self.cluster),
             "cluster_error": self.cluster_error,
             "runs": [r.to_json() for r in self.runs],
         }
+
+
+def cluster_json(cluster: ClusterState) -> dict[str, Any]:
+    return {
+        "backend": cluster.backend,
+        "target_nodes": cluster.target_nodes,
+        "nodes": [{"id": n.id, "state": n.state, "detail": n.detail} for n in cluster.nodes],
+        "detail": cluster.detail,
+    }
 
 
 class StatusReader:

@@ -65,7 +65,9 @@ def test_dry_run_describes_the_nodes_and_shows_no_secret(azurite: object, tmp_pa
 def test_a_second_launch_is_refused_and_teardown_stops_every_node(tmp_path: Path) -> None:
     settings = load_settings(home=tmp_path / "home", queue="twice")
     with torn_down(settings):
-        assert orchestration(settings, "launch", "--nodes", "2").code == 0
+        launched = orchestration(settings, "launch", "--nodes", "2", "--json")
+        assert launched.code == 0, launched.stderr
+        assert [n["state"] for n in launched.json()["nodes"]] == ["running", "running"]
         pids = live_node_pids(settings)
         assert len(pids) == 2
 
@@ -76,6 +78,12 @@ def test_a_second_launch_is_refused_and_teardown_stops_every_node(tmp_path: Path
         assert live_node_pids(settings) == []
         status = orchestration(settings, "status", "--json").json()
         assert status["cluster"]["nodes"] == [] and status["queue"]["messages"] == 0
+
+        # A torn-down pool keeps its logs until deleted
+        state = tmp_path / "home" / "local" / "twice"
+        assert (state / "logs" / "supervisor.log").exists()
+        assert orchestration(settings, "teardown", "--delete").code == 0
+        assert not state.exists()
 
 
 @pytest.mark.embedded

@@ -31,6 +31,7 @@ from orchestration.local_state import (
     state_dir,
     write_target,
 )
+from orchestration.supervisor import slot_id
 from workpool.errors import UsageError, WorkpoolError
 from workpool.settings import Settings
 
@@ -201,8 +202,6 @@ class LocalLauncher(Launcher):
                 note="detached supervisor; keeps the nodes running and respawns crashed ones",
             )
         ]
-        from orchestration.supervisor import slot_id
-
         for slot in range(1, nodes + 1):
             node_id = slot_id(slot)
             requests.append(
