@@ -178,7 +178,8 @@ def test_scaling_down_stops_extra_nodes_gracefully(tmp_path: Path) -> None:
         wait_for(lambda: len(getattr(pool(settings), "nodes", [])) == 1, timeout_s=40, what="two nodes to stop")
         log = (tmp_path / "home" / "local" / "downq" / "logs" / "supervisor.log").read_text()
         assert f"{third.id} stopped (exit 0)" in log
-        waited = orchestration(settings, "wait", "--run", "down", "--json", env=env)
+        # (the default 120 s lease is far beyond the wait's 40 s: only a released batch comes back in time)
+        waited = orchestration(settings, "wait", "--run", "down", "--json", "--timeout-s", "40", env=env)
     assert waited.code == 0, waited.stderr
     assert waited.json()["images_ok"] == 40
 
