@@ -59,8 +59,8 @@ def test_requeue_failed_sends_back_only_this_runs_batches(settings: Settings, tm
     with open_queue(settings) as queue, queue.poison() as poison:
         poisoned = consume(settings, queue, poison={("alpha", "b000001"), ("beta", "b000000")}, lose=set())
         poison.send(["not a poison record at all"])
-        again = PoisonRecord(body=poisoned[("alpha", "b000001")], reason="x", attempts=5, dead_lettered_at=now_iso())
-        poison.send([again.encode()])
+        copy = PoisonRecord(body=poisoned[("alpha", "b000001")], reason="x", attempts=5, dead_lettered_at=now_iso())
+        poison.send([copy.encode()])
         assert queue.depth().poison == 4
 
     # When alpha's failed batches are requeued

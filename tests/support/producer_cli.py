@@ -54,22 +54,22 @@ def drain_bodies(settings: Settings, queue_name: str | None = None) -> list[str]
     name = queue_name or settings.queue
     if settings.connection_string is not None:
         client = QueueClient.from_connection_string(settings.connection_string.get_secret_value(), name)
-        bodies = []
+        from_azure: list[str] = []
         with client:
             while True:
                 page = list(next(client.receive_messages(messages_per_page=32, visibility_timeout=300).by_page(), []))
                 if not page:
-                    return bodies
+                    return from_azure
                 for message in page:
-                    bodies.append(str(message.content))
+                    from_azure.append(str(message.content))
                     client.delete_message(message)
     with open_queue(settings, name) as queue:
-        bodies = []
+        embedded: list[str] = []
         while received := queue.receive(32, visibility_timeout_s=300):
-            for message in received:
-                bodies.append(message.body)
-                queue.ack(message)
-        return bodies
+            for leased in received:
+                embedded.append(leased.body)
+                queue.ack(leased)
+        return embedded
 
 
 def drain_messages(settings: Settings) -> list[BatchMessage]:
