@@ -59,6 +59,7 @@ class Supervisor:
         self.quick_failures: dict[str, int] = {}
         self.target = 0
         self._stop = False
+        self._gone = False  # the state folder was deleted: stop without recreating it
         self._last_written: Any = None
         self._written_at = 0.0
         self._env = self._node_env()
@@ -80,6 +81,12 @@ class Supervisor:
         log.info("supervisor %d watching %s", os.getpid(), self.directory)
         try:
             while not self._stop:
+                if not self.directory.is_dir():
+                    # Someone deleted the pool's folder (rm -rf .workpool, a cleaned temp dir):
+                    # nobody can reach this pool any more, so it must not run on unseen.
+                    log.warning("%s is gone: stopping the pool", self.directory)
+                    self._gone = True
+                    break
                 self.reap()
                 target = read_target(self.directory)
                 if target is not None:
@@ -144,7 +151,7 @@ class Supervisor:
 
     def start_node(self, record: NodeRecord) -> None:
         logs = self.directory / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs.mkdir(exist_ok=True)  # not parents: a deleted pool folder must stay deleted
         out = open(logs / f"{record.id}.log", "ab")  # noqa: SIM115 - closed when the node is reaped
         out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {record.id}\n".encode())
         out.flush()
@@ -177,6 +184,8 @@ class Supervisor:
             log.info("%s asked to stop (SIGTERM)", node_id)
 
     def write_state(self, stopping: bool = False) -> None:
+        if self._gone:
+            return
         nodes = sorted(self.records.values(), key=lambda r: slot_of(r.id))
         snapshot = (self.target, stopping, [(n.id, n.state, n.pid, n.restarts, n.last_exit) for n in nodes])
         # Rewrite on every change, and once a second as a heartbeat `status` can check.
@@ -199,7 +208,8 @@ class Supervisor:
             time.sleep(self.interval_s)
         self.records.clear()
         self.write_state(stopping=True)
-        (self.directory / "supervisor.json").unlink(missing_ok=True)
+        if not self._gone:
+            (self.directory / "supervisor.json").unlink(missing_ok=True)
         log.info("supervisor %d done", os.getpid())
 
 

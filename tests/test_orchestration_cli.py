@@ -132,3 +132,25 @@ def test_a_node_that_cannot_start_fails_launch_with_its_log_and_leaves_nothing_r
         assert "--workers: expected 'auto' or a positive number" in out.stderr
         assert live_node_pids(settings) == []
         assert orchestration(settings, "status", "--json").json()["cluster"]["nodes"] == []
+
+
+@pytest.mark.embedded
+@pytest.mark.faults
+def test_deleting_the_pool_folder_stops_its_nodes(tmp_path: Path) -> None:
+    import shutil
+
+    from orchestration.local_state import pid_alive
+    from tests.support.waiting import wait_for
+
+    settings = load_settings(home=tmp_path / "home", queue="gone")
+    with torn_down(settings):
+        assert orchestration(settings, "launch", "--nodes", "2").code == 0
+        pids = live_node_pids(settings)
+        assert len(pids) == 2
+
+        # When someone removes the home folder under a running pool
+        shutil.rmtree(tmp_path / "home")
+
+        # Then nothing keeps running unseen, and the folder is not recreated
+        wait_for(lambda: not any(pid_alive(p) for p in pids), timeout_s=40, what="the nodes to stop")
+        assert not (tmp_path / "home" / "local").exists()
