@@ -241,3 +241,22 @@ def test_blob_models_are_checked_before_anything_is_sent(settings: Settings, tmp
     assert "does not exist" in out.stderr
     assert queue_depth(settings) == 0
     assert recorded_runs(settings) == ["m-1", "m-2"]
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_a_config_file_is_read_before_or_after_the_command_and_flags_win(settings: Settings, tmp_path: Path) -> None:
+    make_images(tmp_path / "src", [f"{i}.jpg" for i in range(6)])
+    config = tmp_path / "workpool.toml"
+    config.write_text("batch_size = 2\n")
+
+    src = str(tmp_path / "src")
+    before = producer(settings, "--config", str(config), "enqueue", src, "--run", "c-1", "--json")
+    after = producer(settings, "enqueue", src, "--run", "c-2", "--config", str(config), "--json")
+    flag = producer(settings, "enqueue", src, "--run", "c-3", "--config", str(config), "--batch-size", "4", "--json")
+    assert (before.code, after.code, flag.code) == (0, 0, 0), (before.stderr, after.stderr, flag.stderr)
+    assert (before.json()["batches"], after.json()["batches"], flag.json()["batches"]) == (3, 3, 2)
+
+    broken = tmp_path / "broken.toml"
+    broken.write_text("batch_size = [")
+    out = producer(settings, "--config", str(broken), "enqueue", str(tmp_path / "src"), "--run", "c-4")
+    assert out.code == 2 and "not valid TOML" in out.stderr
