@@ -9,6 +9,7 @@ command that launched it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -117,15 +118,17 @@ class LocalLauncher(Launcher):
         write_target(self.directory, nodes)
         with open(logs / "supervisor.log", "ab") as out:
             # The supervisor forks itself away; this child exits at once and is reaped here.
-            subprocess.run(
+            started = subprocess.run(
                 [sys.executable, "-m", SUPERVISOR_MODULE, str(self.directory), str(self.grace_s)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=settings_env(self.settings),
                 start_new_session=True,
-                check=True,
+                check=False,
             )
+        if started.returncode != 0:
+            raise WorkpoolError(f"the local supervisor could not start; its log:\n{self._log_tail()}")
         try:
             self._wait_for_nodes(nodes, {}, f"waiting for {nodes} local node(s) to start")
         except WorkpoolError:
@@ -149,11 +152,8 @@ class LocalLauncher(Launcher):
         target = read_target(self.directory) or 0
         if pid is None:
             detail = "not running" if pool is None or not pool.nodes else "supervisor is not running (run teardown)"
-            nodes = (
-                []
-                if pool is None
-                else [NodeInfo(n.id, "unsupervised", f"pid {n.pid}") for n in pool.nodes if pid_alive(n.pid)]
-            )
+            orphans = [n for n in pool.nodes if pid_alive(n.pid, "consumer")] if pool else []
+            nodes = [NodeInfo(n.id, "unsupervised", f"pid {n.pid}") for n in orphans]
             return ClusterState(backend=self.name, target_nodes=0 if not nodes else target, nodes=nodes, detail=detail)
         infos = []
         for n in pool.nodes if pool else []:
@@ -167,18 +167,18 @@ class LocalLauncher(Launcher):
             backend=self.name,
             target_nodes=target,
             nodes=infos,
-            detail=f"supervisor pid {pid}, logs in {self.directory / 'logs'}",
+            detail=f"supervisor pid {pid}, logs in {self.log_dir}",
         )
 
     def teardown(self, delete: bool = False) -> None:
         pid = self.supervisor_pid()
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
+            _signal(pid, signal.SIGTERM)
             deadline = time.monotonic() + self.grace_s + 10
             while pid_alive(pid, SUPERVISOR_MODULE) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if pid_alive(pid, SUPERVISOR_MODULE):
-                os.kill(pid, signal.SIGKILL)
+                _signal(pid, signal.SIGKILL)
         self._kill_orphans()
         (self.directory / "target.json").unlink(missing_ok=True)
         (self.directory / "supervisor.json").unlink(missing_ok=True)
@@ -221,17 +221,23 @@ class LocalLauncher(Launcher):
             return
         pids = [n.pid for n in pool.nodes if n.pid and pid_alive(n.pid, "consumer")]
         for pid in pids:
-            os.kill(pid, signal.SIGTERM)
+            _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
         while any(pid_alive(p, "consumer") for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in pids:
             if pid_alive(pid, "consumer"):
-                os.kill(pid, signal.SIGKILL)
+                _signal(pid, signal.SIGKILL)
 
     @property
     def log_dir(self) -> Path:
         return self.directory / "logs"
+
+
+def _signal(pid: int, signum: int) -> None:
+    """Send a signal to a process that may have exited a moment ago."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 def _check_nodes(nodes: int) -> None:
