@@ -42,6 +42,15 @@ def slot_id(slot: int) -> str:
     return f"{host}-node-{slot}"
 
 
+def describe_exit(code: int) -> str:
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def slot_of(node_id: str) -> int:
     return int(node_id.rsplit("-", 1)[1])
 
@@ -112,10 +121,11 @@ class Supervisor:
             del self.children[node_id]
             self.logs.pop(node_id).close()
             record = self.records[node_id]
-            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+            how = describe_exit(code)
             if node_id in self.kill_at:
                 del self.kill_at[node_id]
                 del self.records[node_id]
+                self.quick_failures.pop(node_id, None)  # a later node in this slot starts afresh
                 log.info("%s stopped (%s)", node_id, how)
                 continue
             ran_s = now - (record.started_at or now)
