@@ -17,6 +17,7 @@ Failures are sorted here, never raised past a job:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue as queue_module
@@ -46,6 +47,8 @@ FETCH_THREADS = 16
 # A blob read that fails because storage is unreachable is retried this many times (0.5 s, 1 s,
 # 2 s, 4 s apart) before the batch is given up for a later attempt.
 FETCH_RETRIES = 4
+# Niceness added to the fetch and decode threads (see `lower_thread_priority`).
+PREPARE_NICENESS = 10
 
 
 @dataclass
@@ -78,8 +81,9 @@ class Preparer:
         self.tasks = tasks
         self._sleep = sleep
         threads = settings.decode_threads or os.cpu_count() or 1
-        self.decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-        self.fetch_pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="fetch")
+        nice = lower_thread_priority
+        self.decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=nice)
+        self.fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch", initializer=nice)
         self._sources: dict[str, tuple[ObjectStore, str]] = {}
 
     def close(self) -> None:
@@ -136,6 +140,18 @@ class Preparer:
                     raise
                 self._sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
+
+
+def lower_thread_priority() -> None:
+    """Make the calling thread yield the CPU to the model (Linux: threads have their own nice).
+
+    Decoding batch k+1 has the whole scoring time of batch k to finish, but on a machine where
+    the model runs on the CPU its threads move in lock-step: one preempted by a decode thread
+    stalls the others. At a lower priority, decoding fills the gaps instead.
+    """
+    # Not Linux, or not permitted: run at normal priority.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREPARE_NICENESS)
 
 
 def _decode(data: bytes, task: ScoringTask) -> npt.NDArray[np.float32]:

@@ -58,6 +58,7 @@ class Consumer:
         worker_id: str | None = None,
         *,
         queue: WorkQueue | None = None,
+        tasks: TaskCache | None = None,
         backoff: Backoff | None = None,
         poll_s: float = 0.5,
     ) -> None:
@@ -65,7 +66,7 @@ class Consumer:
         self.worker_id = worker_id or default_worker_id()
         self.queue = queue or open_queue(settings)
         self.runs = RunStore(open_result_store(settings))
-        self.tasks = TaskCache(settings)
+        self.tasks = tasks or TaskCache(settings)
         self.leases = LeaseKeeper(self.queue, settings.visibility_timeout_s)
         self.preparer = Preparer(settings, self.tasks)
         self.prefetcher = Prefetcher(

@@ -214,3 +214,111 @@ def test_bad_image_corpus_gives_one_row_each_and_the_consumer_goes_on(
     assert [r.status for r in results(settings, "r1", "good")] == ["ok"] * 3
     assert consumer.images_processed == len(expected) + 3
     assert open_queue(settings).depth().messages == 0
+
+
+def test_labels_file_names_the_classes(models: dict[str, Path], settings: Settings, tmp_path: Path) -> None:
+    # Given a 10-class model and a labels file with one name per line
+    names = write_sample_images(tmp_path / "images", 2, (64, 48))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class-{i}\n" for i in range(10)))
+    source = stage_folder(settings, tmp_path / "images")
+    send(settings, BatchMessage(run_id="r1", batch_id="b1", task="classification", model=str(models["tiny"]),
+                                labels=str(labels), source=source, images=names))  # fmt: skip
+
+    # When a consumer drains the queue
+    drain(settings)
+
+    # Then rows carry the top 5 of those names, with their indexes
+    for row in results(settings, "r1", "b1"):
+        assert len(row.predictions) == 5
+        assert all(p["label"] == f"class-{p['index']}" for p in row.predictions)
+
+
+@pytest.mark.embedded
+def test_h5_and_savedmodel_files_score_like_the_keras_file(models: dict[str, Path], tmp_path: Path) -> None:
+    import warnings
+
+    import keras
+
+    from workpool.settings import load_settings
+
+    # Given the same model saved as .keras, as legacy .h5 and exported as a SavedModel folder
+    model = keras.saving.load_model(models["tiny"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns that HDF5 is a legacy format: that is the point
+        model.save(tmp_path / "tiny.h5")
+        model.export(tmp_path / "tiny_savedmodel", format="tf_saved_model", verbose=False)
+    options = write_json(tmp_path / "options.json", {"top_k": 10, "input_size": [32, 32], "preprocess": "raw"})
+    names = write_sample_images(tmp_path / "images", 3, (64, 48))
+    settings = load_settings(home=tmp_path / "home", queue="formats")
+    send(settings, *(
+        BatchMessage(run_id="r1", batch_id=kind, task="classification", model=str(path), labels=str(options),
+                     source=str(tmp_path / "images"), images=names)
+        for kind, path in (("keras", models["tiny"]), ("h5", tmp_path / "tiny.h5"),
+                           ("savedmodel", tmp_path / "tiny_savedmodel"))
+    ))  # fmt: skip
+
+    # When a consumer drains the queue
+    drain(settings)
+
+    # Then all three formats give the same scores
+    def scores(batch_id: str) -> list[dict[int, float]]:
+        return [{p["index"]: p["score"] for p in r.predictions} for r in results(settings, "r1", batch_id)]
+
+    reference = scores("keras")
+    for kind in ("h5", "savedmodel"):
+        for got, want in zip(scores(kind), reference, strict=True):
+            assert got.keys() == want.keys()
+            assert max(abs(got[k] - want[k]) for k in want) <= 1e-5
+
+
+@pytest.mark.embedded
+def test_a_model_that_runs_code_when_loaded_is_refused_unless_allowed(tmp_path: Path) -> None:
+    import keras
+
+    from workpool.queue import PoisonRecord
+    from workpool.settings import load_settings
+
+    # Given a model with a Lambda layer (its file holds Python code, run when it is loaded)
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(keras.layers.GlobalAveragePooling2D()(inputs))
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs, name="lambda_model").save(path)
+    names = write_sample_images(tmp_path / "images", 1, (16, 16))
+    settings = load_settings(home=tmp_path / "home", queue="unsafe", max_attempts=1)
+    message = BatchMessage(run_id="r1", batch_id="b1", task="classification", model=str(path),
+                           source=str(tmp_path / "images"), images=names)  # fmt: skip
+
+    # When a consumer with default settings gets it
+    send(settings, message)
+    drain(settings)
+
+    # Then the batch is dead-lettered with a reason that says how to allow it
+    [poisoned] = open_queue(settings).poison().receive(1)
+    assert "--allow-unsafe-models" in PoisonRecord.decode(poisoned.body).reason
+
+    # And a consumer allowed to run unsafe models scores it
+    send(settings, message)
+    drain(settings.model_copy(update={"allow_unsafe_models": True}))
+    [row] = results(settings, "r1", "b1")
+    assert row.status == "ok"
+
+
+@pytest.mark.azurite
+def test_a_blob_model_is_downloaded_once_per_node(models: dict[str, Path], azurite: Any, tmp_path: Path) -> None:
+    from consumer.models import ModelCache
+    from workpool.settings import load_settings
+
+    # Given a model in a blob container
+    settings = load_settings(home=tmp_path / "home", queue="models", connection_string=azurite.connection_string)
+    uri = stage_folder(settings, models["cloth"].parent, container="models-once") + "/cloth.keras"
+
+    # When one worker process loads it, and the blob is then deleted
+    first = ModelCache(settings).get(uri)
+    store, prefix = __import__("workpool.storage", fromlist=["open_location"]).open_location(settings, uri)
+    store.delete(prefix)
+
+    # Then another worker process on the same node loads it from the node's cache
+    second = ModelCache(settings).get(uri)
+    assert second.name == first.name == "cloth"
+    assert list((tmp_path / "home" / "models").rglob("cloth.keras"))
