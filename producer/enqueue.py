@@ -21,7 +21,7 @@ from producer.retry import retry_transient
 from producer.sending import SendIncomplete, send_all
 from producer.sources import IMAGE_EXTENSIONS, list_source
 from producer.validate import check_run_id, check_task, check_uri, new_run_id
-from workpool.errors import UsageError, WorkpoolError
+from workpool.errors import TransientError, UsageError, WorkpoolError
 from workpool.queue import open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings
@@ -91,20 +91,28 @@ def enqueue(settings: Settings, request: EnqueueRequest, *, progress_bar: bool |
         retry_transient(queue.create, f"create queue {queue.name}")
         retry_transient(runs.store.ensure, f"create result store {runs.store.location}")
         refuse_existing_run(runs, run_id)  # again, now that the listing may have taken a while
-        retry_transient(lambda: runs.write_manifest(plan.manifest), f"write manifest of run {run_id}")
-        send_started = time.monotonic()
-        sending = False
+        sent, sending = 0, False
         try:
+            retry_transient(lambda: runs.write_manifest(plan.manifest), f"write manifest of run {run_id}")
+            sending = True
+            send_started = time.monotonic()
             with progress(len(plan.bodies), f"enqueue {run_id}", bar=progress_bar) as advance:
-                sending = True
-                send_all(queue, plan.bodies, ttl_s=settings.message_ttl_s, on_sent=advance)
+
+                def on_sent(n: int) -> None:
+                    nonlocal sent
+                    sent += n
+                    advance(n)
+
+                send_all(queue, plan.bodies, ttl_s=settings.message_ttl_s, on_sent=on_sent)
         except SendIncomplete as exc:
-            raise WorkpoolError(f"run {run_id}: {exc}. {_finish_hint(run_id)}") from None
-        except BaseException:
-            if sending:
-                log.error("run %s was interrupted while sending. %s", run_id, _finish_hint(run_id))
+            raise WorkpoolError(f"run {run_id}: {exc}. {_hint(run_id)}") from None
+        except BaseException as exc:
+            # Nothing can be on the queue before sending starts, nor when the first chunk was refused
+            # (unlike a timeout, after which a message may have arrived): then leave no trace.
+            if not sending or (sent == 0 and not isinstance(exc, TransientError | KeyboardInterrupt)):
+                _forget(runs, run_id)
             else:
-                runs.delete_manifest(run_id)  # nothing sent: leave no trace of the run
+                log.error("run %s stopped after %d of %d messages. %s", run_id, sent, len(plan.bodies), _hint(run_id))
             raise
         finished = time.monotonic()
 
@@ -134,11 +142,19 @@ def refuse_existing_run(runs: RunStore, run_id: str) -> None:
         )
 
 
+def _forget(runs: RunStore, run_id: str) -> None:
+    try:
+        runs.delete_manifest(run_id)
+    except WorkpoolError as exc:
+        # Keep the original failure in front of the user; this one only needs a hand later.
+        log.warning("could not remove the manifest of run %s (%s): delete runs/%s/manifest.json", run_id, exc, run_id)
+
+
 def _skipped_note(skipped: int) -> str:
     if not skipped:
         return ""
     return f" ({skipped} files skipped: not {'/'.join(e.lstrip('.') for e in sorted(IMAGE_EXTENSIONS))})"
 
 
-def _finish_hint(run_id: str) -> str:
+def _hint(run_id: str) -> str:
     return f"Its manifest is written; send the rest with `producer requeue --run {run_id} --missing`"

@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -139,4 +140,41 @@ def test_enqueue_with_storage_down_fails_with_exit_1_and_writes_nothing(own_azur
     assert "storage unreachable" in out.stderr and "Traceback" not in out.stderr
     own_azurite.start()
     assert queue_depth(settings) == 0
+    assert recorded_runs(settings) == []
+
+
+@pytest.mark.faults
+@pytest.mark.azurite
+def test_a_refused_send_removes_the_manifest_and_keeps_the_sas_secret(azurite: Azurite, tmp_path: Path) -> None:
+    # Given a SAS token that may create queues and write blobs but not add messages
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes
+    from azure.storage.blob._shared.shared_access_signature import SharedAccessSignature
+
+    from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
+
+    no_add = AccountSasPermissions(read=True, write=True, delete=True, list=True, create=True, update=True)
+    sas = SharedAccessSignature(ACCOUNT, ACCOUNT_KEY).generate_account(
+        services="bq",  # one token for both services
+        resource_types=ResourceTypes(service=True, container=True, object=True),
+        permission=no_add,
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    connection = (
+        f"BlobEndpoint=http://127.0.0.1:{azurite.blob_port}/{ACCOUNT};"
+        f"QueueEndpoint=http://127.0.0.1:{azurite.queue_port}/{ACCOUNT};SharedAccessSignature={sas}"
+    )
+    settings = load_settings(home=tmp_path / "home", queue="noadd", results="noadd-res", connection_string=connection)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"x")
+
+    # When a run is enqueued: the manifest is written, then the first send is refused
+    out = producer(settings, "enqueue", str(tmp_path / "images"), "--run", "refused-1", "--json")
+
+    # Then it fails during the work (exit 1), names the refusal, and leaves no manifest behind
+    assert out.code == 1, out.stderr
+    assert "send to queue noadd" in out.stderr and "403" in out.stderr  # refused after the manifest was written
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""
+    signature = sas.split("sig=")[1].split("&")[0]
+    assert sas not in out.stderr and signature not in out.stderr
     assert recorded_runs(settings) == []
