@@ -41,7 +41,7 @@ class LocalLauncher(Launcher):
     name = "local"
 
     def __init__(
-        self, settings: Settings, *, grace_s: float = 30.0, start_timeout_s: float = 60.0, up_after_s: float = 1.5
+        self, settings: Settings, *, grace_s: float = 30.0, start_timeout_s: float = 60.0, up_after_s: float = 3.0
     ) -> None:
         self.settings = settings
         self.directory = state_dir(settings)
