@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,15 +62,20 @@ class LoadedModel:
 class ModelCache:
     """Per-process cache of loaded models; blob models are downloaded to a per-node folder."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, max_models: int = 4) -> None:
         self.settings = settings
-        self._models: dict[str, LoadedModel] = {}
+        self.max_models = max_models
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, uri: str) -> LoadedModel:
+        """The loaded model; the least recently used are dropped beyond `max_models`."""
         with self._lock:
             if uri not in self._models:
                 self._models[uri] = load_model(self.local_path(uri), uri, self.settings)
+                while len(self._models) > self.max_models:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(uri)
             return self._models[uri]
 
     def local_path(self, uri: str) -> Path:
@@ -174,7 +180,7 @@ def with_mixed_precision(model: Any) -> Any:
 
     try:
         clone = keras.models.clone_model(model, clone_function=rebuild)
-    except ValueError as exc:
+    except (ValueError, TypeError, NotImplementedError) as exc:
         log.warning("--precision mixed: model %s cannot be rebuilt (%s); it runs in float32", model.name, exc)
         return model
     clone.set_weights(model.get_weights())

@@ -19,7 +19,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 from consumer.lease import LeaseKeeper
 from consumer.pipeline import Prefetcher, Preparer
@@ -94,7 +93,7 @@ class Consumer:
         self._worker_thread: threading.Thread | None = None
         self.started = time.monotonic()
 
-    def prepare_storage(self, sleep: Callable[[float], None] = time.sleep) -> None:
+    def prepare_storage(self) -> None:
         """Create the queue and result store if missing, waiting out an unreachable account."""
         delay = 1.0
         while True:
@@ -106,7 +105,8 @@ class Consumer:
                 if self.stop_event.is_set():
                     return
                 log.warning("storage unreachable at start, retrying in %.0f s: %s", delay, exc)
-                sleep(delay)
+                if self.stop_event.wait(delay):  # a signal during the wait stops at once
+                    return
                 delay = min(delay * 2, 30.0)
 
     def start(self) -> None:

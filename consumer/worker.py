@@ -123,6 +123,11 @@ class Worker:
         if job.failure is not None:
             self.fail(job, job.failure, stop)
             return
+        if job.message_id in self.leases.lost:
+            # It waited in the prefetch buffer through an outage longer than its lease; another
+            # consumer has it now, so scoring it here would only be wasted work.
+            log.warning("%s lease lost before scoring; skipped", self._where(job))
+            return
         started = time.perf_counter()
         started_at = self._now()
         log.debug("%s attempt=%d scoring %d images", self._where(job), attempt, len(job.images))
@@ -176,8 +181,11 @@ class Worker:
             score_s=round(score_s, 6),
         )
         # The record is bookkeeping for reports: the batch is done even if it cannot be written.
-        if not self._persist(lambda: self.runs.write_batch_record(record), "write batch record", stop):
-            log.error("run=%s batch=%s: timing record not written", run_id, batch_id)
+        try:
+            if not self._persist(lambda: self.runs.write_batch_record(record), "write batch record", stop):
+                log.error("run=%s batch=%s: timing record not written", run_id, batch_id)
+        except WorkpoolError as exc:
+            log.error("run=%s batch=%s: timing record not written: %s", run_id, batch_id, exc)
         self.images_processed += len(rows)
         self.batches_processed += 1
         log.info(
@@ -261,10 +269,19 @@ class Worker:
             )
             # The report goes first: a crash before the dead-letter leaves a report and a message
             # that comes back, never a poisoned batch nobody can find.
-            self._persist(lambda: self.runs.write_poison(report), "write poison report", stop)
-        self._persist(
-            lambda: self.leases.finish(job.message_id, lambda m: self.queue.dead_letter(m, reason)), "dead-letter", stop
-        )
+            try:
+                self._persist(lambda: self.runs.write_poison(report), "write poison report", stop)
+            except WorkpoolError as exc:
+                log.error("%s poison report not written: %s", self._where(job), exc)
+        try:
+            self._persist(
+                lambda: self.leases.finish(job.message_id, lambda m: self.queue.dead_letter(m, reason)),
+                "dead-letter",
+                stop,
+            )
+        except WorkpoolError as exc:
+            log.error("%s could not be dead-lettered (%s); it returns when its lease expires", self._where(job), exc)
+            self.leases.finish(job.message_id, lambda m: None)
 
     def _where(self, job: Job) -> str:
         if job.batch is None:

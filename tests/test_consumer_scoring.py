@@ -322,3 +322,25 @@ def test_a_blob_model_is_downloaded_once_per_node(models: dict[str, Path], azuri
     second = ModelCache(settings).get(uri)
     assert second.name == first.name == "cloth"
     assert list((tmp_path / "home" / "models").rglob("cloth.keras"))
+
+
+@pytest.mark.embedded
+def test_mixed_precision_scores_in_float16_close_to_float32(models: dict[str, Path], tmp_path: Path) -> None:
+    from consumer.models import ModelCache
+    from workpool.settings import load_settings
+
+    # Given the same model loaded in float32 and in mixed precision
+    exact = ModelCache(load_settings(home=tmp_path)).get(str(models["cloth"]))
+    mixed = ModelCache(load_settings(home=tmp_path, precision="mixed")).get(str(models["cloth"]))
+    x = np.random.default_rng(0).uniform(0, 255, size=(4, 32, 32, 3)).astype(np.float32)
+
+    # When both score the same batch
+    want, got = exact(x), mixed(x)
+
+    # Then the mixed model's scores are float32 outputs close to the exact ones, but not identical
+    # (the hidden layers really computed in float16)
+    assert isinstance(want, list) and isinstance(got, list)
+    for w, g in zip(want, got, strict=True):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, w, atol=2e-2)
+    assert any(not np.array_equal(w, g) for w, g in zip(want, got, strict=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 from consumer.models import ModelCache
 from consumer.tasks.base import ScoringTask, TaskContext
@@ -31,11 +32,16 @@ def task_class(name: str) -> type[ScoringTask]:
 
 
 class TaskCache:
-    """Loaded tasks keyed by (task, model, labels); models are shared through one ModelCache."""
+    """Loaded tasks keyed by (task, model, labels); models are shared through one ModelCache.
 
-    def __init__(self, settings: Settings) -> None:
-        self.context = TaskContext(settings, ModelCache(settings))
-        self._tasks: dict[tuple[str, str | None, str | None], ScoringTask] = {}
+    The least recently used are dropped beyond `max_tasks`, so a consumer serving run after run
+    with different models does not keep every model it ever loaded in memory.
+    """
+
+    def __init__(self, settings: Settings, max_tasks: int = 4) -> None:
+        self.context = TaskContext(settings, ModelCache(settings, max_models=max_tasks))
+        self.max_tasks = max_tasks
+        self._tasks: OrderedDict[tuple[str, str | None, str | None], ScoringTask] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, task: str, model: str | None, labels: str | None) -> ScoringTask:
@@ -43,4 +49,7 @@ class TaskCache:
         with self._lock:
             if key not in self._tasks:
                 self._tasks[key] = task_class(task).load(self.context, model, labels)
+                while len(self._tasks) > self.max_tasks:
+                    self._tasks.popitem(last=False)
+            self._tasks.move_to_end(key)
             return self._tasks[key]
