@@ -1,0 +1,101 @@
+"""Pipeline efficiency for `make bench`: InceptionV3 and VGG16, 500×375 and 800×600 JPEGs.
+
+The measurement itself is `bench/pipeline_efficiency.py` (the consumer's end-to-end images/s ÷
+the model's images/s on decoded tensors, same batch size, same process); this runs it once per
+architecture with a plan sized for `make bench` on a small CPU machine, collects its JSON and
+prints the worst ratio last.
+
+    python -m bench.pipeline [--batch-size 32] [--batches 2] [--rounds 1] [--arch inceptionv3,vgg16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from bench.common import ROOT, ratio_line
+from bench.projection import save_measured
+
+SCRIPT = ROOT / "bench" / "pipeline_efficiency.py"
+SIZES = "500x375,800x600"
+
+
+@dataclass(frozen=True)
+class ArchResult:
+    arch: str
+    rows: list[dict[str, Any]]
+
+    @property
+    def worst(self) -> float:
+        return min(float(r["ratio"]) for r in self.rows)
+
+    @property
+    def decoded_images_per_s(self) -> float:
+        return max(float(r["decoded_images_per_s"]) for r in self.rows)
+
+
+def supports_arch() -> bool:
+    out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, cwd=ROOT)
+    return "--arch" in out.stdout
+
+
+def run_one(arch: str, batch_size: int, batches: int, rounds: int, with_arch: bool) -> ArchResult:
+    args = [
+        sys.executable,
+        str(SCRIPT),
+        "--batches",
+        str(batches),
+        "--rounds",
+        str(rounds),
+        "--batch-sizes",
+        str(batch_size),
+        "--sizes",
+        SIZES,
+        "--json",
+    ]
+    if with_arch:
+        args += ["--arch", arch]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    data: dict[str, Any] | None = None
+    for line in proc.stdout:
+        if line.startswith("{"):
+            data = json.loads(line)
+        else:
+            print("  " + line.rstrip(), flush=True)
+    if proc.wait() != 0 or data is None:
+        raise RuntimeError(f"{SCRIPT.name} failed for {arch} (exit {proc.returncode})")
+    return ArchResult(arch, list(data["results"]))
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--arch", default="inceptionv3,vgg16")
+    args = parser.parse_args(argv)
+    with_arch = supports_arch()
+    print("Pipeline efficiency (end-to-end images/s ÷ model images/s on decoded tensors, same batch)", flush=True)
+    results: list[ArchResult] = []
+    for arch in args.arch.split(","):
+        if arch != "inceptionv3" and not with_arch:
+            print(f"  {arch}: skipped, {SCRIPT.name} has no --arch option yet (InceptionV3 only)")
+            continue
+        results.append(run_one(arch, args.batch_size, args.batches, args.rounds, with_arch))
+    lines = [ratio_line(f"pipeline efficiency {r.arch} (worst size)", r.worst, "≥ 0.95") for r in results]
+    inception = next((r for r in results if r.arch == "inceptionv3"), None)
+    if inception is not None:
+        save_measured(
+            {"pipeline_efficiency": inception.worst, "node_images_per_s_here": inception.decoded_images_per_s}
+        )
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+if __name__ == "__main__":
+    main()
