@@ -273,3 +273,34 @@ def test_a_storage_outage_mid_run_is_survived(tmp_path: Path, monkeypatch: pytes
         assert consumer.images_processed == 4
     finally:
         server.stop()
+
+
+def test_the_next_batch_is_prepared_while_one_is_scored_and_no_more_is_taken(
+    settings: Settings, images: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given five one-image batches that take 2 s each to score, and one batch of prefetch
+    monkeypatch.setenv("WORKPOOL_EXAMPLE_SLEEP_S", "2")
+    source, names = images
+    queue = queue_of(settings, *(batch(source, [names[i % 4]], batch_id=f"b{i}") for i in range(5)))
+    consumer = consumer_for(settings, prefetch_batches=1, visibility_timeout_s=30)
+
+    # When the consumer is scoring its first batch
+    consumer.start()
+    try:
+        wait_for(lambda: consumer.prefetcher._ready.qsize() == 1, what="the next batch to be prepared")
+
+        # Then the second batch is already received, fetched and decoded, while the first one is
+        # still being scored
+        assert not runs(settings).result_batch_ids("r1")
+        prepared = consumer.prefetcher._ready.queue[0]
+        assert all(image.array is not None for image in prepared.images)
+
+        # And it holds only those two: the other three are there for other consumers
+        assert len(consumer.leases.held()) == 2
+        others = queue.receive(32, visibility_timeout_s=30)
+        assert len(others) == 3
+        for message in others:
+            queue.release(message)
+    finally:
+        consumer.request_stop()
+        consumer.wait()
