@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from orchestration.local_state import state_dir
 from tests.support.azurite import Azurite, unavailable_reason
 from tests.support.faults_tasks import read_ledger
-from tests.support.images import stage_folder, write_sample_images
+from tests.support.images import stage_folder
 from tests.support.orchestration_cli import orchestration, run_cli
 from workpool.runs import RunStore
 from workpool.settings import Settings
@@ -37,9 +39,22 @@ def run_store(settings: Settings) -> RunStore:
     return RunStore(open_result_store(settings))
 
 
+def unique_images(folder: Path, n: int, *, prefix: str = "img_") -> list[str]:
+    """`n` distinct 32×32 PNGs (random pixels, seeded by index): no two batches look alike, so the
+    ledger's pixel fingerprints tell batches apart. Returns the names, sorted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        pixels = np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        name = f"{prefix}{i:05d}.png"
+        Image.fromarray(pixels).save(folder / name, format="PNG", compress_level=1)
+        names.append(name)
+    return names
+
+
 def staged_images(settings: Settings, folder: Path, n: int, *, prefix: str = "img_") -> tuple[str, list[str]]:
-    """`n` small JPEGs where the backend's consumers read them; (source URI, names)."""
-    names = write_sample_images(folder, n, (48, 36), prefix=prefix)
+    """`n` distinct small images where the backend's consumers read them; (source URI, names)."""
+    names = unique_images(folder, n, prefix=prefix)
     return stage_folder(settings, folder), names
 
 
@@ -190,5 +205,5 @@ __all__ = [
     "scoring_count",
     "staged_images",
     "stopped_for",
-    "write_sample_images",
+    "unique_images",
 ]
