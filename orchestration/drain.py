@@ -42,6 +42,7 @@ class DrainReport:
     worker_batches: dict[str, int] = field(default_factory=dict)  # worker id → batches
     failures: dict[str, int] = field(default_factory=dict)  # reason → images
     missing_batches: list[str] = field(default_factory=list)  # neither acked nor poisoned
+    poisoned_batches: dict[str, str] = field(default_factory=dict)  # batch id → poison reason
 
     @property
     def ok(self) -> bool:
@@ -64,6 +65,7 @@ class DrainReport:
             "worker_batches": dict(sorted(self.worker_batches.items())),
             "failures": dict(sorted(self.failures.items(), key=lambda kv: (-kv[1], kv[0]))),
             "missing_batches": self.missing_batches,
+            "poisoned_batches": dict(sorted(self.poisoned_batches.items())),
         }
 
     def render(self) -> str:
@@ -85,6 +87,12 @@ class DrainReport:
             lines.append("  failures by reason (images):")
             for reason, count in sorted(self.failures.items(), key=lambda kv: (-kv[1], kv[0])):
                 lines.append(f"    {count:>7}  {reason}")
+        if self.poisoned_batches:
+            lines.append(f"  poisoned batches (fix the cause, then `producer requeue --run {self.run_id} --failed`):")
+            for batch_id, reason in sorted(self.poisoned_batches.items())[:10]:
+                lines.append(f"    {batch_id}  {reason}")
+            if len(self.poisoned_batches) > 10:
+                lines.append(f"    … and {len(self.poisoned_batches) - 10} more (--json lists them all)")
         if self.missing_batches:
             shown = ", ".join(self.missing_batches[:10]) + (" …" if len(self.missing_batches) > 10 else "")
             lines.append(f"  missing: {shown}; resend them with `producer requeue --run {self.run_id} --missing`")
@@ -120,6 +128,7 @@ def drain_report(tracker: RunTracker, missing: list[str] | None = None) -> Drain
         worker_batches=dict(worker_batches),
         failures=failure_reasons(tracker),
         missing_batches=missing or [],
+        poisoned_batches={b: p.reason for b, p in tracker.poison.items() if b not in tracker.records},
     )
 
 
