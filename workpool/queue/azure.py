@@ -17,6 +17,7 @@ from azure.storage.queue import QueueClient, QueueMessage, QueueServiceClient
 
 from workpool.azure_clients import azure_errors
 from workpool.errors import PartialSendError, StorageUnavailableError
+from workpool.messages import check_size
 from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, WorkQueue, now_iso
 
 SEND_CONCURRENCY = 32
@@ -34,6 +35,9 @@ class AzureQueue(WorkQueue):
                 client.create_queue()
 
     def send(self, bodies: Sequence[str], *, ttl_s: int = -1, delay_s: int = 0) -> None:
+        for body in bodies:
+            check_size(body)  # refused here, before any is sent, rather than as a 413 halfway through
+
         def send_one(body: str) -> None:
             with azure_errors(f"send to queue {self.name}"):
                 self._client.send_message(body, time_to_live=ttl_s, visibility_timeout=delay_s or None)

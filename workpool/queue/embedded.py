@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from workpool.errors import LeaseLostError, StorageUnavailableError
+from workpool.messages import check_size
 from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, WorkQueue, now_iso
 
 _SCHEMA = """
@@ -97,6 +98,8 @@ class EmbeddedQueue(WorkQueue):
             pass
 
     def send(self, bodies: Sequence[str], *, ttl_s: int = -1, delay_s: int = 0) -> None:
+        for body in bodies:
+            check_size(body)  # Azure's 64 KiB limit, kept here so a run that works here works there
         now = self._clock()
         expires = None if ttl_s == -1 else now + ttl_s
         rows = [(self.name, body, now, now + delay_s, expires) for body in bodies]
