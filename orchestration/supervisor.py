@@ -29,9 +29,10 @@ from orchestration.local_state import NodeRecord, PoolRecord, node_command, read
 
 log = logging.getLogger("orchestration.supervisor")
 
-# A node that dies within this many seconds of starting counts as failing at startup (a bad
-# setting, a missing model): it is restarted after a pause that doubles up to the ceiling, so a
-# crash loop costs little CPU and leaves readable logs.
+# A node that exits on its own within this many seconds of starting counts as failing at
+# start-up (a bad setting, a broken install): from its second such exit in a row it is restarted
+# after a pause that doubles up to the ceiling, so a crash loop costs little CPU and leaves
+# readable logs.
 QUICK_FAILURE_S = 10.0
 MAX_BACKOFF_S = 30.0
 
@@ -129,7 +130,10 @@ class Supervisor:
                 log.info("%s stopped (%s)", node_id, how)
                 continue
             ran_s = now - (record.started_at or now)
-            quick = self.quick_failures.get(node_id, 0) + 1 if ran_s < QUICK_FAILURE_S else 0
+            # Only a node that exits on its own soon after starting is in a crash loop; one
+            # killed by a signal (an operator, the OOM killer, a test) is replaced at once.
+            exited_young = code >= 0 and ran_s < QUICK_FAILURE_S
+            quick = self.quick_failures.get(node_id, 0) + 1 if exited_young else 0
             self.quick_failures[node_id] = quick
             delay = 0.0 if quick <= 1 else min(2.0 ** (quick - 1), MAX_BACKOFF_S)
             record.state, record.pid, record.last_exit = "restarting", None, how

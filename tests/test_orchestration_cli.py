@@ -154,3 +154,46 @@ def test_deleting_the_pool_folder_stops_its_nodes(tmp_path: Path) -> None:
         # Then nothing keeps running unseen, and the folder is not recreated
         wait_for(lambda: not any(pid_alive(p) for p in pids), timeout_s=40, what="the nodes to stop")
         assert not (tmp_path / "home" / "local").exists()
+
+
+@pytest.mark.embedded
+@pytest.mark.faults
+def test_the_supervisor_backs_off_a_node_that_keeps_failing_at_start_up(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from orchestration.backends.local import LocalLauncher
+    from orchestration.environment import settings_env
+    from orchestration.local_state import read_pool, state_dir, write_target
+    from tests.support.waiting import wait_for
+
+    # Given a supervisor started by hand (no `launch`, which would give up at the first failure)
+    # for nodes that exit at once on a setting they refuse
+    settings = load_settings(home=tmp_path / "home", queue="loop")
+    directory = state_dir(settings)
+    write_target(directory, 1)
+    (directory / "logs").mkdir()
+    env = settings_env(settings) | {"WORKPOOL_NODE_WORKERS": "none"}
+    with (directory / "logs" / "supervisor.log").open("ab") as log_file:
+        subprocess.run(
+            [sys.executable, "-m", "orchestration.supervisor", str(directory)],
+            env=env,
+            stdout=log_file,
+            stderr=log_file,
+            check=True,
+        )
+
+    def restarts() -> int:
+        pool = read_pool(directory)
+        return pool.nodes[0].restarts if pool and pool.nodes else 0
+
+    try:
+        # Then it keeps restarting the node, pausing longer after each quick exit
+        wait_for(lambda: restarts() >= 2, timeout_s=30, what="two restarts")
+        log = (directory / "logs" / "supervisor.log").read_text()
+        assert "died (exit 2)" in log
+        assert "respawning in 0 s" in log and "respawning in 2 s" in log
+        pool = read_pool(directory)
+        assert pool is not None and pool.nodes[0].last_exit == "exit 2"
+    finally:
+        LocalLauncher(settings).teardown()
