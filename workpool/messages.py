@@ -20,6 +20,10 @@ from workpool.errors import MessageError, MessageTooLargeError
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Images per message. A consumer decodes a whole batch into memory at once (about 1 MB per image
+# at InceptionV3's input size), so a forged message naming thousands of images must be refused,
+# not allowed to exhaust a node's memory on every delivery.
+MAX_BATCH_IMAGES = 1024
 
 
 class BatchMessage(BaseModel):
@@ -34,7 +38,7 @@ class BatchMessage(BaseModel):
     model: str | None = Field(None, description="Model URI: a local path or az://container/path.")
     labels: str | None = Field(None, description="Labels URI for the task, if any.")
     source: str = Field(min_length=1, description="A local directory or az://container/prefix.")
-    images: list[str] = Field(min_length=1)
+    images: list[str] = Field(min_length=1, max_length=MAX_BATCH_IMAGES)
 
     @field_validator("images")
     @classmethod

@@ -30,6 +30,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from workpool.errors import SettingsError
+from workpool.messages import MAX_BATCH_IMAGES
 
 ENV_PREFIX = "WORKPOOL_"
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -75,7 +76,7 @@ class Settings(BaseSettings):
     sas_token: SecretStr | None = Field(None, description="SAS token used with account_url.")
 
     # --- work ---------------------------------------------------------------------------
-    batch_size: int = Field(64, gt=0, description="Images per batch message.")
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH_IMAGES, description="Images per batch message.")
     message_ttl_s: int = Field(-1, description="Message time-to-live in seconds; -1 never expires.")
     visibility_timeout_s: int = Field(
         120, ge=1, le=7 * 24 * 3600, description="Lease on a received batch; renewed in the background."
