@@ -26,7 +26,7 @@ from orchestration.random_models import ARCHITECTURES, build_model
 from orchestration.samples import write_samples
 from orchestration.status import StatusReader, cluster_json, render, watch
 from workpool.cli import EXIT_FAILURE, EXIT_OK, ConfigOption, LogLevelOption, handle_errors, settings_for
-from workpool.errors import UsageError
+from workpool.errors import NotFoundError, UsageError
 from workpool.queue import open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings
@@ -54,6 +54,14 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 def _runs(settings: Settings) -> RunStore:
     return RunStore(open_result_store(settings))
+
+
+def _require_run(runs: RunStore, run_id: str) -> None:
+    """A run id that names no run is the user's mistake (exit 2), as in `producer requeue`."""
+    try:
+        runs.read_manifest(run_id)
+    except NotFoundError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _echo_json(data: Any) -> None:
@@ -173,7 +181,10 @@ def status(
     _check_backend(backend)
     settings = settings_for(config, log_level)
     launcher = open_launcher(resolve_backend(settings, backend), settings)
-    reader = StatusReader(_runs(settings), open_queue(settings), launcher, run)
+    runs = _runs(settings)
+    if run is not None:
+        _require_run(runs, run)
+    reader = StatusReader(runs, open_queue(settings), launcher, run)
     if watch_:
         watch(reader, Console())
         return
@@ -202,7 +213,9 @@ def wait_command(
     records. Exit 1 if any batch was poisoned, or lost (the queue emptied without it).
     """
     settings = settings_for(config, log_level)
-    report = wait_for_drain(_runs(settings), open_queue(settings), run, poll_s=poll_s, timeout_s=timeout_s)
+    runs = _runs(settings)
+    _require_run(runs, run)
+    report = wait_for_drain(runs, open_queue(settings), run, poll_s=poll_s, timeout_s=timeout_s)
     _print_reports([report], json_out)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE)
 
@@ -222,7 +235,9 @@ def results(
     Parquet), batch_id, worker. Images of a poisoned batch are error rows with the reason.
     """
     settings = settings_for(config, log_level)
-    summary = export_results(_runs(settings), run, out)
+    runs = _runs(settings)
+    _require_run(runs, run)
+    summary = export_results(runs, run, out)
     if json_out:
         _echo_json(summary.to_json())
     else:

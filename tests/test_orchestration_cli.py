@@ -30,6 +30,9 @@ def test_every_command_has_help() -> None:
         ["benchmark", "--tiers", "1,x"],
         ["benchmark", "--arch", "vgg16", "--model", "m.keras"],
         ["wait"],
+        ["wait", "--run", "no-such-run"],
+        ["status", "--run", "no-such-run"],
+        ["results", "--run", "no-such-run", "--out", "out.csv"],
     ],
 )
 def test_bad_usage_exits_2_with_one_clear_line(tmp_path: Path, args: list[str]) -> None:
