@@ -8,8 +8,8 @@ or decoding. The bound keeps memory flat: at most `prefetch_batches` prepared ba
 however long the run.
 
 Failures are sorted here, never raised past a job:
-- a message that can never succeed (not JSON, wrong schema, unknown task) → `job.failure` is a
-  `MessageError` (poison at once);
+- a message that can never succeed (not JSON, wrong schema, unknown task, or disagreeing with its
+  run's manifest) → `job.failure` is a `MessageError` (poison at once);
 - anything that stops the whole batch (model will not load, storage unreachable) →
   `job.failure` holds it (release with backoff, poison after `max_attempts`);
 - one unreadable or missing image → that image's `error` (an error row; the batch goes on).
@@ -34,11 +34,12 @@ import numpy.typing as npt
 from consumer.images import decode_image
 from consumer.lease import LeaseKeeper
 from consumer.tasks import ScoringTask, TaskCache
-from workpool.errors import ImageError, NotFoundError, StorageUnavailableError
+from workpool.errors import ImageError, MessageError, NotFoundError, StorageUnavailableError
 from workpool.messages import BatchMessage
 from workpool.queue import Received, WorkQueue
+from workpool.runs import Manifest, RunStore
 from workpool.settings import Settings
-from workpool.storage import ObjectStore, open_location
+from workpool.storage import ObjectStore, open_location, open_result_store
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class Preparer:
         self.decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=nice)
         self.fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch", initializer=nice)
         self._sources: dict[str, tuple[ObjectStore, str]] = {}
+        self._runs: RunStore | None = None
+        self._manifests: dict[str, Manifest | None] = {}
 
     def close(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -94,13 +97,47 @@ class Preparer:
         started = time.perf_counter()
         job = Job(message=message, dequeued_at=dequeued_at or datetime.now(UTC))
         try:
-            job.batch = BatchMessage.decode(message.body)
+            batch = BatchMessage.decode(message.body)
+            self._check_against_manifest(batch)
+            job.batch = batch
             job.task = self.tasks.get(job.batch.task, job.batch.model, job.batch.labels)
             job.images = self._load_images(job.batch, job.task)
         except Exception as exc:
             job.failure = exc
         job.prepare_s = time.perf_counter() - started
         return job
+
+    def _check_against_manifest(self, batch: BatchMessage) -> None:
+        """A message of a recorded run must be one of its batches, as the producer wrote it.
+
+        Anyone who can write to the queue could otherwise send a batch of a real run that reads
+        another container or folder (and overwrites the real batch's results). Runs without a
+        manifest (messages sent by hand) are taken as they are; their names are still checked.
+        """
+        manifest = self._manifest(batch.run_id)
+        if manifest is None:
+            return
+        expected = manifest.batches.get(batch.batch_id)
+        if expected is None:
+            raise MessageError(f"batch {batch.batch_id} is not in the manifest of run {batch.run_id}")
+        for name in ("source", "task", "model", "labels"):
+            if getattr(batch, name) != getattr(manifest, name):
+                raise MessageError(
+                    f"batch {batch.batch_id}: {name} {getattr(batch, name)!r} differs from the manifest "
+                    f"of run {batch.run_id} ({getattr(manifest, name)!r})"
+                )
+        if batch.images != expected:
+            raise MessageError(f"batch {batch.batch_id}: images differ from the manifest of run {batch.run_id}")
+
+    def _manifest(self, run_id: str) -> Manifest | None:
+        if run_id not in self._manifests:
+            if self._runs is None:
+                self._runs = RunStore(open_result_store(self.settings))
+            try:
+                self._manifests[run_id] = self._runs.read_manifest(run_id)
+            except NotFoundError:
+                self._manifests[run_id] = None
+        return self._manifests[run_id]
 
     def _source(self, uri: str) -> tuple[ObjectStore, str]:
         if uri not in self._sources:
