@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -301,7 +300,6 @@ def benchmark(
     settings = settings_for(config, log_level)
     if arch is not None and model is not None:
         raise UsageError("give --arch or --model, not both")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, here and on nodes
     if task == "classification" and model is None:
         if backend != "local":
             raise UsageError("cluster nodes cannot read a model built here: give --model az://<container>/<path>")

@@ -12,7 +12,6 @@ AZURE_STORAGE_CONNECTION_STRING) to run the same job on Azure Storage instead.
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime
 
@@ -38,8 +37,6 @@ def say(line: str) -> None:
 def main() -> int:
     from producer.enqueue import EnqueueRequest, enqueue
 
-    # TensorFlow's C++ start-up chatter would bury the demo's own lines (nodes log to files).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = settings_for(None, "WARNING", batch_size=BATCH_SIZE)
     folder = settings.home.absolute() / "demo"
     say(f"writing {IMAGES} sample images to {folder / 'images'}")

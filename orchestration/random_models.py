@@ -3,13 +3,20 @@
 No pretrained weights can be fetched in every environment (and none are needed to measure
 speed): `build_model("inceptionv3", folder)` saves `keras.applications.InceptionV3(weights=None)`
 as a `.keras` file the consumer loads like any other. Built once per folder, then reused.
+
+The build runs in a child process: TensorFlow's start-up chatter stays out of the demo's and
+the benchmark's output (it is shown only if the build fails), and the commands do not carry a
+loaded TensorFlow around while they wait for the nodes.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from workpool.errors import UsageError
+from orchestration.environment import PROJECT_ROOT
+from workpool.errors import UsageError, WorkpoolError
 
 ARCHITECTURES = {
     "inceptionv3": "InceptionV3",
@@ -27,10 +34,27 @@ def build_model(arch: str, folder: Path) -> Path:
     if path.exists():
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    import keras  # heavy: only when a model has to be built
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.random_models", arch, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        check=False,
+    )
+    if done.returncode != 0 or not path.exists():
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise WorkpoolError(f"building a random-weight {arch} model failed:\n{tail}")
+    return path
+
+
+def _save(arch: str, path: Path) -> None:
+    import keras
 
     model = getattr(keras.applications, ARCHITECTURES[arch])(weights=None)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
-    tmp.replace(path)
-    return path
+    tmp.replace(path)  # never a half-written model under the final name
+
+
+if __name__ == "__main__":
+    _save(sys.argv[1], Path(sys.argv[2]))

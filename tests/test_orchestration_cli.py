@@ -200,3 +200,32 @@ def test_the_supervisor_backs_off_a_node_that_keeps_failing_at_start_up(tmp_path
         assert pool is not None and pool.nodes[0].last_exit == "exit 2"
     finally:
         LocalLauncher(settings).teardown()
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_the_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
+    import csv
+    import subprocess
+    import sys
+
+    from tests.support.orchestration_cli import ROOT, env_for
+
+    # `make demo` on a fresh home: sample images, a random-weight model, two nodes, drain, CSV
+    settings = load_settings(home=tmp_path / "home")
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.demo"],
+        env=env_for(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "drain wall time" in done.stdout and "96 ok, 0 failed" in done.stdout
+    [csv_path] = (tmp_path / "home" / "demo").glob("results-demo-*.csv")
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 96 and {r["status"] for r in rows} == {"ok"}
+    assert all(r["top_label"] and float(r["top_score"]) > 0 for r in rows)
+    assert live_node_pids(settings) == []
