@@ -64,7 +64,7 @@ def _require_run(runs: RunStore, run_id: str) -> None:
 
 
 def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 def _check_backend(backend: str | None) -> None:
@@ -112,7 +112,7 @@ def launch(
             for r in planned:
                 typer.echo(f"  {r['method']} {r['path']}" + (f"  # {r['note']}" if r["note"] else ""))
                 if r["body"] is not None:
-                    typer.echo("    " + json.dumps(r["body"], ensure_ascii=False))
+                    typer.echo("    " + json.dumps(r["body"], ensure_ascii=False, default=str))
         return
     if not wait:
         launcher.launch(nodes)
