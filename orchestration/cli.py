@@ -7,7 +7,6 @@ Every command reads the one settings object (WORKPOOL_* variables, --config FILE
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,8 +29,6 @@ from workpool.queue import open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
-
-log = logging.getLogger("orchestration")
 
 app = typer.Typer(
     help="Run the scoring pool: launch and scale nodes, watch progress, measure the drain, export results.",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
@@ -15,8 +14,6 @@ from workpool.queue import open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
-
-log = logging.getLogger(__name__)
 
 
 def pending_runs(settings: Settings, runs: RunStore) -> list[str]:
