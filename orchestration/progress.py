@@ -56,7 +56,7 @@ class RunTracker:
 
     def refresh(self, now: datetime | None = None) -> RunProgress:
         wanted = set(self.manifest.batches)
-        for batch_id in sorted(set(self.runs.record_batch_ids(self.run_id)) & wanted - set(self.records)):
+        for batch_id in sorted((self.runs.record_batch_ids(self.run_id) & wanted) - set(self.records)):
             record = self.runs.read_batch_record(self.run_id, batch_id)
             if record is not None:
                 self.records[batch_id] = record
