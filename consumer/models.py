@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from workpool.errors import NotFoundError, UsageError, WorkpoolError
+from workpool.errors import MessageError, NotFoundError, WorkpoolError
 from workpool.settings import Settings
 from workpool.storage import open_location, parse_location
 
@@ -42,7 +42,15 @@ Outputs = npt.NDArray[Any] | list[npt.NDArray[Any]] | dict[str, npt.NDArray[Any]
 
 
 class ModelLoadError(WorkpoolError):
-    """The model exists but cannot be loaded (wrong format, unsafe without permission, broken)."""
+    """The model exists but cannot be loaded (wrong format, broken): retried, then poisoned."""
+
+
+class UnsafeModelError(MessageError):
+    """The model runs Python code when loaded and this consumer does not allow that.
+
+    No retry can change the answer, so the batch goes to poison at once, with this reason; the
+    user opts in (if they trust the file) and runs `producer requeue --failed`.
+    """
 
 
 @dataclass
@@ -147,7 +155,7 @@ def load_model(path: Path, uri: str, settings: Settings) -> LoadedModel:
     except ValueError as exc:
         text = str(exc)
         if "safe_mode" in text or "Lambda" in text:
-            raise UsageError(
+            raise UnsafeModelError(
                 f"model {uri} runs Python code when loaded (e.g. a Lambda layer); "
                 "set WORKPOOL_ALLOW_UNSAFE_MODELS=true (--allow-unsafe-models) only if you trust it"
             ) from None
