@@ -56,6 +56,11 @@ def ratio_line(name: str, value: float, goal: str = "") -> str:
     return f"RATIO {name} = {value:.3f}" + (f"  (goal {goal})" if goal else "")
 
 
+def rate_line(name: str, value: float, unit: str) -> str:
+    """A measured rate (not a ratio), printed with the ratios: `RATE <name> = <value> <unit>`."""
+    return f"RATE {name} = {value:,.0f} {unit}"
+
+
 def efficiency(t1_s: float, nodes: int, tn_s: float) -> float:
     """Strong-scaling efficiency: T1 ÷ (N·TN); 1.0 is linear."""
     return t1_s / (nodes * tn_s) if nodes > 0 and tn_s > 0 else 0.0

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import bench_settings, ratio_line, scratch_home
+from bench.common import bench_settings, rate_line, ratio_line, scratch_home
 from producer.enqueue import EnqueueRequest, enqueue
 from workpool.messages import BatchMessage
 from workpool.queue import open_queue
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             f"{figures.images_per_s:,.0f} images/s ({figures.messages_per_s:,.0f} messages/s while sending)",
             flush=True,
         )
-        ratios.append(ratio_line("embedded enqueue images/s", figures.images_per_s))
+        ratios.append(rate_line(f"embedded enqueue of {figures.images:,} names", figures.images_per_s, "images/s"))
         if not args.no_azurite:
             producer, loop = azurite(args.azurite_messages, home)
             print(

@@ -48,7 +48,7 @@ class ScalingPlan:
 
 
 EMBEDDED = ScalingPlan(tiers=(1, 2, 4, 8, 16), batch_size=8, batches_per_node=40, sleep_s=0.03)
-AZURITE = ScalingPlan(tiers=(1, 2, 4, 8), batch_size=8, batches_per_node=6, sleep_s=0.1)
+AZURITE = ScalingPlan(tiers=(1, 2, 4, 8), batch_size=8, batches_per_node=5, sleep_s=0.1)
 QUICK = ScalingPlan(tiers=(1, 2, 4), batch_size=4, batches_per_node=4, sleep_s=0.02)
 
 
