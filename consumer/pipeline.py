@@ -102,7 +102,7 @@ class Preparer:
             job.batch = batch
             job.task = self.tasks.get(job.batch.task, job.batch.model, job.batch.labels)
             job.images = self._load_images(job.batch, job.task)
-        except Exception as exc:
+        except Exception as exc:  # sorted by the worker: poison, retry or give up
             job.failure = exc
         job.prepare_s = time.perf_counter() - started
         return job
@@ -164,7 +164,7 @@ class Preparer:
                 inputs[i].array = future.result()
             except ImageError as exc:
                 inputs[i].error = str(exc)
-            except Exception as exc:
+            except Exception as exc:  # a task's preprocess failing on one image
                 inputs[i].error = f"preprocessing failed: {type(exc).__name__}: {exc}"
         return inputs
 
@@ -274,7 +274,7 @@ class Prefetcher:
                     self.leases.finish(job.message_id, lambda m: self.queue.release(m, 0))
                 elif job is not None:
                     self._ready.put(job)
-        except BaseException as exc:
+        except BaseException as exc:  # handed to the worker, which stops the consumer
             self._ready.put(exc)
 
     def drain(self) -> list[Job]:

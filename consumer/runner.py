@@ -122,7 +122,7 @@ class Consumer:
     def _work(self) -> None:
         try:
             self.worker.run(self.stop_event)
-        except BaseException as exc:
+        except BaseException as exc:  # reported by wait(); the CLI exits 1
             self.error = exc
             log.error("worker %s stopped on an error: %s", self.worker_id, exc)
 

@@ -113,62 +113,82 @@ class Worker:
 
     # --- one batch ---------------------------------------------------------------------------
     def process(self, job: Job, stop: threading.Event) -> None:
+        """One batch, start to finish: triage, score, write, ack, record."""
+        if self._triage(job, stop):
+            return
+        started, started_at = time.perf_counter(), self._now()
+        log.debug("%s attempt=%d scoring %d images", self._where(job), job.message.dequeue_count, len(job.images))
+        try:
+            rows = self.score(job)
+        except Exception as exc:  # out of memory, a broken model, a task bug: retry
+            self.fail(job, exc, stop)
+            return
+        scored_at, score_s = self._now(), time.perf_counter() - started
+        if not self._write_and_ack(job, rows, stop):
+            return
+        self._record(job, rows, stop, started_at=started_at, scored_at=scored_at, score_s=score_s,
+                     total_s=time.perf_counter() - started)  # fmt: skip
+
+    def _triage(self, job: Job, stop: threading.Event) -> bool:
+        """Dispose of a job that must not be scored; True when it was."""
         attempt = job.message.dequeue_count
         if isinstance(job.failure, MessageError):
             self.poison(job, str(job.failure), stop)
-            return
-        if attempt > self.max_attempts:
+        elif attempt > self.max_attempts:
             self.poison(job, f"delivered {attempt} times without being finished (consumers crashed or timed out)", stop)
-            return
-        if job.failure is not None:
+        elif job.failure is not None:
             self.fail(job, job.failure, stop)
-            return
-        if job.message_id in self.leases.lost:
+        elif job.message_id in self.leases.lost:
             # It waited in the prefetch buffer through an outage longer than its lease; another
             # consumer has it now, so scoring it here would only be wasted work.
             log.warning("%s lease lost before scoring; skipped", self._where(job))
-            return
-        started = time.perf_counter()
-        started_at = self._now()
-        log.debug("%s attempt=%d scoring %d images", self._where(job), attempt, len(job.images))
-        try:
-            rows = self.score(job)
-        except Exception as exc:
-            self.fail(job, exc, stop)
-            return
-        scored_at = self._now()
-        score_s = time.perf_counter() - started
+        else:
+            return False
+        return True
+
+    def _write_and_ack(self, job: Job, rows: list[ResultRow], stop: threading.Event) -> bool:
+        """Results first, durably; then the ack. True when the batch is acked."""
         assert job.batch is not None
         run_id, batch_id = job.batch.run_id, job.batch.batch_id
         try:
             written = self._persist(lambda: self.runs.write_results(run_id, batch_id, rows), "write results", stop)
         except WorkpoolError as exc:  # e.g. the result container was deleted: retry later
             self.fail(job, exc, stop)
-            return
+            return False
         if not written:
             self.leases.finish(job.message_id, lambda m: None)  # stop renewing: it comes back
-            return
+            return False
         try:
-            acked = self._persist(lambda: self._ack(job), "ack", stop)
+            if self._persist(lambda: self._ack(job), "ack", stop):
+                return True
         except LeaseLostError:
-            acked = False
-        acked_at = self._now()
-        if not acked:
             log.warning(
-                "run=%s batch=%s worker=%s: lease lost before the ack; another consumer will redo the batch "
-                "(results are overwritten, not duplicated)",
-                run_id,
-                batch_id,
-                self.worker_id,
+                "%s lease lost before the ack; another consumer will redo the batch (results are overwritten, "
+                "not duplicated)",
+                self._where(job),
             )
-            return
-        total_s = time.perf_counter() - started
+        return False
+
+    def _record(
+        self,
+        job: Job,
+        rows: list[ResultRow],
+        stop: threading.Event,
+        *,
+        started_at: datetime,
+        scored_at: datetime,
+        score_s: float,
+        total_s: float,
+    ) -> None:
+        """Count the batch, write its timing record and its log line."""
+        assert job.batch is not None
+        acked_at = self._now()
         failed = sum(1 for r in rows if r.status == "error")
         record = BatchRecord(
-            run_id=run_id,
-            batch_id=batch_id,
+            run_id=job.batch.run_id,
+            batch_id=job.batch.batch_id,
             worker=self.worker_id,
-            attempt=attempt,
+            attempt=job.message.dequeue_count,
             images=len(rows),
             images_ok=len(rows) - failed,
             images_failed=failed,
@@ -180,23 +200,20 @@ class Worker:
             prepare_s=round(job.prepare_s, 6),
             score_s=round(score_s, 6),
         )
+        self.images_processed += len(rows)
+        self.batches_processed += 1
         # The record is bookkeeping for reports: the batch is done even if it cannot be written.
         try:
             if not self._persist(lambda: self.runs.write_batch_record(record), "write batch record", stop):
-                log.error("run=%s batch=%s: timing record not written", run_id, batch_id)
+                log.error("%s timing record not written", self._where(job))
         except WorkpoolError as exc:
-            log.error("run=%s batch=%s: timing record not written: %s", run_id, batch_id, exc)
-        self.images_processed += len(rows)
-        self.batches_processed += 1
+            log.error("%s timing record not written: %s", self._where(job), exc)
         log.info(
-            "run=%s batch=%s worker=%s attempt=%d images=%d ok=%d failed=%d "
-            "prepare=%.3fs score=%.3fs total=%.3fs %.1f images/s",
-            run_id,
-            batch_id,
-            self.worker_id,
-            attempt,
-            len(rows),
-            len(rows) - failed,
+            "%s attempt=%d images=%d ok=%d failed=%d prepare=%.3fs score=%.3fs total=%.3fs %.1f images/s",
+            self._where(job),
+            record.attempt,
+            record.images,
+            record.images_ok,
             failed,
             job.prepare_s,
             score_s,

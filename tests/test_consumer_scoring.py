@@ -344,3 +344,17 @@ def test_mixed_precision_scores_in_float16_close_to_float32(models: dict[str, Pa
         assert g.dtype == np.float32
         np.testing.assert_allclose(g, w, atol=2e-2)
     assert any(not np.array_equal(w, g) for w, g in zip(want, got, strict=True))
+
+
+@pytest.mark.embedded
+def test_an_xla_compiled_model_scores_like_the_plain_call(models: dict[str, Path], tmp_path: Path) -> None:
+    from consumer.models import ModelCache
+    from workpool.settings import load_settings
+
+    # Given the same model loaded plainly and compiled with XLA
+    plain = ModelCache(load_settings(home=tmp_path)).get(str(models["tiny"]))
+    compiled = ModelCache(load_settings(home=tmp_path, xla=True)).get(str(models["tiny"]))
+    x = np.random.default_rng(1).uniform(-1, 1, size=(3, 32, 32, 3)).astype(np.float32)
+
+    # Then both give the same scores
+    np.testing.assert_allclose(np.asarray(compiled(x)), np.asarray(plain(x)), atol=1e-5)

@@ -1,0 +1,1 @@
+"""Package data: the ImageNet-1k class names (`imagenet_classes.json`, Keras output order)."""
