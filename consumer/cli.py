@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Mapping
 from types import FrameType
 from typing import Annotated, Literal
 
@@ -28,6 +29,23 @@ log = logging.getLogger("consumer")
 @app.callback()
 def main() -> None:
     """Score image batches from the work queue."""
+
+
+def flags_for_child(flags: Mapping[str, object]) -> list[str]:
+    """The given flags again, as command-line arguments for a worker child."""
+    args = []
+    for name, value in flags.items():
+        option = "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if name == "xla":
+            args.append("--xla" if value else "--no-xla")
+        elif isinstance(value, bool):
+            if value:
+                args.append(option)
+        else:
+            args.append(f"{option}={value}")
+    return args
 
 
 @app.command()
@@ -86,19 +104,10 @@ def run(
     gpus = visible_gpus()
     count = worker_count(workers, gpus)
     if count > 1 or (gpus and "CUDA_VISIBLE_DEVICES" not in os.environ):
-        child_args = [
-            f"--{name.replace('_', '-')}={value}"
-            for name, value in flags.items()
-            if value is not None and not isinstance(value, bool)
-        ]
-        child_args += [
-            f"--{'' if value else 'no-'}xla" for name, value in flags.items() if name == "xla" and value is not None
-        ]
-        if allow_unsafe_models:
-            child_args.append("--allow-unsafe-models")
+        # A supervisor of one process per GPU (or per --workers); children inherit the environment.
+        child_args = [*flags_for_child(flags), f"--log-level={log_level}"]
         if config is not None:
             child_args.append(f"--config={config}")
-        child_args.append(f"--log-level={log_level}")
         raise typer.Exit(run_children(worker_id or default_worker_id(), count, gpus, child_args))
 
     # Refuse decompression bombs between Pillow's limit and twice it (Pillow only warns there).

@@ -112,3 +112,10 @@ def test_the_summary_line_always_shows_microseconds() -> None:
     assert format_took(0) == "0:00:00.000000"
     assert format_took(3723.5) == "1:02:03.500000"
     assert format_took(90000.25) == "25:00:00.250000"
+
+
+def test_worker_children_get_the_flags_their_parent_was_given() -> None:
+    from consumer.cli import flags_for_child
+
+    flags = {"idle_exit_s": 5.0, "max_attempts": None, "xla": False, "allow_unsafe_models": True, "precision": "mixed"}
+    assert flags_for_child(flags) == ["--idle-exit-s=5.0", "--no-xla", "--allow-unsafe-models", "--precision=mixed"]
