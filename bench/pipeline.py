@@ -34,6 +34,12 @@ class ArchResult:
         return min(float(r["ratio"]) for r in self.rows)
 
     @property
+    def worst_cpu_time(self) -> float | None:
+        """CPU seconds per image, model alone ÷ whole consumer: the ratio without other processes' noise."""
+        values = [float(r["cpu_time_ratio"]) for r in self.rows if "cpu_time_ratio" in r]
+        return min(values) if values else None
+
+    @property
     def decoded_images_per_s(self) -> float:
         return max(float(r["decoded_images_per_s"]) for r in self.rows)
 
@@ -88,12 +94,17 @@ def main(argv: list[str] | None = None) -> list[str]:
             continue
         batches = max(args.batches - 1, 1) if arch == "vgg16" else args.batches
         results.append(run_one(arch, args.batch_size, batches, args.rounds, with_arch))
-    lines = [ratio_line(f"pipeline efficiency {r.arch} (worst size)", r.worst, "≥ 0.95") for r in results]
+    lines = []
+    for r in results:
+        lines.append(ratio_line(f"pipeline efficiency {r.arch}, wall clock (worst size)", r.worst, "≥ 0.95"))
+        if r.worst_cpu_time is not None:
+            lines.append(ratio_line(f"pipeline efficiency {r.arch}, CPU time (worst size)", r.worst_cpu_time, "≥ 0.95"))
     inception = next((r for r in results if r.arch == "inceptionv3"), None)
     if inception is not None:
-        save_measured(
-            {"pipeline_efficiency": inception.worst, "node_images_per_s_here": inception.decoded_images_per_s}
-        )
+        # The projection takes the CPU-time ratio when there is one: on a shared machine the
+        # wall-clock ratio swings with other processes' load, CPU seconds per image do not.
+        efficiency = min(inception.worst_cpu_time or inception.worst, 1.0)
+        save_measured({"pipeline_efficiency": efficiency, "node_images_per_s_here": inception.decoded_images_per_s})
     print("\n".join(lines), flush=True)
     return lines
 
