@@ -49,6 +49,7 @@ class StragglerResult:
     drain_s: float
     speeds: dict[str, float]  # worker → images/s while busy
     images_by_worker: dict[str, int]
+    finished_s: dict[str, float]  # worker → its last ack, seconds after the run's first dequeue
 
     @property
     def ideal_s(self) -> float:
@@ -99,7 +100,7 @@ def spawn_node(settings: Settings, node_id: str, sleep_s: float, log: Path) -> s
 
 
 def measure(
-    nodes: int = 8, slow_factor: float = 4.0, sleep_s: float = 0.02, batch: int = 8, images: int = 4352
+    nodes: int = 8, slow_factor: float = 4.0, sleep_s: float = 0.02, batch: int = 8, images: int = 5800
 ) -> StragglerResult:
     source = samples(images, (64, 48))
     with scratch_home("stragglers") as home:
@@ -136,18 +137,30 @@ def measure(
     if not report.ok or report.images_ok != images:
         raise RuntimeError(f"straggler run did not drain cleanly: {report.to_json()}")
     speeds, by_worker = node_speeds(records)
-    return StragglerResult(images=images, drain_s=report.drain_wall_s, speeds=speeds, images_by_worker=by_worker)
+    return StragglerResult(images, report.drain_wall_s, speeds, by_worker, finish_times(records))
+
+
+def finish_times(records: list[BatchRecord]) -> dict[str, float]:
+    """Each worker's last ack, in seconds after the run's first dequeue (where the tail is)."""
+    start = min(r.dequeued_at for r in records)
+    finished: dict[str, float] = {}
+    for r in records:
+        finished[r.worker] = max(finished.get(r.worker, 0.0), (r.acked_at - start).total_seconds())
+    return finished
 
 
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=4352)
+    parser.add_argument("--images", type=int, default=5800)
     args = parser.parse_args(argv)
     print("Stragglers: 8 local nodes (SleepTask 20 ms/image), one at a quarter of the speed", flush=True)
     result = measure(images=args.images)
     for worker in sorted(result.speeds):
         scored = result.images_by_worker[worker]
-        print(f"  {worker:12s} {result.speeds[worker]:7.1f} images/s busy, scored {scored} images")
+        print(
+            f"  {worker:12s} {result.speeds[worker]:7.1f} images/s busy, scored {scored} images, "
+            f"last ack at {result.finished_s[worker]:.2f} s"
+        )
     print(f"  queue drain {result.drain_s:.2f} s, ideal {result.ideal_s:.2f} s, static shards {result.static_s:.2f} s")
     ratios = [
         ratio_line("static shards ÷ queue drain (speedup from the queue)", result.static_s / result.drain_s),
