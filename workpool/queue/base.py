@@ -8,12 +8,16 @@ it was acked. Every operation on a received message needs its newest receipt.
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+
+from workpool.messages import MAX_MESSAGE_BYTES, encoded_size
 
 MAX_RECEIVE = 32  # Azure's ceiling for one receive call; the embedded backend keeps it too.
 
@@ -50,11 +54,28 @@ class PoisonRecord:
     dead_lettered_at: str
 
     def encode(self) -> str:
-        return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":"))
+        """JSON text that fits in one queue message, whatever the body.
+
+        A body near the 64 KiB limit grows when escaped into the record (every quote doubles), and
+        the poison queue refuses what does not fit: then the body travels zlib-compressed and
+        base64-encoded as `body_zlib` (and the reason is cut short), so the batch can still be
+        dead-lettered and `requeue --failed` restores it byte for byte.
+        """
+        text = json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":"))
+        if encoded_size(text) <= MAX_MESSAGE_BYTES:
+            return text
+        packed = base64.b64encode(zlib.compress(self.body.encode("utf-8"), 9)).decode("ascii")
+        data = {**self.__dict__, "body": "", "body_zlib": packed, "reason": self.reason[:1000]}
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str) -> PoisonRecord:
         data: dict[str, Any] = json.loads(text)
+        if data.get("body_zlib"):
+            try:
+                data["body"] = zlib.decompress(base64.b64decode(data["body_zlib"])).decode("utf-8")
+            except zlib.error as exc:
+                raise ValueError(f"poison record's compressed body is damaged: {exc}") from None
         return cls(
             body=str(data["body"]),
             reason=str(data["reason"]),
