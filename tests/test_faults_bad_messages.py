@@ -78,6 +78,8 @@ def test_bad_messages_go_to_poison_at_once_and_the_consumer_keeps_going(
                                images=["img_00004.png", "../outside/secret.png"]), "'..'"),
         "unknown batch": (body(run_id="legit", batch_id="b999999", source=legit_source,
                                images=["img_00000.png"]), "manifest"),
+        # just under 64 KiB, and twice that once escaped into a poison record
+        "quotes near the limit": ('"' * 60_000, "not JSON"),
     }  # fmt: skip
     with open_queue(settings) as queue:
         queue.send([text for text, _ in bad.values()])
@@ -122,7 +124,7 @@ def test_bad_messages_go_to_poison_at_once_and_the_consumer_keeps_going(
         assert rows.ok == len(names)
     figures_line(
         f"bad-messages[{backend}]",
-        bodies_sent=depth_before,
+        messages_queued=depth_before,
         poisoned_at_once=sum(1 for r in records if r.attempts == 1),
         refused_by_send=1,
         legit_images=len(names),

@@ -1,7 +1,7 @@
 """Storage outages mid-run: the consumers and the producer wait them out and nothing is lost.
 
 Azure: the test's own Azurite, persisting to disk, is stopped for 15 s while four consumer nodes
-are scoring run A and `producer enqueue` is sending run B (600 one-image batches), then
+are scoring run A and `producer enqueue` is sending run B (400 one-image batches), then
 restarted on the same ports with its data. Embedded: another connection holds the SQLite write
 lock for 15 s while the nodes score run A and `producer enqueue` of run B starts.
 
@@ -42,11 +42,11 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 __all__ = ["own_azurite"]  # the fixture, imported for pytest
 
 OUTAGE_S = 15.0
-A_IMAGES, A_BATCH, B_IMAGES, NODES = 200, 5, 600, 4
+A_IMAGES, A_BATCH, B_IMAGES, NODES = 200, 5, 400, 4
 
 
 def start_producer(settings: Settings, source: Path, run_id: str) -> subprocess.Popen[str]:
-    """`producer enqueue` of run B in the background: 600 one-image batches (5 send chunks)."""
+    """`producer enqueue` of run B in the background: 400 one-image batches (4 send chunks)."""
     return subprocess.Popen(
         [sys.executable, "-m", "producer", "enqueue", str(source), "--run", run_id, "--json",
          "--task", LEDGER_TASK, "--batch-size", "1"],
@@ -109,7 +109,7 @@ def test_azurite_stopped_for_15_s_mid_run_and_restarted(own_azurite: Azurite, tm
         out, err = producer.communicate(timeout=180)
         assert producer.returncode == 0, err
         assert "retrying" in err, "the outage fell while the producer was sending"
-        assert '"batches": 600' in out
+        assert f'"batches": {B_IMAGES}' in out
         figures = finish_and_check(settings, env, tmp_path, b_names)
         logs = node_logs(settings)
 
@@ -159,7 +159,7 @@ def test_embedded_database_locked_for_15_s_mid_run(tmp_path: Path) -> None:
         # Then the producer carried on once the lock was gone and sent every batch
         out, err = producer.communicate(timeout=180)
         assert producer.returncode == 0, err
-        assert '"batches": 600' in out
+        assert f'"batches": {B_IMAGES}' in out
         figures = finish_and_check(settings, env, tmp_path, b_names)
         logs = node_logs(settings)
 
