@@ -358,3 +358,33 @@ def test_an_xla_compiled_model_scores_like_the_plain_call(models: dict[str, Path
 
     # Then both give the same scores
     np.testing.assert_allclose(np.asarray(compiled(x)), np.asarray(plain(x)), atol=1e-5)
+
+
+@pytest.mark.azurite
+def test_a_savedmodel_folder_in_a_blob_container_is_downloaded_whole(
+    models: dict[str, Path], azurite: Any, tmp_path: Path
+) -> None:
+    import warnings
+
+    import keras
+
+    from consumer.models import ModelCache
+    from workpool.settings import load_settings
+
+    # Given the tiny model exported as a SavedModel folder and uploaded under a blob prefix
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keras.saving.load_model(models["tiny"]).export(tmp_path / "tiny_sm", format="tf_saved_model", verbose=False)
+    settings = load_settings(home=tmp_path / "home", queue="savedmodel", connection_string=azurite.connection_string)
+    uri = stage_folder(settings, tmp_path / "tiny_sm", container="models-sm")
+
+    # When a consumer loads it by the folder's URI
+    loaded = ModelCache(settings).get(uri)
+
+    # Then every file of the folder was fetched and the model scores like the .keras original
+    assert (next((tmp_path / "home" / "models").rglob("saved_model.pb"))).is_file()
+    x = np.random.default_rng(2).uniform(0, 255, size=(2, 32, 32, 3)).astype(np.float32)
+    want = np.asarray(keras.saving.load_model(models["tiny"])(x, training=False))
+    got = loaded(x)
+    got = next(iter(got.values())) if isinstance(got, dict) else got
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
