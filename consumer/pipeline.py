@@ -45,9 +45,10 @@ log = logging.getLogger(__name__)
 
 # Image downloads are I/O: more of them in flight than cores.
 FETCH_THREADS = 16
-# A blob read that fails because storage is unreachable is retried this many times (0.5 s, 1 s,
-# 2 s, 4 s apart) before the batch is given up for a later attempt.
-FETCH_RETRIES = 4
+# A blob read that fails because storage is unreachable is retried (0.5 s, 1 s, 2 s, ... up to
+# 8 s apart) for this long before the batch is given up for a later attempt: long enough to ride
+# out a storage blip without spending one of the batch's attempts on it.
+FETCH_PATIENCE_S = 60.0
 # Niceness added to the fetch and decode threads (see `lower_thread_priority`).
 PREPARE_NICENESS = 10
 
@@ -169,14 +170,16 @@ class Preparer:
         return inputs
 
     def _fetch(self, store: ObjectStore, key: str) -> bytes:
-        for attempt in range(FETCH_RETRIES + 1):
+        deadline = time.monotonic() + FETCH_PATIENCE_S
+        delay = 0.5
+        while True:
             try:
                 return store.read(key)
             except StorageUnavailableError:
-                if attempt == FETCH_RETRIES:
+                if time.monotonic() + delay > deadline:
                     raise
-                self._sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+                self._sleep(delay)
+                delay = min(delay * 2, 8.0)
 
 
 def lower_thread_priority() -> None:

@@ -267,11 +267,15 @@ class Worker:
         delay = self.backoff.delay_s(attempt)
         log.warning("%s attempt=%d failed, retrying in %d s: %s", where, attempt, delay, reason)
         try:
-            self.leases.finish(job.message_id, lambda m: self.queue.release(m, delay))
+            # Through an outage the release waits for storage to come back, so the batch returns
+            # after its backoff rather than after its whole visibility timeout.
+            if self._persist(lambda: self.leases.finish(job.message_id, lambda m: self.queue.release(m, delay)),
+                             "release", stop):  # fmt: skip
+                return
         except WorkpoolError as release_error:
-            # Cannot even release (storage down): stop renewing; the lease runs out instead.
-            log.warning("%s could not be released (%s); it returns when its lease expires", where, release_error)
-            self.leases.finish(job.message_id, lambda m: None)
+            log.warning("%s could not be released (%s)", where, release_error)
+        # Not released: stop renewing, and the message comes back when its lease runs out.
+        self.leases.finish(job.message_id, lambda m: None)
 
     def poison(self, job: Job, reason: str, stop: threading.Event) -> None:
         attempt = job.message.dequeue_count
