@@ -187,3 +187,25 @@ def test_gpus_are_counted_without_touching_cuda() -> None:
     assert worker_count("auto", ["0", "1", "2"]) == 3
     assert worker_count("auto", []) == 1
     assert worker_count("3", []) == 3
+
+
+def test_sigterm_to_a_worker_pool_stops_every_worker_and_releases_their_batches(
+    settings: Settings, one_batch: BatchMessage, processes: list[ConsumerProcess], tmp_path: Path
+) -> None:
+    # Given two worker processes under one parent, one of them scoring a slow batch
+    pool = ConsumerProcess(settings, tmp_path / "pool", "--workers", "2", "--worker-id", "node",
+                           "--visibility-timeout-s", "60", sleep_s=30)  # fmt: skip
+    processes.append(pool)
+    wait_for(pool.scoring, timeout_s=30, what="a worker to start scoring")
+
+    # When the parent is sent SIGTERM
+    pool.proc.send_signal(signal.SIGTERM)
+
+    # Then both workers stop, the parent exits 0 with the total as its last line, and the batch
+    # is visible again at once
+    assert pool.wait(timeout_s=20) == 0
+    lines = pool.stdout.strip().splitlines()
+    assert LAST_LINE.match(lines[-1]).groups() == ("node", "0")  # type: ignore[union-attr]
+    assert len([line for line in lines if LAST_LINE.match(line)]) == 3
+    [message] = open_queue(settings).receive(1, visibility_timeout_s=30)
+    assert message.dequeue_count == 2
