@@ -304,3 +304,54 @@ def test_the_next_batch_is_prepared_while_one_is_scored_and_no_more_is_taken(
     finally:
         consumer.request_stop()
         consumer.wait()
+
+
+def test_leases_are_renewed_a_third_of_the_way_through_always_with_the_newest_receipt(settings: Settings) -> None:
+    from consumer.lease import LeaseKeeper
+    from workpool.errors import LeaseLostError
+
+    # Given a held message and a lease keeper on a clock the test moves by hand
+    queue = queue_of(settings, "a message")
+    [message] = queue.receive(1, visibility_timeout_s=30)
+    now = [0.0]
+    keeper = LeaseKeeper(queue, 30, clock=lambda: now[0])
+    keeper.hold(message)
+
+    # When less than a third of the timeout has passed, nothing is renewed
+    now[0] = 9.0
+    keeper.renew_due()
+    assert keeper.current(message.id) == message
+
+    # When a third has passed, the lease is renewed and the old receipt is void
+    now[0] = 10.0
+    keeper.renew_due()
+    renewed = keeper.current(message.id)
+    assert renewed is not None and renewed.receipt != message.receipt
+    with pytest.raises(LeaseLostError):
+        queue.ack(message)
+
+    # And finishing the message uses the newest receipt
+    assert keeper.finish(message.id, queue.ack)
+    assert keeper.held() == [] and queue.depth().messages == 0
+
+
+def test_a_lease_taken_over_by_another_consumer_is_marked_lost(settings: Settings) -> None:
+    from consumer.lease import LeaseKeeper
+
+    # Given a held message whose lease ran out and which another consumer received
+    queue = queue_of(settings, "a message")
+    [message] = queue.receive(1, visibility_timeout_s=30)
+    now = [0.0]
+    keeper = LeaseKeeper(queue, 30, clock=lambda: now[0])
+    keeper.hold(message)
+    queue.release(message)  # what its expiry would do, without waiting for it
+    [theirs] = queue.receive(1, visibility_timeout_s=30)
+
+    # When the keeper next tries to renew it
+    now[0] = 10.0
+    keeper.renew_due()
+
+    # Then it is dropped and marked lost, and can no longer be acked through the keeper
+    assert message.id in keeper.lost and keeper.held() == []
+    assert not keeper.finish(message.id, queue.ack)
+    queue.ack(theirs)  # the new owner still can
