@@ -71,7 +71,7 @@ def end_to_end_rate(
                      images=images).encode()
         for i, images in enumerate(batches)
     ])  # fmt: skip
-    consumer = Consumer(settings, "bench", tasks=tasks, poll_s=0.02)
+    consumer = Consumer(settings, "bench", tasks=tasks)
     cpu = time.process_time()
     consumer.run()
     cpu_per_image = (time.process_time() - cpu) / len(names)
