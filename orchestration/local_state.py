@@ -1,7 +1,7 @@
 """The files a local pool keeps under `WORKPOOL_HOME`, shared by the supervisor and the CLI.
 
 ```
-<home>/local/<queue>/target.json       {"nodes": N}: written by launch/scale, read by the supervisor
+<home>/local/<queue>/target.json       {"nodes": N, "generation": G}: by launch/scale, for the supervisor
 <home>/local/<queue>/supervisor.json   the supervisor's pid (written by the supervisor itself)
 <home>/local/<queue>/nodes.json        every node and its state (rewritten by the supervisor)
 <home>/local/<queue>/logs/<node>.log   each node's stdout and stderr; supervisor.log beside them
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class PoolRecord:
     updated_at: float
     nodes: list[NodeRecord] = field(default_factory=list)
     stopping: bool = False
+    generation: int = 0  # of the target.json the supervisor last acted on
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +61,7 @@ class PoolRecord:
             updated_at=float(data["updated_at"]),
             nodes=nodes,
             stopping=bool(data.get("stopping", False)),
+            generation=int(data.get("generation", 0)),
         )
 
 
@@ -81,13 +84,26 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def read_target(directory: Path) -> int | None:
+@dataclass(frozen=True)
+class Target:
+    """The wanted pool size. `generation` grows with every write, and the supervisor echoes the
+    one it has acted on in `nodes.json`, so a waiter knows its own request has been seen even
+    when another shell changed the size in between."""
+
+    nodes: int
+    generation: int
+
+
+def read_target(directory: Path) -> Target | None:
     data = read_json(directory / "target.json")
-    return None if data is None else int(data["nodes"])
+    return None if data is None else Target(int(data["nodes"]), int(data.get("generation", 0)))
 
 
-def write_target(directory: Path, nodes: int) -> None:
-    write_json(directory / "target.json", {"nodes": nodes})
+def write_target(directory: Path, nodes: int) -> int:
+    """Write the wanted size; returns its generation."""
+    generation = time.time_ns()
+    write_json(directory / "target.json", {"nodes": nodes, "generation": generation})
+    return generation
 
 
 def read_pool(directory: Path) -> PoolRecord | None:

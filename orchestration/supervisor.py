@@ -68,6 +68,7 @@ class Supervisor:
         self.respawn_at: dict[str, float] = {}
         self.quick_failures: dict[str, int] = {}
         self.target = 0
+        self.generation = 0
         self._stop = False
         self._gone = False  # the state folder was deleted: stop without recreating it
         self._last_written: Any = None
@@ -100,7 +101,8 @@ class Supervisor:
                 self.reap()
                 target = read_target(self.directory)
                 if target is not None:
-                    self.reconcile(target)
+                    self.reconcile(target.nodes)
+                    self.generation = target.generation
                 self.write_state()
                 time.sleep(self.interval_s)
         finally:
@@ -201,12 +203,22 @@ class Supervisor:
         if self._gone:
             return
         nodes = sorted(self.records.values(), key=lambda r: slot_of(r.id))
-        snapshot = (self.target, stopping, [(n.id, n.state, n.pid, n.restarts, n.last_exit) for n in nodes])
+        snapshot = (
+            self.target,
+            self.generation,
+            stopping,
+            [(n.id, n.state, n.pid, n.restarts, n.last_exit) for n in nodes],
+        )
         # Rewrite on every change, and once a second as a heartbeat `status` can check.
         if snapshot == self._last_written and time.time() - self._written_at < 1.0:
             return
         record = PoolRecord(
-            target=self.target, supervisor_pid=os.getpid(), updated_at=time.time(), nodes=nodes, stopping=stopping
+            target=self.target,
+            supervisor_pid=os.getpid(),
+            updated_at=time.time(),
+            nodes=nodes,
+            stopping=stopping,
+            generation=self.generation,
         )
         write_json(self.directory / "nodes.json", record.to_json())
         self._last_written, self._written_at = snapshot, time.time()

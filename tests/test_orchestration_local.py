@@ -214,3 +214,43 @@ def test_a_poisoned_batch_fails_wait_and_becomes_error_rows(tmp_path: Path) -> N
     assert [r["image"] for r in table] == names
     assert all(r["status"] == "error" and "FailingTask always fails" in r["error"] for r in table)
     assert open_queue(settings).depth().poison == 2
+
+
+@pytest.mark.embedded
+def test_nodes_added_from_another_shell_join_a_launch_wait(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.orchestration_cli import ROOT, env_for
+    from workpool.settings import load_settings
+
+    settings = load_settings(home=tmp_path / "home", queue="joinq")
+    write_sample_images(tmp_path / "images", 60, (64, 48))
+    enqueue(settings, tmp_path / "images", "join", "--task", SLEEP_TASK, "--batch-size", "5")
+    env = {"WORKPOOL_EXAMPLE_SLEEP_S": "0.1"}
+    runs = run_store(settings)
+    with torn_down(settings, env):
+        # Given `launch --nodes 1 --wait` blocking in one shell
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "orchestration", "launch", "--nodes", "1", "--wait", "--json"],
+            env=env_for(settings, **env),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: runs.record_batch_ids("join"), timeout_s=60, what="the first acked batch")
+
+            # When another shell scales the pool to three nodes
+            assert orchestration(settings, "scale", "--nodes", "3", env=env).code == 0
+
+            # Then the waiting launch reports work done by all three, and tears them all down
+            out, err = waiting.communicate(timeout=120)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+    assert waiting.returncode == 0, err
+    report = json.loads(out)
+    assert report["images_ok"] == 60 and len(report["workers"]) == 3
+    assert live_node_pids(settings) == []

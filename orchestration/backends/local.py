@@ -63,12 +63,14 @@ class LocalLauncher(Launcher):
         except FileNotFoundError:
             return "(no log)"
 
-    def _wait_for_nodes(self, nodes: int, restarts_before: dict[str, int], what: str) -> None:
-        """Until `nodes` nodes have stayed up `up_after_s`; fail at once if one dies meanwhile.
+    def _wait_for_nodes(self, generation: int, restarts_before: dict[str, int], what: str) -> None:
+        """Until the supervisor has acted on target `generation` (or a newer one) and every node
+        of the pool's target has stayed up `up_after_s`; fail at once if one dies meanwhile.
 
-        A node that exits within moments of starting (a broken install, a bad model cache
-        folder) would be restarted forever; saying so now, with its log, beats a "running" pool
-        that never scores anything.
+        Waiting for the pool's current target, not for the size asked here, lets another shell
+        scale the pool while this command waits. A node that exits within moments of starting
+        (a broken install, a bad model cache folder) would be restarted forever; saying so now,
+        with its log, beats a "running" pool that never scores anything.
         """
 
         def up(pool: PoolRecord) -> bool:
@@ -81,7 +83,9 @@ class LocalLauncher(Launcher):
             settled = time.time() - self.up_after_s
             running = [n for n in pool.nodes if n.state == "running" and pid_alive(n.pid)]
             return (
-                pool.target == nodes and len(running) == nodes and all((n.started_at or 0) <= settled for n in running)
+                pool.generation >= generation
+                and len(running) == pool.target
+                and all((n.started_at or 0) <= settled for n in running)
             )
 
         self._wait_until(up, what, self.start_timeout_s)
@@ -115,7 +119,7 @@ class LocalLauncher(Launcher):
         logs = self.directory / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         (self.directory / "nodes.json").unlink(missing_ok=True)
-        write_target(self.directory, nodes)
+        generation = write_target(self.directory, nodes)
         with open(logs / "supervisor.log", "ab") as out:
             # The supervisor forks itself away; this child exits at once and is reaped here.
             started = subprocess.run(
@@ -130,7 +134,7 @@ class LocalLauncher(Launcher):
         if started.returncode != 0:
             raise WorkpoolError(f"the local supervisor could not start; its log:\n{self._log_tail()}")
         try:
-            self._wait_for_nodes(nodes, {}, f"waiting for {nodes} local node(s) to start")
+            self._wait_for_nodes(generation, {}, f"waiting for {nodes} local node(s) to start")
         except WorkpoolError:
             self.teardown()  # a pool whose nodes cannot start would only crash-loop
             raise
@@ -141,15 +145,16 @@ class LocalLauncher(Launcher):
             raise UsageError(f"no local pool is running for queue {self.settings.queue}: use `orchestration launch`")
         before = read_pool(self.directory)
         restarts = {n.id: n.restarts for n in before.nodes} if before else {}
-        write_target(self.directory, nodes)
+        generation = write_target(self.directory, nodes)
         # Returns once added nodes are up and extras have been asked to stop (they finish
         # releasing their batch on their own).
-        self._wait_for_nodes(nodes, restarts, f"scaling to {nodes} local node(s)")
+        self._wait_for_nodes(generation, restarts, f"scaling to {nodes} local node(s)")
 
     def state(self) -> ClusterState:
         pid = self.supervisor_pid()
         pool = read_pool(self.directory)
-        target = read_target(self.directory) or 0
+        wanted = read_target(self.directory)
+        target = wanted.nodes if wanted else 0
         if pid is None:
             detail = "not running" if pool is None or not pool.nodes else "supervisor is not running (run teardown)"
             orphans = [n for n in pool.nodes if pid_alive(n.pid, "consumer")] if pool else []
