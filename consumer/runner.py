@@ -24,7 +24,7 @@ from consumer.lease import LeaseKeeper
 from consumer.pipeline import Prefetcher, Preparer
 from consumer.tasks import TaskCache
 from consumer.worker import Backoff, Worker
-from workpool.errors import StorageUnavailableError
+from workpool.errors import StorageUnavailableError, WorkpoolError
 from workpool.queue import WorkQueue, open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings
@@ -94,12 +94,23 @@ class Consumer:
         self.started = time.monotonic()
 
     def prepare_storage(self) -> None:
-        """Create the queue and result store if missing, waiting out an unreachable account."""
+        """Create the queue and result store if missing, waiting out an unreachable account.
+
+        Credentials scoped to the work (a SAS that may process messages and write blobs, not
+        create queues or containers) are refused here; that is fine when the producer created
+        them, so a refusal is logged and the consumer goes on (a missing queue then fails the
+        first receive, with its own clear error).
+        """
         delay = 1.0
         while True:
             try:
-                self.queue.create()
-                self.runs.store.ensure()
+                for create in (self.queue.create, self.runs.store.ensure):
+                    try:
+                        create()
+                    except StorageUnavailableError:
+                        raise
+                    except WorkpoolError as exc:
+                        log.warning("could not create the queue or result store (%s); assuming it exists", exc)
                 return
             except StorageUnavailableError as exc:
                 if self.stop_event.is_set():

@@ -355,3 +355,29 @@ def test_a_lease_taken_over_by_another_consumer_is_marked_lost(settings: Setting
     assert message.id in keeper.lost and keeper.held() == []
     assert not keeper.finish(message.id, queue.ack)
     queue.ack(theirs)  # the new owner still can
+
+
+@pytest.mark.embedded
+def test_credentials_that_may_not_create_queues_still_consume(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from workpool.errors import WorkpoolError
+    from workpool.queue.embedded import EmbeddedQueue
+
+    class ProcessOnlyQueue(EmbeddedQueue):
+        """A queue whose credentials may receive and delete, not create (a scoped SAS)."""
+
+        def create(self) -> None:
+            raise WorkpoolError("create queue: request refused (403 AuthorizationPermissionMismatch)")
+
+    # Given a queue the producer created, and a consumer whose credentials could not create it
+    settings = load_settings(home=tmp_path / "home", queue="scoped")
+    names = write_sample_images(tmp_path / "images", 2, (32, 32))
+    queue_of(settings, batch(str(tmp_path / "images"), names))
+    scoped = ProcessOnlyQueue(settings.home / "queue.sqlite3", settings.queue)
+
+    # When the consumer starts and drains it
+    consumer = Consumer(settings.model_copy(update={"idle_exit_s": 0.5}), "w1", queue=scoped, poll_s=0.05)
+    consumer.run()
+
+    # Then the refusal was only a warning, and the batch was scored and acked
+    assert consumer.error is None and "assuming it exists" in caplog.text
+    assert consumer.images_processed == 2 and scoped.depth().messages == 0
