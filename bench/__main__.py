@@ -25,7 +25,7 @@ def main() -> int:
     steps: list[tuple[str, Callable[[], list[str]]]] = [
         (
             "pipeline efficiency",
-            lambda: pipeline.main(["--batch-size", "8", "--batches", "1"] if quick else []),
+            lambda: pipeline.main(["--batch-size", "8", "--batches", "1", "--no-save"] if quick else []),
         ),
         ("scaling", lambda: scaling.main(["--quick"] if quick else [])),
         ("stragglers", lambda: stragglers.main(["--images", "512"] if quick else [])),

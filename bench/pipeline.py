@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--batches", type=int, default=3, help="batches per measurement (VGG16: 2, it is ~3× slower)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--arch", default="inceptionv3,vgg16")
+    parser.add_argument("--no-save", action="store_true", help="do not keep the figures for bench.projection")
     args = parser.parse_args(argv)
     with_arch = supports_arch()
     print("Pipeline efficiency (end-to-end images/s ÷ model images/s on decoded tensors, same batch)", flush=True)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         if r.worst_cpu_time is not None:
             lines.append(ratio_line(f"pipeline efficiency {r.arch}, CPU time (worst size)", r.worst_cpu_time, "≥ 0.95"))
     inception = next((r for r in results if r.arch == "inceptionv3"), None)
-    if inception is not None:
+    if inception is not None and not args.no_save:
         # The projection takes the CPU-time ratio when there is one: on a shared machine the
         # wall-clock ratio swings with other processes' load, CPU seconds per image do not.
         efficiency = min(inception.worst_cpu_time or inception.worst, 1.0)
