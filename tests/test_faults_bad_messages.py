@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.faults_pool import check_every_image_once, enqueue_run, figures_line, run_store, unique_images
 from tests.support.images import stage_folder
-from tests.support.orchestration_cli import run_cli
 from workpool.errors import MessageTooLargeError
 from workpool.queue import PoisonRecord, open_queue
 from workpool.settings import Settings

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.faults_pool import check_every_image_once, enqueue_run, figures_line, run_store, unique_images
-from tests.support.orchestration_cli import run_cli
 from workpool.queue import PoisonRecord, open_queue
 from workpool.settings import load_settings
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.azurite import Azurite
+from tests.support.cli import ROOT, env_for
 from tests.support.faults_pool import (
     DatabaseLock,
     check_every_image_once,
@@ -33,7 +34,7 @@ from tests.support.faults_pool import (
     unique_images,
 )
 from tests.support.faults_tasks import LEDGER_ENV, LEDGER_TASK
-from tests.support.orchestration_cli import ROOT, env_for, orchestration, torn_down
+from tests.support.orchestration_cli import orchestration, torn_down
 from tests.support.waiting import wait_for
 from workpool.settings import Settings, load_settings
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.faults_pool import (
     check_every_image_once,
     enqueue_run,
@@ -22,7 +23,7 @@ from tests.support.faults_pool import (
 )
 from tests.support.faults_tasks import FIXED_ENV, LEDGER_ENV, TRIP_COLOUR, TRIPPING_TASK
 from tests.support.images import solid_color_image, stage_folder
-from tests.support.orchestration_cli import orchestration, run_cli, torn_down
+from tests.support.orchestration_cli import orchestration, torn_down
 from workpool.queue import PoisonRecord, open_queue
 from workpool.settings import Settings
 

@@ -26,9 +26,9 @@ import pytest
 
 from tests.conftest import backend_env
 from tests.support.azurite import Azurite, free_port
+from tests.support.cli import ROOT
 from tests.support.faults_pool import figures_line, unique_images
 from tests.support.images import stage_folder
-from tests.support.orchestration_cli import ROOT
 from workpool.queue import open_queue
 from workpool.settings import load_settings
 from workpool.storage import open_result_store

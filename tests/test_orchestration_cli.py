@@ -209,7 +209,7 @@ def test_the_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.support.orchestration_cli import ROOT, env_for
+    from tests.support.cli import ROOT, env_for
 
     # `make demo` on a fresh home: sample images, a random-weight model, two nodes, drain, CSV
     settings = load_settings(home=tmp_path / "home")

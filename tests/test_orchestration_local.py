@@ -221,7 +221,7 @@ def test_nodes_added_from_another_shell_join_a_launch_wait(tmp_path: Path) -> No
     import subprocess
     import sys
 
-    from tests.support.orchestration_cli import ROOT, env_for
+    from tests.support.cli import ROOT, env_for
     from workpool.settings import load_settings
 
     settings = load_settings(home=tmp_path / "home", queue="joinq")

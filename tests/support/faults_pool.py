@@ -27,9 +27,10 @@ from PIL import Image
 
 from orchestration.local_state import state_dir
 from tests.support.azurite import Azurite, unavailable_reason
+from tests.support.cli import run_cli
 from tests.support.faults_tasks import read_ledger
 from tests.support.images import stage_folder
-from tests.support.orchestration_cli import orchestration, run_cli
+from tests.support.orchestration_cli import orchestration
 from workpool.runs import RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store

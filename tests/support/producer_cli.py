@@ -6,16 +6,11 @@ queue code, so the tests prove that any Storage Queue client can read what the p
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from azure.storage.queue import QueueClient
 
-from tests.conftest import backend_env
+from tests.support.cli import Outcome, run_cli
 from workpool.errors import NotFoundError
 from workpool.messages import BatchMessage
 from workpool.queue import open_queue
@@ -23,30 +18,10 @@ from workpool.runs import RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
 
 def producer(settings: Settings, *args: str, cwd: Path | None = None, timeout_s: float = 120) -> Outcome:
     """Run `python -m producer ARGS` in a child process on the settings' backend."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "producer", *args],
-        env=backend_env(settings),
-        cwd=cwd or ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-    return Outcome(proc.returncode, proc.stdout, proc.stderr)
+    return run_cli("producer", settings, *args, cwd=cwd, timeout_s=timeout_s)
 
 
 def drain_bodies(settings: Settings, queue_name: str | None = None) -> list[str]:
