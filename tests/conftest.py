@@ -27,14 +27,30 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
-@pytest.fixture(scope="session")
-def azurite() -> Iterator[Azurite]:
+def require_azurite() -> None:
+    """Skip when Azurite can't run here, except in CI, where that is a failure."""
     reason = unavailable_reason()
     if reason:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"Azurite is required in CI: {reason}")
         pytest.skip(f"Azurite unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One in-memory Azurite shared by the session's tests."""
+    require_azurite()
     server = Azurite()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
+    """An Azurite of the test's own, persisting to disk, so it can be stopped and restarted."""
+    require_azurite()
+    server = Azurite(location=tmp_path / "azurite-data")
     server.start()
     yield server
     server.stop()

@@ -26,7 +26,6 @@ from tests.support.faults_pool import (
     enqueue_run,
     figures_line,
     node_logs,
-    own_azurite,
     run_store,
     scoring_count,
     staged_images,
@@ -39,8 +38,6 @@ from tests.support.waiting import wait_for
 from workpool.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-
-__all__ = ["own_azurite"]  # the fixture, imported for pytest
 
 OUTAGE_S = 15.0
 A_IMAGES, A_BATCH, B_IMAGES, NODES = 200, 5, 400, 4

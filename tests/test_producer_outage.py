@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from producer.retry import RetryPolicy
 from producer.sending import SendIncomplete, send_all
-from tests.support.azurite import Azurite, unavailable_reason
+from tests.support.azurite import Azurite
 from tests.support.producer_cli import drain_bodies, producer, queue_depth, recorded_runs
 from workpool.queue.embedded import EmbeddedQueue
 from workpool.settings import load_settings
@@ -81,18 +80,6 @@ def test_a_lock_that_outlasts_the_retry_budget_fails_naming_what_was_sent(tmp_pa
         locker.close()
     assert queue.depth().messages == 1  # nothing half-written
     queue.close()
-
-
-@pytest.fixture
-def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
-    """An Azurite of this test's own, on disk, so it can be stopped and restarted."""
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"Azurite unavailable: {reason}")
-    server = Azurite(location=tmp_path / "azurite")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.faults

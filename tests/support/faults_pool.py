@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from orchestration.local_state import state_dir
-from tests.support.azurite import Azurite, unavailable_reason
+from tests.support.azurite import Azurite
 from tests.support.cli import run_cli
 from tests.support.faults_tasks import read_ledger
 from tests.support.images import stage_folder
@@ -141,16 +140,6 @@ def figures_line(scenario: str, **figures: Any) -> str:
 
 
 # --- outages -------------------------------------------------------------------------------------
-@pytest.fixture
-def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
-    """An Azurite of the test's own, persisting to disk, so it can be stopped and restarted."""
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"Azurite unavailable: {reason}")
-    server = Azurite(location=tmp_path / "azurite-data")
-    server.start()
-    yield server
-    server.stop()
 
 
 class DatabaseLock:
@@ -201,7 +190,6 @@ __all__ = [
     "enqueue_run",
     "figures_line",
     "node_logs",
-    "own_azurite",
     "run_store",
     "scoring_count",
     "staged_images",

@@ -156,27 +156,25 @@ class EmbeddedQueue(WorkQueue):
     def release(self, message: Received, delay_s: int = 0) -> None:
         self._update_lease(message, self._clock() + delay_s)
 
+    def _delete_leased(self, conn: sqlite3.Connection, message: Received) -> None:
+        cur = conn.execute(
+            "DELETE FROM messages WHERE id = ? AND receipt = ? AND queue = ?",
+            (int(message.id), message.receipt, self.name),
+        )
+        if cur.rowcount == 0:
+            raise LeaseLostError(f"message {message.id} on {self.name}: receipt is stale or message is gone")
+
     def ack(self, message: Received) -> None:
         with self._tx() as conn:
-            cur = conn.execute(
-                "DELETE FROM messages WHERE id = ? AND receipt = ? AND queue = ?",
-                (int(message.id), message.receipt, self.name),
-            )
-            if cur.rowcount == 0:
-                raise LeaseLostError(f"message {message.id} on {self.name}: receipt is stale or message is gone")
+            self._delete_leased(conn, message)
 
     def dead_letter(self, message: Received, reason: str) -> None:
         record = PoisonRecord(
             body=message.body, reason=reason, attempts=message.dequeue_count, dead_lettered_at=now_iso()
         )
         now = self._clock()
-        with self._tx() as conn:
-            cur = conn.execute(
-                "DELETE FROM messages WHERE id = ? AND receipt = ? AND queue = ?",
-                (int(message.id), message.receipt, self.name),
-            )
-            if cur.rowcount == 0:
-                raise LeaseLostError(f"message {message.id} on {self.name}: receipt is stale or message is gone")
+        with self._tx() as conn:  # one transaction: the move is atomic here
+            self._delete_leased(conn, message)
             conn.execute(
                 "INSERT INTO messages (queue, body, inserted_at, visible_at) VALUES (?, ?, ?, ?)",
                 (self.poison_name, record.encode(), now, now),
