@@ -88,7 +88,9 @@ def test_azurite_stopped_for_15_s_mid_run_and_restarted(own_azurite: Azurite, tm
     enqueue_run(settings, a_source, "run-a", "--task", LEDGER_TASK, "--batch-size", str(A_BATCH))
     b_names = unique_images(tmp_path / "b", B_IMAGES, prefix="b_")
     ledger = tmp_path / "ledger.txt"
-    env = {"WORKPOOL_EXAMPLE_SLEEP_S": "0.1", "WORKPOOL_VISIBILITY_TIMEOUT_S": "4", LEDGER_ENV: str(ledger)}
+    # 0.2 s per image keeps run A going for ~10 s, well past the producer's start-up (~2 s), so
+    # the outage falls mid-run even on a quiet machine.
+    env = {"WORKPOOL_EXAMPLE_SLEEP_S": "0.2", "WORKPOOL_VISIBILITY_TIMEOUT_S": "4", LEDGER_ENV: str(ledger)}
     runs = run_store(settings)
     with torn_down(settings, env):
         assert orchestration(settings, "launch", "--nodes", str(NODES), env=env).code == 0
