@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from typing import Any
 from urllib.parse import urlparse
 
@@ -37,6 +36,8 @@ from orchestration.backends.cluster_common import (
     bearer_policy,
     cluster_errors,
     consumer_command,
+    consumer_index,
+    consumer_name,
     default_credential,
     install_command,
     node_environment,
@@ -54,8 +55,6 @@ log = logging.getLogger(__name__)
 
 BATCH_API_VERSION = "2025-06-01"
 ARM_BATCH_API_VERSION = "2025-06-01"  # azure-mgmt-batch 19
-TASK_PREFIX = "consumer-"
-_TASK_ID = re.compile(rf"^{TASK_PREFIX}(\d+)$")
 ACTIVE_TASK_STATES = {"active", "preparing", "running"}
 TASKS_PER_REQUEST = 100  # the task-collection API takes at most 100 tasks per request
 TASK_RETRIES = 3  # a consumer that crashes is restarted this often before its task fails
@@ -177,7 +176,7 @@ class AzureBatchLauncher(Launcher):
                 "the job; its environment reaches every consumer task",
             )
         )
-        ids = [_task_id(i) for i in range(1, nodes + 1)]
+        ids = [consumer_name(i) for i in range(1, nodes + 1)]
         for start in range(0, len(ids), TASKS_PER_REQUEST):
             chunk = ids[start : start + TASKS_PER_REQUEST]
             plan.append(
@@ -359,7 +358,8 @@ class AzureBatchLauncher(Launcher):
                 tasks = list(self._client().list_tasks(self._job))
             except ResourceNotFoundError:
                 return []
-        return sorted((t for t in tasks if _TASK_ID.match(t.id or "")), key=lambda t: _task_index(t.id))
+        numbered = [(n, t) for t in tasks if (n := consumer_index(t.id)) is not None]
+        return [t for _, t in sorted(numbered, key=lambda pair: pair[0])]
 
     def _converge_tasks(self, nodes: int, made: Made) -> None:
         """Add or terminate consumer tasks so that `nodes` of them are active or running."""
@@ -373,8 +373,8 @@ class AzureBatchLauncher(Launcher):
         missing = max(0, nodes - len(active))
         if not missing:
             return
-        first = max((_task_index(t.id) for t in tasks), default=0) + 1
-        ids = [_task_id(i) for i in range(first, first + missing)]
+        first = max((consumer_index(t.id) or 0 for t in tasks), default=0) + 1
+        ids = [consumer_name(i) for i in range(first, first + missing)]
         what = f"adding {len(ids)} consumer tasks to Azure Batch job {self._job}"
         with cluster_errors(what, s, made):
             result = self._client().create_tasks(self._job, [self._task_body(i) for i in ids])
@@ -471,15 +471,6 @@ def _split(nodes: int, priority: str) -> tuple[int, int]:
 
 def _target_of(pool: Any) -> int:
     return int(pool.target_dedicated_nodes or 0) + int(pool.target_low_priority_nodes or 0)
-
-
-def _task_id(index: int) -> str:
-    return f"{TASK_PREFIX}{index:04d}"
-
-
-def _task_index(task_id: str) -> int:
-    match = _TASK_ID.match(task_id)
-    return int(match.group(1)) if match else 0
 
 
 def _node_detail(node: Any) -> str:

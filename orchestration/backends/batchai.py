@@ -17,7 +17,6 @@ which Batch AI never returns in API responses, and never on a command line.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -30,6 +29,8 @@ from orchestration.backends.cluster_common import (
     arm_client_options,
     cluster_errors,
     consumer_command,
+    consumer_index,
+    consumer_name,
     default_credential,
     install_command,
     node_environment,
@@ -45,8 +46,6 @@ from workpool.settings import Settings
 log = logging.getLogger(__name__)
 
 API_VERSION = "2018-05-01"
-JOB_PREFIX = "consumer-"
-_JOB_NAME = re.compile(rf"^{JOB_PREFIX}(\d+)$")
 # Job execution states in which the job holds (or will hold) a node.
 ACTIVE_JOB_STATES = {"queued", "running"}
 _serializer: Any = Serializer({k: v for k, v in m.__dict__.items() if isinstance(v, type)})  # type: ignore[no-untyped-call]
@@ -153,7 +152,7 @@ class BatchAILauncher(Launcher):
             ),
         ]
         for index in range(1, nodes + 1):
-            name = _job_name(index)
+            name = consumer_name(index)
             plan.append(
                 PlannedRequest(
                     "PUT",
@@ -241,7 +240,8 @@ class BatchAILauncher(Launcher):
                 )
             except ResourceNotFoundError:
                 return []
-        return sorted((j for j in jobs if _JOB_NAME.match(j.name or "")), key=lambda j: _job_index(j.name))
+        numbered = [(n, j) for j in jobs if (n := consumer_index(j.name)) is not None]
+        return [j for _, j in sorted(numbered, key=lambda pair: pair[0])]
 
     def _converge_jobs(self, nodes: int, made: Made) -> None:
         """Submit or terminate consumer jobs so that `nodes` of them are queued or running."""
@@ -250,9 +250,9 @@ class BatchAILauncher(Launcher):
         # Newest first: the jobs started last have done the least work.
         for job in reversed(active[nodes:]):
             self._terminate(job.name, made)
-        next_index = max((_job_index(j.name) for j in jobs), default=0) + 1
+        next_index = max((consumer_index(j.name) or 0 for j in jobs), default=0) + 1
         for index in range(next_index, next_index + max(0, nodes - len(active))):
-            self._submit(_job_name(index), made)
+            self._submit(consumer_name(index), made)
 
     def _submit(self, name: str, made: Made) -> None:
         s = self.settings
@@ -368,15 +368,6 @@ def _check_provisioned(resource: Any, what: str, made: Made) -> None:
             f"{what} failed: provisioning state Failed ({reasons}); the resource is left in the Failed state; "
             + made.note()
         )
-
-
-def _job_name(index: int) -> str:
-    return f"{JOB_PREFIX}{index:04d}"
-
-
-def _job_index(name: str) -> int:
-    match = _JOB_NAME.match(name)
-    return int(match.group(1)) if match else 0
 
 
 def _job_detail(job: Any) -> str:

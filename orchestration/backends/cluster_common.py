@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +55,22 @@ _NODE_FIELDS = (
     "allow_unsafe_models",
     "message_ttl_s",
 )
+
+
+# Consumer jobs (Batch AI) and tasks (Azure Batch) are named consumer-0001, consumer-0002, …:
+# the number orders them, so scaling down stops the newest and scaling up continues the count.
+CONSUMER_PREFIX = "consumer-"
+_CONSUMER_NAME = re.compile(rf"^{CONSUMER_PREFIX}(\d+)$")
+
+
+def consumer_name(index: int) -> str:
+    return f"{CONSUMER_PREFIX}{index:04d}"
+
+
+def consumer_index(name: str | None) -> int | None:
+    """The number in a consumer job or task name; None for a name that is not one of ours."""
+    match = _CONSUMER_NAME.match(name or "")
+    return int(match.group(1)) if match else None
 
 
 def require(settings: Settings, backend: str, *fields: str) -> None:
