@@ -8,7 +8,8 @@ they keep sorting in order).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -32,28 +33,17 @@ class RunSpec:
     batch_size: int
     queue: str
 
+    def _message_fields(self) -> dict[str, Any]:
+        """The fields every message of the run carries (batch size and queue stay in the manifest)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "queue")}
+
     def message(self, batch_id: str, images: list[str]) -> BatchMessage:
-        return BatchMessage(
-            run_id=self.run_id,
-            batch_id=batch_id,
-            task=self.task,
-            model=self.model,
-            labels=self.labels,
-            source=self.source,
-            images=images,
-        )
+        return BatchMessage.model_validate({**self._message_fields(), "batch_id": batch_id, "images": images})
 
     def overhead_bytes(self) -> int:
         """Encoded size of this run's message with an empty image list (pack_batches' budget)."""
-        empty = BatchMessage.model_construct(
-            run_id=self.run_id,
-            batch_id=_LONGEST_BATCH_ID,
-            task=self.task,
-            model=self.model,
-            labels=self.labels,
-            source=self.source,
-            images=[],
-        )
+        # model_construct: an empty image list is what we measure, though no valid message has one.
+        empty = BatchMessage.model_construct(**self._message_fields(), batch_id=_LONGEST_BATCH_ID, images=[])
         return encoded_size(empty.encode())
 
 
@@ -94,28 +84,9 @@ def plan_run(spec: RunSpec, images: list[str], skipped: int = 0) -> RunPlan:
 
 
 def build_manifest(spec: RunSpec, batches: dict[str, list[str]], *, images: int, skipped: int) -> Manifest:
-    return Manifest(
-        run_id=spec.run_id,
-        source=spec.source,
-        task=spec.task,
-        model=spec.model,
-        labels=spec.labels,
-        batch_size=spec.batch_size,
-        queue=spec.queue,
-        images=images,
-        skipped=skipped,
-        batches=batches,
-    )
+    return Manifest.model_validate({**asdict(spec), "images": images, "skipped": skipped, "batches": batches})
 
 
 def spec_of(manifest: Manifest) -> RunSpec:
-    """The message fields of a recorded run (for requeue)."""
-    return RunSpec(
-        run_id=manifest.run_id,
-        source=manifest.source,
-        task=manifest.task,
-        model=manifest.model,
-        labels=manifest.labels,
-        batch_size=manifest.batch_size,
-        queue=manifest.queue,
-    )
+    """The message fields of a recorded run (for requeue): every RunSpec field is a manifest field."""
+    return RunSpec(**{f.name: getattr(manifest, f.name) for f in fields(RunSpec)})
