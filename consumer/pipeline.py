@@ -78,7 +78,14 @@ class Job:
 class Preparer:
     """Turns a received message into a Job ready to score (see the module docstring)."""
 
-    def __init__(self, settings: Settings, tasks: TaskCache, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tasks: TaskCache,
+        *,
+        runs: RunStore | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
         self.tasks = tasks
         self._sleep = sleep
@@ -87,7 +94,7 @@ class Preparer:
         self.decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=nice)
         self.fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch", initializer=nice)
         self._sources: dict[str, tuple[ObjectStore, str]] = {}
-        self._runs: RunStore | None = None
+        self._runs = runs  # the worker's run store, for manifests; opened on first use if not given
         self._manifests: dict[str, Manifest | None] = {}
 
     def close(self) -> None:

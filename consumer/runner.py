@@ -67,7 +67,7 @@ class Consumer:
         self.runs = RunStore(open_result_store(settings))
         self.tasks = tasks or TaskCache(settings)
         self.leases = LeaseKeeper(self.queue, settings.visibility_timeout_s)
-        self.preparer = Preparer(settings, self.tasks)
+        self.preparer = Preparer(settings, self.tasks, runs=self.runs)
         self.prefetcher = Prefetcher(
             self.queue,
             self.leases,

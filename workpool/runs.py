@@ -148,10 +148,8 @@ class RunStore:
         )
 
     def read_batch_records(self, run_id: str) -> list[BatchRecord]:
-        return [
-            BatchRecord.model_validate_json(self.store.read(self._key(run_id, "batches", f"{batch_id}.json")))
-            for batch_id in self._ids(run_id, "batches", ".json")
-        ]
+        records = (self.read_batch_record(run_id, batch_id) for batch_id in self._ids(run_id, "batches", ".json"))
+        return [record for record in records if record is not None]
 
     def record_batch_ids(self, run_id: str) -> set[str]:
         """Batch ids that have a timing record (i.e. were acked)."""
