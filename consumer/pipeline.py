@@ -37,6 +37,7 @@ from consumer.tasks import ScoringTask, TaskCache
 from workpool.errors import ImageError, MessageError, NotFoundError, StorageUnavailableError
 from workpool.messages import BatchMessage
 from workpool.queue import Received, WorkQueue
+from workpool.retry import RetryPolicy, retry_transient
 from workpool.runs import Manifest, RunStore
 from workpool.settings import Settings
 from workpool.storage import ObjectStore, open_location, open_result_store
@@ -48,7 +49,7 @@ FETCH_THREADS = 16
 # A blob read that fails because storage is unreachable is retried (0.5 s, 1 s, 2 s, ... up to
 # 8 s apart) for this long before the batch is given up for a later attempt: long enough to ride
 # out a storage blip without spending one of the batch's attempts on it.
-FETCH_PATIENCE_S = 60.0
+FETCH_POLICY = RetryPolicy(first_delay_s=0.5, max_delay_s=8.0, give_up_after_s=60.0)
 # Niceness added to the fetch and decode threads (see `lower_thread_priority`).
 PREPARE_NICENESS = 10
 
@@ -177,16 +178,10 @@ class Preparer:
         return inputs
 
     def _fetch(self, store: ObjectStore, key: str) -> bytes:
-        deadline = time.monotonic() + FETCH_PATIENCE_S
-        delay = 0.5
-        while True:
-            try:
-                return store.read(key)
-            except StorageUnavailableError:
-                if time.monotonic() + delay > deadline:
-                    raise
-                self._sleep(delay)
-                delay = min(delay * 2, 8.0)
+        # Quietly: sixteen fetch threads would otherwise log every blink of an outage sixteen times.
+        return retry_transient(
+            lambda: store.read(key), f"fetch {key}", FETCH_POLICY, log_level=logging.DEBUG, sleep=self._sleep
+        )
 
 
 def lower_thread_priority() -> None:

@@ -29,8 +29,9 @@ import numpy as np
 
 from consumer.lease import LeaseKeeper
 from consumer.pipeline import Job, Prefetcher
-from workpool.errors import LeaseLostError, MessageError, StorageUnavailableError, WorkpoolError
+from workpool.errors import LeaseLostError, MessageError, TransientError, WorkpoolError
 from workpool.queue import WorkQueue
+from workpool.retry import RetryPolicy, retry_transient
 from workpool.runs import BatchRecord, PoisonReport, ResultRow, RunStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 # How long a write or ack keeps retrying through a storage outage before the batch is left to
 # come back on its own (its lease then runs out).
 OUTAGE_PATIENCE_S = 300.0
+PERSIST_POLICY = RetryPolicy(first_delay_s=0.5, max_delay_s=10.0, give_up_after_s=OUTAGE_PATIENCE_S)
 
 
 def utcnow() -> datetime:
@@ -315,16 +317,8 @@ class Worker:
 
     def _persist(self, operation: Callable[[], object], what: str, stop: threading.Event) -> bool:
         """Run a storage operation, waiting out outages with backoff; False if it never succeeded."""
-        deadline = self._clock() + OUTAGE_PATIENCE_S
-        delay = 0.5
-        while True:
-            try:
-                operation()
-                return True
-            except StorageUnavailableError as exc:
-                if stop.is_set() or self._clock() + delay > deadline:
-                    log.error("%s: gave up after storage stayed unreachable: %s", what, exc)
-                    return False
-                log.warning("%s: storage unreachable, retrying in %.1f s: %s", what, delay, exc)
-                self._sleep(delay)
-                delay = min(delay * 2, 10.0)
+        try:
+            retry_transient(operation, what, PERSIST_POLICY, stop=stop, sleep=self._sleep, clock=self._clock)
+        except TransientError:
+            return False
+        return True

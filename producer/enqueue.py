@@ -17,12 +17,12 @@ from typing import Any
 
 from producer.plan import RunSpec, plan_run
 from producer.progress import progress
-from producer.retry import retry_transient
 from producer.sending import SendIncomplete, send_all
 from producer.sources import IMAGE_EXTENSIONS, list_source
 from producer.validate import check_run_id, check_task, check_uri, new_run_id
 from workpool.errors import TransientError, UsageError, WorkpoolError
 from workpool.queue import open_queue
+from workpool.retry import retry_transient
 from workpool.runs import RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store

@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from producer.plan import spec_of
 from producer.progress import progress
-from producer.retry import retry_transient
 from producer.sending import SendIncomplete, send_all
 from producer.validate import check_run_id
 from workpool.errors import LeaseLostError, MessageError, NotFoundError, UsageError, WorkpoolError
 from workpool.messages import BatchMessage
 from workpool.queue import MAX_RECEIVE, PoisonRecord, Received, WorkQueue, open_queue
+from workpool.retry import retry_transient
 from workpool.runs import Manifest, RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store

@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from producer.retry import RetryPolicy, retry_transient
 from workpool.errors import PartialSendError, TransientError
 from workpool.queue import WorkQueue
+from workpool.retry import RetryPolicy, retry_transient
 
 # Big enough that the pauses between chunks (waiting for the slowest of 32 requests) stay small;
 # a failed chunk costs nothing extra, since only its unsent part is retried.

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from producer.retry import RetryPolicy
 from producer.sending import SendIncomplete, send_all
 from tests.support.azurite import Azurite
 from tests.support.producer_cli import drain_bodies, producer, queue_depth, recorded_runs
 from workpool.queue.embedded import EmbeddedQueue
+from workpool.retry import RetryPolicy
 from workpool.settings import load_settings
 
 QUICK = RetryPolicy(first_delay_s=0.2, max_delay_s=1.0, give_up_after_s=60)
@@ -48,7 +48,7 @@ def test_a_locked_embedded_queue_mid_send_costs_a_pause_not_the_run(
             threading.Timer(1.5, unlock).start()
 
     # When 300 messages are sent in chunks of 100 and the database locks after the first chunk
-    with caplog.at_level(logging.WARNING, logger="producer.retry"):
+    with caplog.at_level(logging.WARNING, logger="workpool.retry"):
         sent = send_all(queue, BODIES, ttl_s=-1, on_sent=lock_after_first_chunk, chunk=100, policy=QUICK)
 
     # Then the send waited the lock out and every message arrived once, in order
@@ -105,7 +105,7 @@ def test_azurite_stopped_mid_send_and_restarted_loses_nothing(
             # what carries the run through.
             threading.Timer(9.0, restart).start()
 
-    with caplog.at_level(logging.WARNING, logger="producer.retry"):
+    with caplog.at_level(logging.WARNING, logger="workpool.retry"):
         sent = send_all(queue, BODIES, ttl_s=-1, on_sent=stop_after_first_chunk, chunk=100, policy=QUICK)
     queue.close()
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from producer.plan import RunSpec, batch_ids, plan_run
-from producer.retry import RetryPolicy, retry_transient
 from producer.sources import is_image_name, list_source
 from producer.validate import check_run_id, check_task, new_run_id
 from workpool.errors import NotFoundError, StorageUnavailableError, UsageError
 from workpool.messages import ID_PATTERN, MAX_MESSAGE_BYTES, BatchMessage, encoded_size
+from workpool.retry import RetryPolicy, retry_transient
 from workpool.settings import Settings, load_settings
 
 
