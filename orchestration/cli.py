@@ -20,6 +20,7 @@ from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.export import export_results
 from orchestration.plot import plot_benchmark
 from orchestration.pool import launch_until_drained
+from orchestration.pool_events import record_size_change, utcnow
 from orchestration.random_models import ARCHITECTURES, build_model
 from orchestration.samples import write_samples
 from orchestration.status import StatusReader, cluster_json, render, watch
@@ -112,8 +113,10 @@ def launch(
                     typer.echo("    " + json.dumps(r["body"], ensure_ascii=False, default=str))
         return
     if not wait:
+        requested_at = utcnow()
         launcher.launch(nodes)
         record_backend(settings, backend)
+        record_size_change(settings, "launch", backend, nodes, at=requested_at, reason="launch --nodes")
         typer.echo(f"launched {nodes} node(s) on {backend} for queue {settings.queue}", err=True)
         if json_out:
             _echo_json(cluster_json(launcher.state()))
@@ -148,7 +151,9 @@ def scale(
     _check_backend(backend)
     settings = settings_for(config, log_level)
     name = resolve_backend(settings, backend)
+    requested_at = utcnow()
     open_launcher(name, settings).scale(nodes)
+    record_size_change(settings, "scale", name, nodes, at=requested_at, reason="scale --nodes")
     typer.echo(f"scaled the {name} pool of queue {settings.queue} to {nodes} node(s)", err=True)
 
 
@@ -258,6 +263,7 @@ def teardown(
     name = resolve_backend(settings, backend)
     open_launcher(name, settings).teardown(delete=delete)
     forget_backend(settings)
+    record_size_change(settings, "teardown", name, 0, reason="teardown")
     typer.echo(f"tore down the {name} pool of queue {settings.queue}", err=True)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from orchestration.deployment import forget_backend, record_backend
 from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.launcher import Launcher
+from orchestration.pool_events import record_size_change, utcnow
 from orchestration.progress import RunTracker
 from workpool.errors import NotFoundError
 from workpool.queue import open_queue
@@ -49,8 +50,10 @@ def launch_until_drained(
     waiting_for = pending_runs(settings, runs) if run_ids is None else run_ids
     reports = []
     try:
+        requested_at = utcnow()
         launcher.launch(nodes)
         record_backend(settings, launcher.name)
+        record_size_change(settings, "launch", launcher.name, nodes, at=requested_at, reason="launch --wait")
         say(f"launched {nodes} node(s) on {launcher.name} for queue {settings.queue}")
         if not waiting_for:
             say("no pending runs on this queue: waiting for the queue to empty")
@@ -62,5 +65,6 @@ def launch_until_drained(
     finally:
         launcher.teardown()
         forget_backend(settings)
+        record_size_change(settings, "teardown", launcher.name, 0, reason="drained (launch --wait)")
         say(f"tore down the {launcher.name} pool")
     return reports
