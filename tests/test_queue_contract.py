@@ -144,6 +144,26 @@ def test_depth_counts_in_flight_messages_and_the_poison_queue(queue: WorkQueue) 
     assert (depth.messages, depth.poison) == (2, 1)
 
 
+def test_depth_tells_visible_messages_from_those_in_flight(queue: WorkQueue) -> None:
+    # Given five messages, two of them leased and one released with a delay
+    queue.send([f"m{i}" for i in range(5)])
+    leased = queue.receive(3, visibility_timeout_s=30)
+    queue.release(leased[2], delay_s=30)
+    # Then two are visible (a receive could take them) and three are in flight, of five
+    depth = wait_for(lambda: (d := queue.depth()).messages == 5 and d, timeout_s=5, what="depth")
+    assert (depth.visible, depth.in_flight) == (2, 3)
+    # And once the leased ones are acked and the rest taken, nothing is visible
+    for message in leased[:2]:
+        queue.ack(message)
+    taken = queue.receive(2, visibility_timeout_s=30)
+    depth = wait_for(lambda: (d := queue.depth()).messages == 3 and d, timeout_s=5, what="depth after acks")
+    assert (depth.visible, depth.in_flight) == (0, 3)
+    for message in taken:
+        queue.ack(message)
+    depth = wait_for(lambda: (d := queue.depth()).messages == 1 and d, timeout_s=5, what="depth after all acks")
+    assert (depth.visible, depth.in_flight) == (0, 1)
+
+
 def test_purge_empties_the_queue_but_not_its_poison(queue: WorkQueue) -> None:
     queue.send(["p1", "p2", "p3"])
     queue.dead_letter(queue.receive(1, visibility_timeout_s=30)[0], "kept")

@@ -98,7 +98,14 @@ class AzureQueue(WorkQueue):
                 counts.append(
                     int(self._service.get_queue_client(name).get_queue_properties().approximate_message_count or 0)
                 )
-        return Depth(messages=counts[0], poison=counts[1])
+        # The count includes invisible (leased) messages; a peek sees visible ones only, at most 32.
+        with azure_errors(f"peek queue {self.name}"):
+            visible = len(self._client.peek_messages(max_messages=MAX_RECEIVE)) if counts[0] else 0
+        if visible >= MAX_RECEIVE:
+            return Depth(messages=counts[0], poison=counts[1])  # 32 or more visible: the split is unknown
+        # The count is read first: a message sent in between is seen by the peek only.
+        visible = min(visible, counts[0])
+        return Depth(messages=counts[0], poison=counts[1], visible=visible, in_flight=counts[0] - visible)
 
     def purge(self) -> None:
         with azure_errors(f"purge queue {self.name}"):

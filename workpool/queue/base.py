@@ -38,10 +38,17 @@ class Received:
 
 @dataclass(frozen=True)
 class Depth:
-    """Messages in the work queue (in-flight ones included) and in its poison queue."""
+    """Messages in the work queue (in-flight ones included) and in its poison queue.
+
+    `visible` (a receive could take them now) and `in_flight` (leased by a consumer, or
+    released with a delay) split `messages` where the backend can tell; None where it cannot
+    (Azure, when 32 or more messages are visible: a peek shows at most 32).
+    """
 
     messages: int
     poison: int
+    visible: int | None = None
+    in_flight: int | None = None
 
 
 @dataclass(frozen=True)

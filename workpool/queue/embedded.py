@@ -183,15 +183,19 @@ class EmbeddedQueue(WorkQueue):
     def depth(self) -> Depth:
         now = self._clock()
         with self._tx() as conn:
-            counts = dict(
-                conn.execute(
-                    """SELECT queue, count(*) FROM messages
+            counts = {
+                queue: (total, visible)
+                for queue, total, visible in conn.execute(
+                    """SELECT queue, count(*), sum(visible_at <= ?) FROM messages
                        WHERE queue IN (?, ?) AND (expires_at IS NULL OR expires_at > ?)
                        GROUP BY queue""",
-                    (self.name, self.poison_name, now),
+                    (now, self.name, self.poison_name, now),
                 ).fetchall()
-            )
-        return Depth(messages=counts.get(self.name, 0), poison=counts.get(self.poison_name, 0))
+            }
+        total, visible = counts.get(self.name, (0, 0))
+        return Depth(
+            messages=total, poison=counts.get(self.poison_name, (0, 0))[0], visible=visible, in_flight=total - visible
+        )
 
     def purge(self) -> None:
         with self._tx() as conn:
