@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import ROOT, bench_settings, ratio_line, samples, scratch_home
-from orchestration.environment import settings_env
 from producer.enqueue import EnqueueRequest, enqueue
 from workpool.errors import NotFoundError
+from workpool.handoff import child_env
 from workpool.runs import RunStore
 from workpool.storage import open_result_store
 
@@ -74,7 +74,7 @@ def measure(images: int = 2000, batch: int = 32) -> MemoryResult:
             progress_bar=False,
         )
         runs = RunStore(open_result_store(settings))
-        env = settings_env(settings)
+        env = child_env(settings)
         log = home / "consumer.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(

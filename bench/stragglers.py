@@ -35,8 +35,8 @@ from bench.common import (
     scratch_home,
 )
 from orchestration.drain import wait_for_drain
-from orchestration.environment import settings_env
 from producer.enqueue import EnqueueRequest, enqueue
+from workpool.handoff import child_env
 from workpool.queue import open_queue
 from workpool.runs import BatchRecord, RunStore
 from workpool.settings import Settings
@@ -86,7 +86,7 @@ def node_speeds(records: list[BatchRecord]) -> tuple[dict[str, float], dict[str,
 
 
 def spawn_node(settings: Settings, node_id: str, sleep_s: float, log: Path) -> subprocess.Popen[bytes]:
-    env = settings_env(settings)
+    env = child_env(settings)
     env[SLEEP_ENV] = str(sleep_s)
     env["PYTHONUNBUFFERED"] = "1"
     with open(log, "wb") as out:

@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestration.environment import PROJECT_ROOT
 from workpool.errors import UsageError, WorkpoolError
+from workpool.handoff import PROJECT_ROOT
 
 ARCHITECTURES = {
     "inceptionv3": "InceptionV3",

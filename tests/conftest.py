@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.azurite import Azurite, unavailable_reason
+from workpool.handoff import child_env
 from workpool.settings import Settings, load_settings
 
 BACKENDS = ["embedded", pytest.param("azurite", marks=pytest.mark.azurite)]
@@ -76,15 +77,5 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
 
 
 def backend_env(settings: Settings) -> dict[str, str]:
-    """Environment that hands `settings`' storage to a child process (CLI tests)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKPOOL_")}
-    env.pop("AZURE_STORAGE_CONNECTION_STRING", None)
-    env.update(
-        WORKPOOL_HOME=str(settings.home),
-        WORKPOOL_QUEUE=settings.queue,
-        WORKPOOL_RESULTS=settings.results,
-        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-    )
-    if settings.connection_string is not None:
-        env["AZURE_STORAGE_CONNECTION_STRING"] = settings.connection_string.get_secret_value()
-    return env
+    """Environment that hands `settings` to a child process (CLI tests): the product's own hand-off."""
+    return child_env(settings, base={k: v for k, v in os.environ.items() if not k.startswith("WORKPOOL_")})

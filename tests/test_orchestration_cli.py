@@ -166,9 +166,9 @@ def test_the_supervisor_backs_off_a_node_that_keeps_failing_at_start_up(tmp_path
     import sys
 
     from orchestration.backends.local import LocalLauncher
-    from orchestration.environment import settings_env
     from orchestration.local_state import read_pool, state_dir, write_target
     from tests.support.waiting import wait_for
+    from workpool.handoff import child_env
 
     # Given a supervisor started by hand (no `launch`, which would give up at the first failure)
     # for nodes that exit at once on a setting they refuse
@@ -176,7 +176,7 @@ def test_the_supervisor_backs_off_a_node_that_keeps_failing_at_start_up(tmp_path
     directory = state_dir(settings)
     write_target(directory, 1)
     (directory / "logs").mkdir()
-    env = settings_env(settings) | {"WORKPOOL_NODE_WORKERS": "none"}
+    env = child_env(settings) | {"WORKPOOL_NODE_WORKERS": "none"}
     with (directory / "logs" / "supervisor.log").open("ab") as log_file:
         subprocess.run(
             [sys.executable, "-m", "orchestration.supervisor", str(directory)],

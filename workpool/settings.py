@@ -42,6 +42,17 @@ _QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,55}$")
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 
 
+# How a setting travels (its field's `json_schema_extra`), read by workpool/handoff.py, which derives
+# every hand-off from it: the environment of a local child (consumer node, supervisor, worker), the
+# environment of a cluster node, and which values are secret (those are `SecretStr` fields).
+# - {"to_consumers": True}: consumers need it, on this machine and on cluster nodes;
+# - {"to_consumers": "local"}: only processes started on this machine (paths of this machine);
+# - untagged: stays with the command that read it (cluster placement, control-plane secrets).
+HANDOFF_KEY = "to_consumers"
+_CONSUMERS: dict[str, Any] = {HANDOFF_KEY: True}
+_LOCAL: dict[str, Any] = {HANDOFF_KEY: "local"}
+
+
 class StorageMode(StrEnum):
     EMBEDDED = "embedded"
     CONNECTION_STRING = "connection-string"
@@ -60,41 +71,79 @@ class Settings(BaseSettings):
     )
 
     # --- where things live ---------------------------------------------------------------
-    home: Path = Field(Path(".workpool"), description="Embedded default's folder.")
-    queue: str = Field("workpool", description="Queue name; its poison queue is <name>-poison.")
-    results: str = Field("workpool-results", description="Result store's blob container (Azure).")
+    home: Path = Field(Path(".workpool"), description="Embedded default's folder.", json_schema_extra=_LOCAL)
+    queue: str = Field(
+        "workpool", description="Queue name; its poison queue is <name>-poison.", json_schema_extra=_CONSUMERS
+    )
+    results: str = Field(
+        "workpool-results", description="Result store's blob container (Azure).", json_schema_extra=_CONSUMERS
+    )
 
     # --- Azure Storage credentials (secrets are SecretStr: never printed) -----------------
     connection_string: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices(CONNECTION_STRING_ENV, ENV_PREFIX + "CONNECTION_STRING"),
         description="Azure Storage connection string.",
+        json_schema_extra=_CONSUMERS,
     )
     account_url: str | None = Field(
-        None, description="Storage account URL (https://<acct>.queue… or the account's base URL)."
+        None,
+        description="Storage account URL (https://<acct>.queue… or the account's base URL).",
+        json_schema_extra=_CONSUMERS,
     )
-    sas_token: SecretStr | None = Field(None, description="SAS token used with account_url.")
+    sas_token: SecretStr | None = Field(
+        None, description="SAS token used with account_url.", json_schema_extra=_CONSUMERS
+    )
 
     # --- work ---------------------------------------------------------------------------
     batch_size: int = Field(64, gt=0, le=MAX_BATCH_IMAGES, description="Images per batch message.")
-    message_ttl_s: int = Field(-1, description="Message time-to-live in seconds; -1 never expires.")
+    message_ttl_s: int = Field(
+        -1, description="Message time-to-live in seconds; -1 never expires.", json_schema_extra=_CONSUMERS
+    )
     visibility_timeout_s: int = Field(
-        120, ge=1, le=7 * 24 * 3600, description="Lease on a received batch; renewed in the background."
+        120,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="Lease on a received batch; renewed in the background.",
+        json_schema_extra=_CONSUMERS,
     )
-    max_attempts: int = Field(5, ge=1, description="Deliveries before a batch is dead-lettered.")
+    max_attempts: int = Field(
+        5, ge=1, description="Deliveries before a batch is dead-lettered.", json_schema_extra=_CONSUMERS
+    )
     idle_exit_s: float | None = Field(
-        None, gt=0, description="Consumer exits after the queue has been empty this long."
+        None,
+        gt=0,
+        description="Consumer exits after the queue has been empty this long.",
+        json_schema_extra=_CONSUMERS,
     )
-    prefetch_batches: int = Field(1, ge=0, description="Batches received and decoded ahead of the one being scored.")
-    decode_threads: int = Field(0, ge=0, description="Image decode threads; 0 sizes the pool to the machine.")
+    prefetch_batches: int = Field(
+        1,
+        ge=0,
+        description="Batches received and decoded ahead of the one being scored.",
+        json_schema_extra=_CONSUMERS,
+    )
+    decode_threads: int = Field(
+        0, ge=0, description="Image decode threads; 0 sizes the pool to the machine.", json_schema_extra=_CONSUMERS
+    )
     precision: Literal["float32", "mixed"] = Field(
-        "float32", description="float32, or Keras mixed precision (float16 compute) for GPUs."
+        "float32",
+        description="float32, or Keras mixed precision (float16 compute) for GPUs.",
+        json_schema_extra=_CONSUMERS,
     )
-    xla: bool = Field(False, description="Compile the model call with XLA.")
+    xla: bool = Field(False, description="Compile the model call with XLA.", json_schema_extra=_CONSUMERS)
     allow_unsafe_models: bool = Field(
-        False, description="Allow models whose loading runs arbitrary Python (Lambda layers)."
+        False,
+        description="Allow models whose loading runs arbitrary Python (Lambda layers).",
+        json_schema_extra=_CONSUMERS,
     )
-    model_cache: Path | None = Field(None, description="Where downloaded models are cached (default <home>/models).")
+    model_cache: Path | None = Field(
+        None, description="Where downloaded models are cached (default <home>/models).", json_schema_extra=_LOCAL
+    )
+    allow_cpu: bool = Field(
+        False,
+        description="Score on the CPU even when the machine has GPUs the framework cannot see.",
+        json_schema_extra=_CONSUMERS,
+    )
 
     # --- cluster placement (Batch AI and Azure Batch) ------------------------------------
     subscription_id: str | None = None
@@ -104,20 +153,41 @@ class Settings(BaseSettings):
     cluster: str | None = None
     batch_account_url: str | None = None
     pool: str | None = None
-    vm_size: str = "STANDARD_NC6"
-    vm_priority: Literal["dedicated", "lowpriority"] = "dedicated"
+    vm_size: str | None = Field(
+        None,
+        description="GPU VM size of the nodes (required by the cluster backends), e.g. Standard_NC24ads_A100_v4.",
+    )
+    vm_priority: Literal["dedicated", "spot", "lowpriority"] = Field(
+        "dedicated",
+        description="dedicated, or spot (preemptible, discounted; `lowpriority` is the retired name, kept as an alias).",
+    )
     arm_endpoint: str = "https://management.azure.com"
     # What the cluster backends put on each node (docs/azure.md explains each one).
     image_publisher: str = Field("microsoft-dsvm", description="Node OS image: marketplace publisher.")
     image_offer: str = Field("ubuntu-hpc", description="Node OS image: offer (ubuntu-hpc ships NVIDIA drivers).")
-    image_sku: str = Field("2204", description="Node OS image: SKU.")
+    image_sku: str = Field("2404", description="Node OS image: SKU (Ubuntu 24.04).")
     image_version: str = Field("latest", description="Node OS image: version.")
-    node_agent_sku_id: str = Field("batch.node.ubuntu 22.04", description="Azure Batch node agent matching the image.")
-    node_package: str = Field(
-        "workpool",
-        description="pip requirement that installs the project on nodes (name, wheel URL or git+https URL).",
+    node_agent_sku_id: str = Field("batch.node.ubuntu 24.04", description="Azure Batch node agent matching the image.")
+    node_package: str | None = Field(
+        None,
+        description="Override of what nodes install: a pinned pip requirement or wheel URL "
+        "(default: the wheel of this very version, built and uploaded by `launch`).",
     )
-    node_workers: str = Field("auto", description="`consumer run --workers` on each node: auto (one per GPU) or N.")
+    node_extras: str = Field(
+        "gpu", description="Extras installed with the project on nodes (comma-separated; empty for none)."
+    )
+    node_image: str | None = Field(
+        None,
+        description="Container image (<registry>/<image>:<tag>) for a container pool; unset: start-task install.",
+    )
+    batch_scope: str | None = Field(
+        None, description="Entra ID scope of the Batch data plane (default: derived from arm_endpoint's cloud)."
+    )
+    node_workers: str = Field(
+        "auto",
+        description="`consumer run --workers` on each node: auto (one per GPU) or N.",
+        json_schema_extra=_LOCAL,  # the local supervisor reads it; cluster nodes get it on the command line
+    )
     experiment: str = Field("workpool", description="Batch AI experiment holding the consumer jobs.")
     batchai_admin_user: str = Field("workpool", description="Batch AI cluster admin user name.")
     batchai_ssh_public_key: str | None = Field(None, description="Batch AI cluster admin's SSH public key.")
@@ -209,7 +279,8 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret string configured, and its notable parts, for redaction."""
         values: list[str] = []
-        for secret in (self.connection_string, self.sas_token, self.batch_account_key):
+        for name in SECRET_FIELDS:
+            secret = getattr(self, name)
             if secret is not None and secret.get_secret_value():
                 values.append(secret.get_secret_value())
         if self.connection_string is not None:
@@ -221,10 +292,22 @@ class Settings(BaseSettings):
     def describe(self) -> dict[str, Any]:
         """Settings as a JSON-safe dict, secrets masked: for `--dry-run` and debug output."""
         data = self.model_dump(mode="json")
-        for key in ("connection_string", "sas_token", "batch_account_key"):
+        for key in SECRET_FIELDS:
             if data.get(key):
                 data[key] = "***"
         return data
+
+
+def handoff_of(field: str) -> bool | str | None:
+    """How a setting travels: True (to every consumer), "local" (this machine's children), None."""
+    extra = Settings.model_fields[field].json_schema_extra
+    return extra.get(HANDOFF_KEY) if isinstance(extra, dict) else None  # type: ignore[return-value]
+
+
+# Secret settings are exactly the `SecretStr` fields: masked, redacted, never on a command line.
+SECRET_FIELDS: tuple[str, ...] = tuple(
+    name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
+)
 
 
 def secret_parts_of_connection_string(conn: str) -> list[str]:

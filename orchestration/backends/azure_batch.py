@@ -40,14 +40,14 @@ from orchestration.backends.cluster_common import (
     consumer_name,
     default_credential,
     install_command,
-    node_environment,
     package_source,
     require,
+    require_azure_storage,
     text_of,
-    warn_if_embedded,
 )
 from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
 from workpool.errors import NotFoundError, SettingsError, UsageError, WorkpoolError
+from workpool.handoff import node_environment
 from workpool.logs import REDACTED
 from workpool.settings import Settings, env_name
 
@@ -74,7 +74,7 @@ class AzureBatchLauncher(Launcher):
     def launch(self, nodes: int) -> None:
         _check_nodes(nodes)
         self._require()
-        warn_if_embedded(self.settings, "azure-batch")
+        require_azure_storage(self.settings, "azure-batch")
         self._warn_about_keys()
         made = Made(self.name)
         pool = self._get_pool(made)

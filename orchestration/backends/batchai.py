@@ -33,13 +33,13 @@ from orchestration.backends.cluster_common import (
     consumer_name,
     default_credential,
     install_command,
-    node_environment,
     require,
+    require_azure_storage,
     text_of,
-    warn_if_embedded,
 )
 from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
 from workpool.errors import NotFoundError, SettingsError, UsageError, WorkpoolError
+from workpool.handoff import node_environment
 from workpool.logs import REDACTED
 from workpool.settings import Settings
 
@@ -68,7 +68,7 @@ class BatchAILauncher(Launcher):
     def launch(self, nodes: int) -> None:
         _check_nodes(nodes)
         self._require()
-        warn_if_embedded(self.settings, "batchai")
+        require_azure_storage(self.settings, "batchai")
         made = Made(self.name)
         self._ensure_workspace(made)
         self._ensure_experiment(made)

@@ -38,24 +38,6 @@ log = logging.getLogger(__name__)
 
 # Where the setup/start task installs the project on a node; the consumer runs from there.
 NODE_VENV = "/opt/workpool/venv"
-CONSUMER_WORKER_ENV = "WORKPOOL_WORKER_ID"
-
-# Settings a consumer on a node needs, beside storage credentials. Only non-default values
-# travel, so a node's own defaults stay in charge of everything the user did not set.
-_NODE_FIELDS = (
-    "queue",
-    "results",
-    "visibility_timeout_s",
-    "max_attempts",
-    "idle_exit_s",
-    "prefetch_batches",
-    "decode_threads",
-    "precision",
-    "xla",
-    "allow_unsafe_models",
-    "message_ttl_s",
-)
-
 
 # Consumer jobs (Batch AI) and tasks (Azure Batch) are named consumer-0001, consumer-0002, …:
 # the number orders them, so scaling down stops the newest and scaling up continues the count.
@@ -112,77 +94,17 @@ def consumer_command(settings: Settings, worker_id: str) -> str:
     return f"/bin/bash -c {shlex.quote(shlex.join(args))}"
 
 
-@dataclass
-class NodeEnvironment:
-    plain: dict[str, str] = field(default_factory=dict)
-    secret: dict[str, str] = field(default_factory=dict)
-
-
-def node_environment(settings: Settings, *, identity: bool = False) -> NodeEnvironment:
-    """Queue, storage and work settings for consumers on cluster nodes.
-
-    With `identity`, nodes sign in with their managed identity: only the storage account URL
-    travels, never a key or SAS token, even when this machine uses one.
-    """
-    env = NodeEnvironment()
-    defaults = Settings.model_fields
-    for name in _NODE_FIELDS:
-        value = getattr(settings, name)
-        if name in ("queue", "results") or (value is not None and value != defaults[name].default):
-            env.plain[env_name(name)] = _env_text(value)
-    if identity:
-        url = settings.account_url or account_url_of_connection_string(settings)
-        if url is None:
-            raise SettingsError(
-                f"nodes with a managed identity need the storage account: set {env_name('account_url')} "
-                "(for example https://<account>.blob.core.windows.net)"
-            )
-        env.plain[env_name("account_url")] = url
-        if settings.managed_identity_client_id:
-            env.plain["AZURE_CLIENT_ID"] = settings.managed_identity_client_id
-        return env
-    if settings.account_url is not None:
-        env.plain[env_name("account_url")] = settings.account_url
-    if settings.sas_token is not None:
-        env.secret[env_name("sas_token")] = settings.sas_token.get_secret_value()
-    if settings.connection_string is not None:
-        env.secret[CONNECTION_STRING_ENV] = settings.connection_string.get_secret_value()
-    return env
-
-
 def text_of(value: Any) -> str:
     """An SDK enum or string as its wire text ("running"): str() of an enum gives its name."""
     return str(getattr(value, "value", value) or "")
-
-
-def _env_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def account_url_of_connection_string(settings: Settings) -> str | None:
-    """The blob endpoint named by the connection string (for nodes that sign in without it)."""
-    if settings.connection_string is None:
-        return None
-    parts = {}
-    for item in settings.connection_string.get_secret_value().split(";"):
-        key, _, value = item.partition("=")
-        parts[key.strip().lower()] = value.strip()
-    if parts.get("blobendpoint"):
-        return parts["blobendpoint"]
-    if parts.get("accountname"):
-        protocol = parts.get("defaultendpointsprotocol", "https")
-        suffix = parts.get("endpointsuffix", "core.windows.net")
-        return f"{protocol}://{parts['accountname']}.blob.{suffix}"
-    return None
 
 
 def storage_is_embedded(settings: Settings) -> bool:
     return not settings.uses_azure_storage
 
 
-def warn_if_embedded(settings: Settings, backend: str) -> None:
+def require_azure_storage(settings: Settings, backend: str) -> None:
+    """Cluster nodes cannot reach this machine's embedded queue: refuse (exit 2) before sending anything."""
     if storage_is_embedded(settings):
         raise SettingsError(
             f"the {backend} backend needs Azure Storage for the queue and results: set "

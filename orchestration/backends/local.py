@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestration.environment import secret_names, settings_env
 from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
 from orchestration.local_state import (
     SUPERVISOR_MODULE,
@@ -34,6 +33,7 @@ from orchestration.local_state import (
 )
 from orchestration.supervisor import slot_id
 from workpool.errors import UsageError, WorkpoolError
+from workpool.handoff import child_env, secret_env_names
 from workpool.settings import Settings
 
 
@@ -127,7 +127,7 @@ class LocalLauncher(Launcher):
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=settings_env(self.settings),
+                env=child_env(self.settings),
                 start_new_session=True,
                 check=False,
             )
@@ -192,8 +192,8 @@ class LocalLauncher(Launcher):
 
     def describe(self, nodes: int) -> list[PlannedRequest]:
         _check_nodes(nodes)
-        env = settings_env(self.settings, base={})
-        secrets = secret_names()
+        env = child_env(self.settings, base={})
+        secrets = secret_env_names()
         shown = {
             k: ("***" if k in secrets else v)
             for k, v in sorted(env.items())
