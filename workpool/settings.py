@@ -16,6 +16,8 @@ Storage is chosen by what is set:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import os
@@ -96,7 +98,13 @@ class Settings(BaseSettings):
     )
 
     # --- work ---------------------------------------------------------------------------
-    batch_size: int = Field(64, gt=0, le=MAX_BATCH_IMAGES, description="Images per batch message.")
+    batch_size: int = Field(
+        64,
+        gt=0,
+        le=MAX_BATCH_IMAGES,
+        description="Images per batch message (a consumer warms its `model` at this batch size).",
+        json_schema_extra=_CONSUMERS,
+    )
     message_ttl_s: int = Field(
         -1, description="Message time-to-live in seconds; -1 never expires.", json_schema_extra=_CONSUMERS
     )
@@ -142,6 +150,12 @@ class Settings(BaseSettings):
     allow_cpu: bool = Field(
         False,
         description="Score on the CPU even when the machine has GPUs the framework cannot see.",
+        json_schema_extra=_CONSUMERS,
+    )
+    model: str | None = Field(
+        None,
+        description="Model URI a consumer loads and warms before its first batch (runs pending on its queue "
+        "are warmed too); batches still name their own model.",
         json_schema_extra=_CONSUMERS,
     )
 
@@ -243,6 +257,13 @@ class Settings(BaseSettings):
             check_endpoint(value)
         return value
 
+    @field_validator("connection_string")
+    @classmethod
+    def _connection_string(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_connection_string(value.get_secret_value())
+        return value
+
     @field_validator("message_ttl_s")
     @classmethod
     def _ttl(cls, value: int) -> int:
@@ -319,6 +340,37 @@ def secret_parts_of_connection_string(conn: str) -> list[str]:
             parts.append(value.strip())
             parts.extend(_signature_of(value))
     return parts
+
+
+_ENDPOINT_KEYS = ("blobendpoint", "queueendpoint")
+
+
+def check_connection_string(conn: str) -> None:
+    """Refuse, at load time, a connection string the Azure SDKs would refuse later (or fail on
+    at the first signed request). Messages name the missing or broken part, never a value."""
+    parts: dict[str, str] = {}
+    for item in conn.split(";"):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(
+                "expected key=value pairs separated by ';' (DefaultEndpointsProtocol=https;AccountName=…;"
+                "AccountKey=…;EndpointSuffix=core.windows.net), as the portal's 'Access keys' page shows it"
+            )
+        parts[key.strip().lower()] = value.strip()
+    if parts.get("usedevelopmentstorage", "").lower() == "true":
+        return
+    if not parts.get("accountname") and not any(parts.get(k) for k in _ENDPOINT_KEYS):
+        raise ValueError("has no AccountName (nor a BlobEndpoint/QueueEndpoint): which account is it for?")
+    if not parts.get("accountkey") and not parts.get("sharedaccesssignature"):
+        raise ValueError("has neither an AccountKey nor a SharedAccessSignature")
+    key = parts.get("accountkey")
+    if key:
+        try:
+            base64.b64decode(key, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("its AccountKey is not valid base64 (copy it again from the portal)") from None
 
 
 def _signature_of(sas: str) -> list[str]:
