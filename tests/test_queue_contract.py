@@ -124,6 +124,54 @@ def test_release_with_a_delay_hides_the_message_until_it_passes(queue: WorkQueue
     assert back.body == "later"
 
 
+def test_a_forgiven_release_comes_back_at_once_without_counting_the_delivery(queue: WorkQueue) -> None:
+    # Given a message delivered twice (one ordinary release)
+    queue.send(["preempted"])
+    queue.release(queue.receive(1, visibility_timeout_s=60)[0])
+    [second] = queue.receive(1, visibility_timeout_s=60)
+    assert (second.dequeue_count, second.forgiven) == (2, 0)
+    # When its consumer gives it back through no fault of its own (a preempted VM)
+    queue.release(second, count_delivery=False)
+    # Then it is visible at once, with the same count of deliveries and its body intact
+    [third] = queue.receive(1, visibility_timeout_s=60)
+    assert (third.body, third.dequeue_count, third.forgiven) == ("preempted", 2, 1)
+    # And a renew keeps that, while the next ordinary release counts again
+    third = queue.renew(third, visibility_timeout_s=60)
+    queue.release(third, count_delivery=False)
+    queue.release(queue.receive(1, visibility_timeout_s=60)[0])
+    [fifth] = queue.receive(1, visibility_timeout_s=60)
+    assert (fifth.body, fifth.dequeue_count, fifth.forgiven) == ("preempted", 3, 2)
+
+
+def test_a_forgiven_release_with_a_stale_receipt_is_refused(queue: WorkQueue) -> None:
+    queue.send(["x"])
+    [message] = queue.receive(1, visibility_timeout_s=60)
+    renewed = queue.renew(message, visibility_timeout_s=60)
+    with pytest.raises(LeaseLostError):
+        queue.release(message, count_delivery=False)
+    queue.ack(renewed)
+
+
+def test_a_forgiven_message_is_dead_lettered_with_its_original_body(queue: WorkQueue) -> None:
+    queue.send(['{"batch": "b1"}'])
+    queue.release(queue.receive(1, visibility_timeout_s=60)[0], count_delivery=False)
+    [message] = queue.receive(1, visibility_timeout_s=60)
+    queue.dead_letter(message, "broken")
+    [poisoned] = queue.poison().receive(1, visibility_timeout_s=30)
+    record = PoisonRecord.decode(poisoned.body)
+    assert (record.body, record.attempts) == ('{"batch": "b1"}', 1)
+
+
+def test_a_forgiven_release_of_a_message_at_the_size_limit_loses_nothing(queue: WorkQueue) -> None:
+    body = json.dumps({"images": ["a" * 100] * 10})
+    body = body + " " * (MAX_MESSAGE_BYTES - encoded_size(body))
+    queue.send([body])
+    queue.release(queue.receive(1, visibility_timeout_s=60)[0], count_delivery=False)
+    [back] = queue.receive(1, visibility_timeout_s=60)
+    assert back.body == body
+    assert back.dequeue_count <= 2  # Azure has no room to mark it forgiven: then it is counted
+
+
 def test_dead_letter_moves_the_message_to_poison_with_reason_and_attempts(queue: WorkQueue) -> None:
     queue.send(["bad"])
     queue.release(queue.receive(1, visibility_timeout_s=30)[0])

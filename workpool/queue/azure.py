@@ -3,11 +3,21 @@
 Message bodies are sent as plain text (no base64), so any Storage Queue client can read them.
 `send` of many messages runs concurrent requests: one queue takes ~2,000 messages/s, one
 request at a time reaches a small fraction of that.
+
+Azure counts every delivery in `dequeue_count` and offers no way to take one back, so a
+forgiven delivery (`release(..., count_delivery=False)`) is written into the message itself:
+the release rewrites its content as `workpool-forgiven:<n>` + newline + the original body
+(update_message can change content), and `receive` strips that line again, reporting
+`dequeue_count` less the `n` forgiven deliveries. Bodies without the line (everything a
+producer sends) are read unchanged. A body too close to the 64 KiB limit to carry the line is
+released counted instead, with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -17,10 +27,26 @@ from azure.storage.queue import QueueClient, QueueMessage, QueueServiceClient
 
 from workpool.azure_clients import azure_errors
 from workpool.errors import PartialSendError, StorageUnavailableError
-from workpool.messages import check_size
+from workpool.messages import MAX_MESSAGE_BYTES, check_size, encoded_size
 from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, WorkQueue, now_iso
 
+log = logging.getLogger(__name__)
+
 SEND_CONCURRENCY = 32
+_FORGIVEN = re.compile(r"\Aworkpool-forgiven:(\d+)\n")
+
+
+def with_forgiven(body: str, forgiven: int) -> str:
+    """The content that carries `forgiven` deliveries beside the original body."""
+    return f"workpool-forgiven:{forgiven}\n{body}" if forgiven else body
+
+
+def split_forgiven(content: str) -> tuple[str, int]:
+    """(original body, forgiven deliveries) of a message's content."""
+    match = _FORGIVEN.match(content)
+    if match is None:
+        return content, 0
+    return content[match.end() :], int(match.group(1))
 
 
 class AzureQueue(WorkQueue):
@@ -74,9 +100,15 @@ class AzureQueue(WorkQueue):
             updated = self._client.update_message(message.id, message.receipt, visibility_timeout=visibility_timeout_s)
         return message.with_receipt(str(updated.pop_receipt))
 
-    def release(self, message: Received, delay_s: int = 0) -> None:
+    def release(self, message: Received, delay_s: int = 0, *, count_delivery: bool = True) -> None:
+        content = None  # None: the content stays as it is
+        if not count_delivery:
+            content = with_forgiven(message.body, message.forgiven + 1)
+            if encoded_size(content) > MAX_MESSAGE_BYTES:
+                log.warning("message %s is too large to mark its delivery forgiven; released counted", message.id)
+                content = None
         with azure_errors(f"release message {message.id} on {self.name}"):
-            self._client.update_message(message.id, message.receipt, visibility_timeout=delay_s)
+            self._client.update_message(message.id, message.receipt, visibility_timeout=delay_s, content=content)
 
     def ack(self, message: Received) -> None:
         with azure_errors(f"ack message {message.id} on {self.name}"):
@@ -120,10 +152,12 @@ class AzureQueue(WorkQueue):
 
 def _received(m: QueueMessage) -> Received:
     inserted = m.inserted_on or datetime.now(UTC)
+    body, forgiven = split_forgiven(str(m.content))
     return Received(
         id=str(m.id),
         receipt=str(m.pop_receipt),
-        body=str(m.content),
-        dequeue_count=int(m.dequeue_count or 0),
+        body=body,
+        dequeue_count=max(int(m.dequeue_count or 0) - forgiven, 1),
         inserted_at=inserted,
+        forgiven=forgiven,
     )

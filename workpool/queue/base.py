@@ -4,6 +4,10 @@ Both backends (Azure Storage Queue, embedded SQLite) behave the same; the contra
 `tests/test_queue_contract.py` proves it. Delivery is at least once: a received message is
 invisible for its visibility timeout, then comes back with `dequeue_count` one higher unless
 it was acked. Every operation on a received message needs its newest receipt.
+
+`dequeue_count` counts the deliveries that count against `--max-attempts`: a message released
+with `count_delivery=False` (its consumer's VM is being preempted, no fault of the message's)
+comes back with the same `dequeue_count`, and `forgiven` one higher.
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ MAX_RECEIVE = 32  # Azure's ceiling for one receive call; the embedded backend k
 
 @dataclass(frozen=True)
 class Received:
-    """A message held under a lease. `receipt` changes on every renew."""
+    """A message held under a lease. `receipt` changes on every renew.
+
+    `dequeue_count` excludes the `forgiven` deliveries (released with `count_delivery=False`).
+    """
 
     id: str
     receipt: str
     body: str
     dequeue_count: int
     inserted_at: datetime
+    forgiven: int = 0
 
     def with_receipt(self, receipt: str) -> Received:
         return replace(self, receipt=receipt)
@@ -128,8 +136,13 @@ class WorkQueue(ABC):
         """Delete a processed message. Raises `LeaseLostError` on a stale receipt."""
 
     @abstractmethod
-    def release(self, message: Received, delay_s: int = 0) -> None:
-        """Give the message back: visible again after `delay_s` (0 = at once)."""
+    def release(self, message: Received, delay_s: int = 0, *, count_delivery: bool = True) -> None:
+        """Give the message back: visible again after `delay_s` (0 = at once).
+
+        With `count_delivery=False` this delivery is forgiven: the message comes back with the
+        same `dequeue_count` (for a consumer that gives work back through no fault of the
+        message, such as a preempted VM). Raises `LeaseLostError` on a stale receipt.
+        """
 
     @abstractmethod
     def dead_letter(self, message: Received, reason: str) -> None:

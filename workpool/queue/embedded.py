@@ -3,6 +3,8 @@
 Every state change is one short `BEGIN IMMEDIATE` transaction, so many consumer processes can
 compete for messages safely: SQLite's write lock serialises them, and a lease is just
 `visible_at` in the future plus a fresh random receipt. Dead-lettering is atomic here.
+A forgiven delivery (`release(..., count_delivery=False)`) moves one from `dequeue_count` to
+`forgiven`, so `dequeue_count` holds the deliveries that count.
 """
 
 from __future__ import annotations
@@ -29,10 +31,22 @@ CREATE TABLE IF NOT EXISTS messages (
     visible_at REAL NOT NULL,
     expires_at REAL,
     dequeue_count INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT
+    receipt TEXT,
+    forgiven INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, visible_at);
 """
+
+
+def _add_forgiven_column(conn: sqlite3.Connection) -> None:
+    """Databases made before `forgiven` existed gain the column (another process may race us to it)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "forgiven" not in columns:
+        try:
+            conn.execute("ALTER TABLE messages ADD COLUMN forgiven INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
 
 
 class EmbeddedQueue(WorkQueue):
@@ -62,6 +76,7 @@ class EmbeddedQueue(WorkQueue):
             # NORMAL is durable against process crashes in WAL mode, which is what we face.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            _add_forgiven_column(conn)
             self._conn = conn
         return self._conn
 
@@ -124,7 +139,7 @@ class EmbeddedQueue(WorkQueue):
                        receipt = lower(hex(randomblob(16)))
                    WHERE id IN (SELECT id FROM messages WHERE queue = ? AND visible_at <= ?
                                 ORDER BY id LIMIT ?)
-                   RETURNING id, receipt, body, dequeue_count, inserted_at""",
+                   RETURNING id, receipt, body, dequeue_count, inserted_at, forgiven""",
                 (now + visibility_timeout_s, self.name, now, max_messages),
             ).fetchall()
         rows.sort(key=lambda r: r[0])
@@ -135,15 +150,18 @@ class EmbeddedQueue(WorkQueue):
                 body=r[2],
                 dequeue_count=r[3],
                 inserted_at=datetime.fromtimestamp(r[4], UTC),
+                forgiven=r[5],
             )
             for r in rows
         ]
 
-    def _update_lease(self, message: Received, visible_at: float) -> str:
+    def _update_lease(self, message: Received, visible_at: float, *, forgive: bool = False) -> str:
         receipt = uuid.uuid4().hex
+        forgiving = ", dequeue_count = dequeue_count - 1, forgiven = forgiven + 1" if forgive else ""
         with self._tx() as conn:
             cur = conn.execute(
-                "UPDATE messages SET visible_at = ?, receipt = ? WHERE id = ? AND receipt = ? AND queue = ?",
+                f"UPDATE messages SET visible_at = ?, receipt = ?{forgiving} "
+                "WHERE id = ? AND receipt = ? AND queue = ?",
                 (visible_at, receipt, int(message.id), message.receipt, self.name),
             )
             if cur.rowcount == 0:
@@ -153,8 +171,8 @@ class EmbeddedQueue(WorkQueue):
     def renew(self, message: Received, visibility_timeout_s: int) -> Received:
         return message.with_receipt(self._update_lease(message, self._clock() + visibility_timeout_s))
 
-    def release(self, message: Received, delay_s: int = 0) -> None:
-        self._update_lease(message, self._clock() + delay_s)
+    def release(self, message: Received, delay_s: int = 0, *, count_delivery: bool = True) -> None:
+        self._update_lease(message, self._clock() + delay_s, forgive=not count_delivery)
 
     def _delete_leased(self, conn: sqlite3.Connection, message: Received) -> None:
         cur = conn.execute(
