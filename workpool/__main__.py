@@ -1,3 +1,3 @@
-from workpool.doctor import app
+from workpool.cli import app
 
 app(prog_name="workpool")

@@ -26,8 +26,8 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import ExponentialRetry, QueueServiceClient
 
-from workpool.errors import LeaseLostError, NotFoundError, StorageUnavailableError, WorkpoolError
-from workpool.settings import Settings, StorageMode
+from workpool.errors import LeaseLostError, NotFoundError, SettingsError, StorageUnavailableError, WorkpoolError
+from workpool.settings import Settings, StorageMode, env_name
 
 # The SDKs log request URLs (which may hold SAS tokens) at INFO; keep them at WARNING.
 for _name in ("azure", "azure.core.pipeline.policies.http_logging_policy", "azure.identity"):
@@ -96,31 +96,45 @@ def _queue_transport() -> RequestsTransport:
     )
 
 
+@contextmanager
+def _client_settings(field: str) -> Iterator[None]:
+    """An SDK's refusal to build a client from a setting is a settings error (exit 2), in one
+    line naming the setting; the SDK's own text names the problem, never the value."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise SettingsError(f"setting {env_name(field)} ({field}): the Azure SDK refused it: {exc}") from None
+
+
 def queue_service(settings: Settings) -> QueueServiceClient:
     if settings.connection_string is not None:
-        return QueueServiceClient.from_connection_string(
-            settings.connection_string.get_secret_value(), transport=_queue_transport(), **_client_options()
-        )
+        with _client_settings("connection_string"):
+            return QueueServiceClient.from_connection_string(
+                settings.connection_string.get_secret_value(), transport=_queue_transport(), **_client_options()
+            )
     if settings.account_url is None:
         raise WorkpoolError("Azure Storage is not configured")
-    return QueueServiceClient(
-        service_url(settings.account_url, "queue"),
-        credential=_credential(settings),
-        transport=_queue_transport(),
-        **_client_options(),
-    )
+    with _client_settings("account_url"):
+        return QueueServiceClient(
+            service_url(settings.account_url, "queue"),
+            credential=_credential(settings),
+            transport=_queue_transport(),
+            **_client_options(),
+        )
 
 
 def blob_service(settings: Settings) -> BlobServiceClient:
     if settings.connection_string is not None:
-        return BlobServiceClient.from_connection_string(
-            settings.connection_string.get_secret_value(), **_client_options()
-        )
+        with _client_settings("connection_string"):
+            return BlobServiceClient.from_connection_string(
+                settings.connection_string.get_secret_value(), **_client_options()
+            )
     if settings.account_url is None:
         raise WorkpoolError("Azure Storage is not configured")
-    return BlobServiceClient(
-        service_url(settings.account_url, "blob"), credential=_credential(settings), **_client_options()
-    )
+    with _client_settings("account_url"):
+        return BlobServiceClient(
+            service_url(settings.account_url, "blob"), credential=_credential(settings), **_client_options()
+        )
 
 
 def error_code(exc: HttpResponseError) -> str:

@@ -1,4 +1,5 @@
-"""What the three command-line apps share: the --config option, settings, errors → exit codes.
+"""The `workpool` command (settings, doctor), and what every command-line app shares: the
+--config option, settings, errors → exit codes.
 
 Exit codes: 0 success, 1 failure during the work, 2 bad usage or settings.
 """
@@ -6,6 +7,7 @@ Exit codes: 0 success, 1 failure during the work, 2 bad usage or settings.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -70,3 +72,39 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             sys.exit(130)
 
     return wrapper
+
+
+# --- the `workpool` command -------------------------------------------------------------------
+app = typer.Typer(help="Inspect workpool's configuration.", no_args_is_help=True, add_completion=False)
+
+
+@app.command()
+@handle_errors
+def settings(config: ConfigOption = None, log_level: LogLevelOption = "WARNING") -> None:
+    """Print the effective settings as JSON (secrets masked) and where storage lives."""
+    s = settings_for(config, log_level)
+    typer.echo(json.dumps({"storage": s.storage_mode.value, **s.describe()}, indent=2, default=str))
+
+
+@app.command()
+@handle_errors
+def doctor(
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "WARNING",
+    create: Annotated[bool, typer.Option(help="Create the queue, poison queue and result store if missing.")] = False,
+) -> None:
+    """Check that the configured queue and result store can be reached."""
+    from workpool.queue import open_queue
+    from workpool.storage import open_result_store
+
+    s = settings_for(config, log_level)
+    store = open_result_store(s)
+    with open_queue(s) as queue:
+        if create:
+            queue.create()
+            store.ensure()
+        depth = queue.depth()
+        store.check()
+    typer.echo(f"storage: {s.storage_mode.value}")
+    typer.echo(f"queue {queue.name}: {depth.messages} messages, {depth.poison} poisoned")
+    typer.echo(f"result store {store.location}: reachable")

@@ -1,8 +1,8 @@
 """One small error hierarchy.
 
-The split that matters is *retryable* versus *permanent*: a consumer releases a batch with
-backoff on a retryable error (the storage account blinked, the model server is busy) and
-dead-letters at once on a permanent one (the message can never be decoded). Command-line
+The split that matters is *retryable* (`TransientError`) versus *permanent*: a consumer releases
+a batch with backoff on a retryable error (the storage account blinked, the model server is busy)
+and dead-letters at once on a permanent one (the message can never be decoded). Command-line
 entry points map `UsageError` to exit code 2 and every other `WorkpoolError` to exit code 1.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 class WorkpoolError(Exception):
     """Base of every error workpool raises on purpose."""
-
-    retryable = False
 
 
 class UsageError(WorkpoolError):
@@ -29,8 +27,6 @@ class NotFoundError(WorkpoolError):
 
 class TransientError(WorkpoolError):
     """Worth retrying after a pause: the service was unreachable, busy or timed out."""
-
-    retryable = True
 
 
 class StorageUnavailableError(TransientError):

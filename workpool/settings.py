@@ -221,6 +221,18 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Seconds between polls of long-running cluster operations."
     )
 
+    # --- the autoscaler (`orchestration autoscale`, `launch --autoscale`): defaults of its flags ---
+    autoscale_batches_per_node: float = Field(
+        4.0, gt=0, description="Autoscaler: visible batches (queue messages) that ask for one node."
+    )
+    autoscale_idle_s: float = Field(
+        120.0, ge=0, description="Autoscaler: seconds the queue stays empty (in flight included) before scaling to --min."
+    )
+    autoscale_cooldown_s: float = Field(
+        60.0, ge=0, description="Autoscaler: seconds after a size change before the pool may shrink again."
+    )
+    autoscale_interval_s: float = Field(5.0, gt=0, description="Autoscaler: seconds between decisions.")
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -362,9 +374,9 @@ def check_connection_string(conn: str) -> None:
     if parts.get("usedevelopmentstorage", "").lower() == "true":
         return
     if not parts.get("accountname") and not any(parts.get(k) for k in _ENDPOINT_KEYS):
-        raise ValueError("has no AccountName (nor a BlobEndpoint/QueueEndpoint): which account is it for?")
+        raise ValueError("names no account: expected AccountName=… (or a BlobEndpoint=…/QueueEndpoint=…)")
     if not parts.get("accountkey") and not parts.get("sharedaccesssignature"):
-        raise ValueError("has neither an AccountKey nor a SharedAccessSignature")
+        raise ValueError("has no credential: expected AccountKey=… or SharedAccessSignature=…")
     key = parts.get("accountkey")
     if key:
         try:
@@ -459,7 +471,8 @@ def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
 def _describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_input=False, include_url=False):
-        field = str(err["loc"][0]) if err["loc"] else "?"
+        # From the environment a field is named by its variable (AZURE_STORAGE_CONNECTION_STRING).
+        field = _field_name(str(err["loc"][0])) if err["loc"] else "?"
         if field in Settings.model_fields:
             name = f"setting {env_name(field)} ({field})"
         else:
