@@ -27,7 +27,7 @@ from tests.support.recording_server import (
     reply,
 )
 from workpool.errors import NotFoundError, SettingsError, WorkpoolError
-from workpool.settings import Settings, load_settings
+from workpool.settings import SCHEDULED_EVENTS_URL, Settings, load_settings
 
 IDENTITY = (
     "/subscriptions/sub-1/resourceGroups/rg-pool/providers/Microsoft.ManagedIdentity/userAssignedIdentities/scorer"
@@ -160,6 +160,7 @@ def test_with_a_managed_identity_the_pool_is_made_through_arm_and_no_key_travels
         "WORKPOOL_QUEUE": "images",
         "WORKPOOL_RESULTS": "scores",
         "WORKPOOL_ACCOUNT_URL": "https://imagesacct.blob.core.windows.net",
+        "WORKPOOL_SCHEDULED_EVENTS_URL": SCHEDULED_EVENTS_URL,  # nodes watch for their preemption
         "AZURE_CLIENT_ID": "1111-2222",
     }
     assert not [s for s in SECRETS if s in server.everything_sent()]

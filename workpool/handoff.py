@@ -34,6 +34,7 @@ from workpool.settings import (
     Settings,
     env_name,
     handoff_of,
+    node_default_of,
 )
 
 # The folder holding the `workpool`, `consumer`, `producer` and `orchestration` packages, so a
@@ -106,6 +107,9 @@ def node_environment(settings: Settings, *, identity: bool = False) -> NodeEnvir
     """
     env = NodeEnvironment()
     values = {name: getattr(settings, name) for name in _ALWAYS_TO_NODES} | _set_values(settings, (True,))
+    for name in Settings.model_fields:  # consumer settings with a value of their own on cluster nodes
+        if handoff_of(name) is True and getattr(settings, name) is None and (default := node_default_of(name)):
+            values.setdefault(name, default)
     if identity:
         values = {k: v for k, v in values.items() if k not in SECRET_FIELDS}
         url = settings.account_url or account_url_of_connection_string(settings)

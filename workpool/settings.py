@@ -53,6 +53,10 @@ _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 HANDOFF_KEY = "to_consumers"
 _CONSUMERS: dict[str, Any] = {HANDOFF_KEY: True}
 _LOCAL: dict[str, Any] = {HANDOFF_KEY: "local"}
+# A consumer setting whose value on cluster nodes differs from its default here: nodes get it
+# unless the user set one (e.g. the metadata service's Scheduled Events, which exist only on Azure VMs).
+NODE_DEFAULT_KEY = "node_default"
+SCHEDULED_EVENTS_URL = "http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01"
 
 
 class StorageMode(StrEnum):
@@ -157,6 +161,17 @@ class Settings(BaseSettings):
         description="Model URI a consumer loads and warms before its first batch (runs pending on its queue "
         "are warmed too); batches still name their own model.",
         json_schema_extra=_CONSUMERS,
+    )
+    scheduled_events_url: str | None = Field(
+        None,
+        description="Azure Scheduled Events endpoint a consumer watches for its VM's preemption (releasing its "
+        "batches at once); cluster nodes watch the instance metadata service's, this machine none unless set.",
+        json_schema_extra={HANDOFF_KEY: True, NODE_DEFAULT_KEY: SCHEDULED_EVENTS_URL},
+    )
+
+    # --- reports -------------------------------------------------------------------------
+    price_per_node_hour: float | None = Field(
+        None, ge=0, description="Price of one node for one hour, for the cost figures of `orchestration report`."
     )
 
     # --- cluster placement (Batch AI and Azure Batch) ------------------------------------
@@ -276,6 +291,20 @@ class Settings(BaseSettings):
             check_connection_string(value.get_secret_value())
         return value
 
+    @field_validator("scheduled_events_url")
+    @classmethod
+    def _metadata_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parsed = urlparse(value)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        if parsed.scheme == "http" and not (is_loopback(parsed.hostname) or _is_link_local(parsed.hostname)):
+            raise ValueError(
+                "plain http is accepted only for the metadata service (169.254.169.254) and loopback hosts"
+            )
+        return value
+
     @field_validator("message_ttl_s")
     @classmethod
     def _ttl(cls, value: int) -> int:
@@ -329,6 +358,12 @@ class Settings(BaseSettings):
             if data.get(key):
                 data[key] = "***"
         return data
+
+
+def node_default_of(field: str) -> str | None:
+    """The value cluster nodes get for `field` when the user set none (None: the plain default)."""
+    extra = Settings.model_fields[field].json_schema_extra
+    return extra.get(NODE_DEFAULT_KEY) if isinstance(extra, dict) else None  # type: ignore[return-value]
 
 
 def handoff_of(field: str) -> bool | str | None:
@@ -401,6 +436,13 @@ def check_endpoint(url: str) -> None:
         raise ValueError(f"expected an http(s) URL, got {url!r}")
     if parsed.scheme == "http" and not is_loopback(parsed.hostname):
         raise ValueError(f"plain http is accepted only for loopback hosts; use https for {parsed.hostname}")
+
+
+def _is_link_local(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_link_local
+    except ValueError:
+        return False
 
 
 def is_loopback(host: str) -> bool:
