@@ -17,11 +17,11 @@ from typing import Any
 from orchestration.progress import RunProgress, RunTracker
 from workpool.errors import NotFoundError, WorkpoolError
 from workpool.queue import WorkQueue
-from workpool.runs import RunStore
+from workpool.runs import RunStore, read_concurrently
 
-# With the queue empty (in-flight included) and batches still unaccounted for, how long to keep
-# looking before calling them lost: covers a producer still sending, a consumer between its ack
-# and its timing record, and Azure's approximate message count catching up.
+# With the queue empty (in-flight included) and batches still pending, how long to keep looking
+# before calling them lost: covers a producer still sending and Azure's approximate message
+# count catching up.
 SETTLE_S = 15.0
 
 
@@ -100,18 +100,23 @@ class DrainReport:
 
 
 def drain_report(tracker: RunTracker, missing: list[str] | None = None) -> DrainReport:
-    """The report from what the tracker has read (refresh it first)."""
+    """The report from the run's state (the tracker is refreshed first)."""
     progress = tracker.refresh()
-    records = [r for b, r in tracker.records.items() if b in tracker.manifest.batches]
+    state = tracker.state
+    records = list(state.records.values())
     first = min((r.dequeued_at for r in records), default=None)
     last = max((r.acked_at for r in records), default=None)
     wall_s = (last - first).total_seconds() if first and last else 0.0
     scored = sum(r.images for r in records)
     workers: Counter[str] = Counter()
     worker_batches: Counter[str] = Counter()
-    for record in records:
-        workers[record.worker] += record.images
-        worker_batches[record.worker] += 1
+    for status in state.done.values():
+        # Credited from the timing record, or from the results when the record is missing.
+        worker = status.record.worker if status.record else status.counts.worker if status.counts else None
+        images = status.record.images if status.record else status.counts.images if status.counts else 0
+        if worker is not None:
+            workers[worker] += images
+            worker_batches[worker] += 1
     return DrainReport(
         run_id=tracker.run_id,
         images=progress.images,
@@ -128,24 +133,34 @@ def drain_report(tracker: RunTracker, missing: list[str] | None = None) -> Drain
         worker_batches=dict(worker_batches),
         failures=failure_reasons(tracker),
         missing_batches=missing or [],
-        poisoned_batches={b: p.reason for b, p in tracker.poison.items() if b not in tracker.records},
+        poisoned_batches={b: s.poison.reason if s.poison else "unknown" for b, s in state.poisoned.items()},
     )
 
 
 def failure_reasons(tracker: RunTracker) -> dict[str, int]:
-    """Failed images by reason: error rows of scored batches, and every image of a poisoned one."""
+    """Failed images by reason: error rows of done batches (read several at a time), and every
+    image of a poisoned one."""
+    state = tracker.state
     reasons: Counter[str] = Counter()
-    for batch_id, record in tracker.records.items():
-        if record.images_failed:
-            try:
-                rows = tracker.runs.read_results(tracker.run_id, batch_id)
-            except NotFoundError:
-                reasons["results missing for an acked batch"] += record.images_failed
-                continue
-            reasons.update(row.error or "unknown error" for row in rows if row.status == "error")
-    for batch_id, report in tracker.poison.items():
-        if batch_id not in tracker.records:
-            reasons[f"poisoned: {report.reason}"] += len(tracker.manifest.batches.get(batch_id, []))
+    failing = [b for b, s in state.done.items() if s.counts is None or s.counts.images_failed]
+
+    def errors_of(batch_id: str) -> list[str] | None:
+        try:
+            rows = tracker.runs.read_results(tracker.run_id, batch_id)
+        except NotFoundError:
+            return None
+        return [row.error or "unknown error" for row in rows if row.status == "error"]
+
+    for batch_id, errors in zip(failing, read_concurrently(errors_of, failing), strict=True):
+        if errors is None:
+            counts = state.batches[batch_id].counts
+            reasons["results missing for a done batch"] += counts.images_failed if counts else 0
+        else:
+            reasons.update(errors)
+    for batch_id in state.poisoned:
+        report = state.batches[batch_id].poison
+        reason = report.reason if report else "unknown"
+        reasons[f"poisoned: {reason}"] += len(state.manifest.batches.get(batch_id, []))
     return dict(reasons)
 
 
@@ -163,29 +178,39 @@ def wait_for_drain(
     settle_s: float = SETTLE_S,
     on_progress: Callable[[RunProgress], None] | None = None,
 ) -> DrainReport:
-    """Block until every batch of the run is acked or poisoned, then report.
+    """Block until every batch of the run is done or poisoned, then report.
 
-    The queue may carry other runs, so completion is read from the run's own records. The
+    The queue may carry other runs, so completion is read from the run's own state. The
     queue's depth tells a different story: once it holds nothing at all (in-flight included)
-    while batches are still unaccounted for, they cannot arrive any more. Batches with results
-    but no timing record (a consumer died between its ack and the record) count as done then;
-    the rest are reported missing, after `settle_s`, instead of waiting forever.
+    while batches are still pending, they cannot arrive any more; they are reported missing,
+    after `settle_s`, instead of waiting forever.
+
+    A batch is done once its results are written, a moment before its ack and timing record:
+    when the last batches are done without a record, the report waits for their records while
+    the queue still holds messages (at most `settle_s`), then goes without them (a consumer
+    that died between its ack and its record leaves a batch without timing, not unfinished).
     """
     tracker = RunTracker(runs, run_id)
     started = time.monotonic()
     empty_since: float | None = None
+    complete_since: float | None = None
     while True:
         progress = tracker.refresh()
         if on_progress is not None:
             on_progress(progress)
         if progress.complete:
-            return drain_report(tracker)
-        if queue.depth().messages == 0:
+            complete_since = complete_since if complete_since is not None else time.monotonic()
+            untimed = len(tracker.state.done) - len(tracker.state.records)
+            if (
+                not untimed
+                or time.monotonic() - complete_since >= settle_s
+                or (queue.depth().messages == 0 and time.monotonic() - complete_since >= poll_s)
+            ):
+                return drain_report(tracker)
+        elif queue.depth().messages == 0:
             empty_since = empty_since if empty_since is not None else time.monotonic()
             if time.monotonic() - empty_since >= settle_s:
-                unfinished = tracker.unfinished()
-                scored = runs.result_batch_ids(run_id)
-                return drain_report(tracker, missing=[b for b in unfinished if b not in scored])
+                return drain_report(tracker, missing=tracker.unfinished())
         else:
             empty_since = None
         if timeout_s is not None and time.monotonic() - started > timeout_s:

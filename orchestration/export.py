@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from workpool.errors import NotFoundError, UsageError
-from workpool.runs import ResultRow, RunStore
+from workpool.runs import ResultRow, RunStore, read_concurrently
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 COLUMNS = ["image", "status", "error", "top_label", "top_score", "predictions", "batch_id", "worker"]
@@ -52,23 +52,30 @@ def top_prediction(predictions: Any) -> tuple[str | None, float | None]:
 
 
 def export_rows(runs: RunStore, run_id: str, pending: list[int] | None = None) -> Iterator[dict[str, Any]]:
-    """Rows in manifest order; `pending`, if given, gets one count per unfinished image appended."""
-    manifest = runs.read_manifest(run_id)
-    poison = {p.batch_id: p for p in runs.read_poison(run_id)}
-    scored_ids = runs.result_batch_ids(run_id)
-    for batch_id, images in manifest.batches.items():
-        by_image: dict[str, ResultRow] = {}
-        if batch_id in scored_ids:
-            try:
-                by_image = {row.image: row for row in runs.read_results(run_id, batch_id)}
-            except NotFoundError:
-                by_image = {}
+    """Rows in manifest order; `pending`, if given, gets one count per unfinished image appended.
+
+    Which batches are done comes from the run's state (listings); the done batches' result rows
+    are then read several at a time, in manifest order.
+    """
+    state = runs.run_state(run_id, timing=False)
+    done = list(state.done)
+
+    def rows_of(batch_id: str) -> dict[str, ResultRow]:
+        try:
+            return {row.image: row for row in runs.read_results(run_id, batch_id)}
+        except NotFoundError:
+            return {}  # deleted since the listing: reported like a batch without results
+
+    scored = read_concurrently(rows_of, done)
+    for batch_id, images in state.manifest.batches.items():
+        status = state.batches[batch_id]
+        by_image = next(scored) if status.state == "done" else {}
+        report = status.poison
         for image in images:
             row = by_image.get(image)
             if row is not None:
                 yield _row(row)
-            elif batch_id in poison:
-                report = poison[batch_id]
+            elif report is not None:
                 yield _error(
                     image, batch_id, f"poisoned after {report.attempts} attempts: {report.reason}", report.worker
                 )

@@ -1,9 +1,10 @@
-"""How far a run has got, read from its records in the result store.
+"""How far a run has got, from its state in the result store (`RunStore.run_state`).
 
-A batch is *done* when its timing record exists (the consumer writes it after the ack, so the
-message is gone from the queue) and *poisoned* when a poison report exists. Records never
-change once written (a retry overwrites with an equivalent one), so a tracker reads each only
-once and a `--watch` loop costs one listing per refresh, not one read per batch.
+A batch is *done* once its results are written, *poisoned* when it has a poison report instead,
+else pending: one rule, owned by the run layout, that `status`, `wait`, `results`, `requeue
+--missing` and the pending-runs check all share. The counts and timings come from the listings'
+metadata, so a refresh costs a few listings (one request per 5,000 objects on Azure), never one
+read per batch, and a `--watch` loop stays cheap however long the run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from workpool.runs import BatchRecord, Manifest, PoisonReport, RunStore
+from workpool.runs import BatchRecord, Manifest, PoisonReport, RunState, RunStore
 
 RATE_WINDOW_S = 60.0
 
@@ -42,62 +43,63 @@ class RunProgress:
 
 
 class RunTracker:
-    """Reads a run's manifest once, then its new batch records and poison reports on each refresh."""
+    """Reads a run's manifest once, then its state on each refresh."""
 
     def __init__(self, runs: RunStore, run_id: str) -> None:
         self.runs = runs
         self.manifest: Manifest = runs.read_manifest(run_id)
-        self.records: dict[str, BatchRecord] = {}
-        self.poison: dict[str, PoisonReport] = {}
+        self.state = RunState.unknown(self.manifest)
 
     @property
     def run_id(self) -> str:
         return self.manifest.run_id
 
+    @property
+    def records(self) -> dict[str, BatchRecord]:
+        """Timing records of the done batches that have one."""
+        return self.state.records
+
+    @property
+    def poison(self) -> dict[str, PoisonReport]:
+        """Poison reports of the poisoned batches."""
+        return {b: s.poison for b, s in self.state.poisoned.items() if s.poison is not None}
+
     def refresh(self, now: datetime | None = None) -> RunProgress:
-        wanted = set(self.manifest.batches)
-        for batch_id in sorted((self.runs.record_batch_ids(self.run_id) & wanted) - set(self.records)):
-            record = self.runs.read_batch_record(self.run_id, batch_id)
-            if record is not None:
-                self.records[batch_id] = record
-        # A requeued poisoned batch loses its report (producer requeue --failed): re-read them all.
-        self.poison = {p.batch_id: p for p in self.runs.read_poison(self.run_id) if p.batch_id in wanted}
+        self.state = self.runs.run_state(self.run_id, self.manifest, previous=self.state)
         return self.progress(now or datetime.now(UTC))
 
     def progress(self, now: datetime) -> RunProgress:
-        done = self.records
-        poisoned = {b: p for b, p in self.poison.items() if b not in done}
-        images_ok = sum(r.images_ok for r in done.values())
-        images_failed = sum(r.images_failed for r in done.values())
-        images_failed += sum(len(self.manifest.batches[b]) for b in poisoned)
-        rate = rate_over_window(list(done.values()), now)
-        finished_images = sum(r.images for r in done.values()) + sum(len(self.manifest.batches[b]) for b in poisoned)
+        done = self.state.done
+        poisoned_images = sum(len(self.manifest.batches[b]) for b in self.state.poisoned)
+        counts = [s.counts for s in done.values() if s.counts is not None]
+        rate = rate_over_window(list(self.records.values()), now)
+        finished_images = sum(c.images for c in counts) + poisoned_images
         remaining = max(self.manifest.images - finished_images, 0)
-        complete = len(done) + len(poisoned) >= len(self.manifest.batches)
+        complete = self.state.complete
         eta = 0.0 if complete else (remaining / rate if rate > 0 else None)
         return RunProgress(
             run_id=self.run_id,
             images=self.manifest.images,
             batches=len(self.manifest.batches),
             batches_done=len(done),
-            batches_poisoned=len(poisoned),
-            images_ok=images_ok,
-            images_failed=images_failed,
+            batches_poisoned=len(self.state.poisoned),
+            images_ok=sum(c.images_ok for c in counts),
+            images_failed=sum(c.images_failed for c in counts) + poisoned_images,
             images_per_s=rate,
             eta_s=eta,
             complete=complete,
         )
 
     def looks_complete(self) -> bool:
-        """Whether every batch is acked or poisoned, from listings alone (no record is read).
+        """Whether every batch is done or poisoned, from the listings alone (no timing, no counts).
 
         Cheap enough to ask of every run in a store with a long history.
         """
-        finished = self.runs.record_batch_ids(self.run_id) | {p.batch_id for p in self.runs.read_poison(self.run_id)}
-        return set(self.manifest.batches) <= finished
+        return self.runs.run_state(self.run_id, self.manifest, timing=False).complete
 
     def unfinished(self) -> list[str]:
-        return [b for b in self.manifest.batches if b not in self.records and b not in self.poison]
+        """Batches still pending at the last refresh."""
+        return self.state.pending
 
 
 def rate_over_window(records: list[BatchRecord], now: datetime, window_s: float = RATE_WINDOW_S) -> float:

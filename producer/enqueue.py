@@ -3,7 +3,9 @@
 The order is the guarantee. Every check (run id, task, model and labels, the source, every name
 and every message's size) happens before anything is written; the manifest is written before the
 first message is sent, so every message on the queue belongs to a recorded run; if something
-fails before sending starts, the manifest is removed again and nothing is left behind.
+fails before sending starts, the manifest is removed again and nothing is left behind. The
+manifest is created only if absent (in the store itself), so of two producers racing on one
+`--run` exactly one enqueues it and the other stops with "already exists" (exit 2).
 
 Other code (the benchmark, the demo) calls `enqueue(settings, EnqueueRequest(...))` directly.
 """
@@ -20,10 +22,10 @@ from producer.progress import progress
 from producer.sending import SendIncomplete, send_all
 from producer.sources import IMAGE_EXTENSIONS, list_source
 from producer.validate import check_run_id, check_task, check_uri, new_run_id
-from workpool.errors import TransientError, UsageError, WorkpoolError
+from workpool.errors import NotFoundError, TransientError, UsageError, WorkpoolError
 from workpool.queue import open_queue
 from workpool.retry import retry_transient
-from workpool.runs import RunStore
+from workpool.runs import Manifest, RunExistsError, RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
 
@@ -93,7 +95,11 @@ def enqueue(settings: Settings, request: EnqueueRequest, *, progress_bar: bool |
         refuse_existing_run(runs, run_id)  # again, now that the listing may have taken a while
         sent, sending = 0, False
         try:
-            retry_transient(lambda: runs.write_manifest(plan.manifest), f"write manifest of run {run_id}")
+            try:
+                # Created only if absent: of two producers racing on one run id, one gets it.
+                retry_transient(lambda: runs.create_manifest(plan.manifest), f"write manifest of run {run_id}")
+            except RunExistsError:
+                raise run_exists(runs, run_id) from None
             sending = True
             send_started = time.monotonic()
             with progress(len(plan.bodies), f"enqueue {run_id}", bar=progress_bar) as advance:
@@ -109,8 +115,10 @@ def enqueue(settings: Settings, request: EnqueueRequest, *, progress_bar: bool |
         except BaseException as exc:
             # Nothing can be on the queue before sending starts, nor when the first chunk was refused
             # (unlike a timeout, after which a message may have arrived): then leave no trace.
-            if not sending or (sent == 0 and not isinstance(exc, TransientError | KeyboardInterrupt)):
-                _forget(runs, run_id)
+            if isinstance(exc, RunExistsError):
+                pass  # the manifest there is another producer's
+            elif not sending or (sent == 0 and not isinstance(exc, TransientError | KeyboardInterrupt)):
+                _forget(runs, plan.manifest)
             else:
                 log.error("run %s stopped after %d of %d messages. %s", run_id, sent, len(plan.bodies), _hint(run_id))
             raise
@@ -135,16 +143,25 @@ def enqueue(settings: Settings, request: EnqueueRequest, *, progress_bar: bool |
 
 def refuse_existing_run(runs: RunStore, run_id: str) -> None:
     if runs.has_manifest(run_id):
-        raise UsageError(
-            f"run {run_id} already exists in {runs.store.location}; a run is enqueued once. "
-            f"To re-send its work use `producer requeue --run {run_id} --failed` (poisoned batches) "
-            f"or `--missing` (batches without results), or pick a new --run"
-        )
+        raise run_exists(runs, run_id)
 
 
-def _forget(runs: RunStore, run_id: str) -> None:
+def run_exists(runs: RunStore, run_id: str) -> RunExistsError:
+    return RunExistsError(
+        f"run {run_id} already exists in {runs.store.location}; a run is enqueued once. "
+        f"To re-send its work use `producer requeue --run {run_id} --failed` (poisoned batches) "
+        f"or `--missing` (batches without results), or pick a new --run"
+    )
+
+
+def _forget(runs: RunStore, manifest: Manifest) -> None:
+    """Remove the manifest this producer wrote (only if it is still ours)."""
+    run_id = manifest.run_id
     try:
-        runs.delete_manifest(run_id)
+        if runs.read_manifest(run_id) == manifest:
+            runs.delete_manifest(run_id)
+    except NotFoundError:
+        pass  # never written
     except WorkpoolError as exc:
         # Keep the original failure in front of the user; this one only needs a hand later.
         log.warning("could not remove the manifest of run %s (%s): delete runs/%s/manifest.json", run_id, exc, run_id)

@@ -6,7 +6,8 @@ is it deleted from poison: a crash in between leaves a duplicate, never a loss. 
 runs (and unreadable ones) are held under a lease while the walk goes on, so they are not seen
 twice, and released at the end, visible again at once and otherwise untouched.
 
-`--missing` re-sends every manifest batch without a result file: for messages lost or expired.
+`--missing` re-sends every manifest batch that is not done (no results written: pending or
+poisoned, by the run layout's one rule, `RunStore.run_state`): for messages lost or expired.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ def requeue_failed(settings: Settings, run_id: str, *, lease_s: int = POISON_LEA
 def requeue_missing(settings: Settings, run_id: str, *, progress_bar: bool | None = None) -> RequeueSummary:
     started = time.monotonic()
     runs, manifest = _open_run(settings, run_id)
-    done = runs.result_batch_ids(run_id)
-    missing = [batch_id for batch_id in manifest.batches if batch_id not in done]
+    state = runs.run_state(run_id, manifest, timing=False)
+    missing = [batch_id for batch_id, status in state.batches.items() if status.state != "done"]
     summary = RequeueSummary(
         run_id=run_id,
         mode="missing",

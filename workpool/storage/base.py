@@ -1,14 +1,52 @@
-"""The object-store interface: a flat namespace of named byte strings.
+"""The object-store interface: a flat namespace of named byte strings, each with small metadata.
 
 A local directory and an Azure blob container both implement it. An image source is an object
 store read under a prefix; the result store is an object store written in the run layout
 (`workpool.runs`). Names use '/' as separator on every backend.
+
+Metadata is a few short ASCII strings per object that a *listing* returns with the names
+(`list_info`), so a reader learns what it needs about many objects from one request per page
+(Azure blob metadata, up to 5,000 blobs a page) instead of one read per object.
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from workpool.errors import WorkpoolError
+
+# Azure's rules for metadata names (C# identifiers; compared case-insensitively, so lower case
+# only) and values (HTTP header values: printable ASCII), and its 8 KiB limit for all of them.
+_METADATA_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+METADATA_MAX_BYTES = 8192
+
+
+class ObjectExistsError(WorkpoolError):
+    """`create` found the name already taken: another writer got there first."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its name and the metadata written with it (empty when none)."""
+
+    name: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def check_metadata(metadata: Mapping[str, str]) -> None:
+    """Raise `ValueError` unless every store can keep `metadata` as given."""
+    size = 0
+    for key, value in metadata.items():
+        if not _METADATA_NAME.fullmatch(key):
+            raise ValueError(f"metadata name {key!r}: expected lower-case letters, digits and '_'")
+        if not all(" " <= ch <= "~" for ch in value) or value != value.strip():
+            raise ValueError(f"metadata {key!r}: expected printable ASCII without surrounding spaces")
+        size += len(key) + len(value)
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(f"metadata is {size} bytes; at most {METADATA_MAX_BYTES} fit")
 
 
 class ObjectStore(ABC):
@@ -28,12 +66,22 @@ class ObjectStore(ABC):
         """Names under `prefix`, sorted by code point (UTF-8 byte order)."""
 
     @abstractmethod
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Names under `prefix` with their metadata, sorted like `list`, without reading any object."""
+
+    @abstractmethod
     def read(self, name: str) -> bytes:
         """The bytes of `name`; `NotFoundError` when it does not exist."""
 
     @abstractmethod
-    def write(self, name: str, data: bytes) -> None:
-        """Store `data` under `name` atomically, replacing any previous version."""
+    def write(self, name: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
+        """Store `data` (and `metadata`, see `check_metadata`) under `name` atomically, replacing
+        any previous version: a reader sees the old object or the new one, each with its own metadata."""
+
+    @abstractmethod
+    def create(self, name: str, data: bytes) -> None:
+        """Store `data` under `name` only if nothing is there, atomically: of writers racing on one
+        name exactly one succeeds; the others get `ObjectExistsError` and change nothing."""
 
     @abstractmethod
     def exists(self, name: str) -> bool: ...

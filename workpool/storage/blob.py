@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from workpool.azure_clients import azure_errors, error_code
 from workpool.errors import NotFoundError
-from workpool.storage.base import ObjectStore
+from workpool.storage.base import ObjectExistsError, ObjectInfo, ObjectStore, check_metadata
 
 
 class BlobStore(ObjectStore):
@@ -36,6 +36,18 @@ class BlobStore(ObjectStore):
                 raise NotFoundError(f"container {self.container} does not exist") from None
         return iter(sorted(names))
 
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # One List Blobs request per 5,000 blobs carries every blob's metadata.
+        with azure_errors(f"list {self.location}/{prefix}"):
+            try:
+                infos = [
+                    ObjectInfo(b.name, dict(b.metadata or {}))
+                    for b in self._client.list_blobs(name_starts_with=prefix or None, include=["metadata"])
+                ]
+            except ResourceNotFoundError:
+                raise NotFoundError(f"container {self.container} does not exist") from None
+        return iter(sorted(infos, key=lambda info: info.name))
+
     def read(self, name: str) -> bytes:
         with azure_errors(f"read {self.location}/{name}"):
             try:
@@ -45,11 +57,23 @@ class BlobStore(ObjectStore):
                     raise NotFoundError(f"container {self.container} does not exist") from None
                 raise NotFoundError(f"{name} not found in {self.location}") from None
 
-    def write(self, name: str, data: bytes) -> None:
-        # A single Put Blob replaces the blob atomically: readers see the old or the new one.
+    def write(self, name: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
+        # A single Put Blob replaces the blob and its metadata atomically: readers see the old or the new one.
+        if metadata:
+            check_metadata(metadata)
         with azure_errors(f"write {self.location}/{name}"):
             try:
-                self._client.upload_blob(name, data, overwrite=True)
+                self._client.upload_blob(name, data, overwrite=True, metadata=dict(metadata) if metadata else None)
+            except ResourceNotFoundError:
+                raise NotFoundError(f"container {self.container} does not exist") from None
+
+    def create(self, name: str, data: bytes) -> None:
+        # overwrite=False sends `If-None-Match: *`: the service refuses the Put Blob when the blob exists.
+        with azure_errors(f"create {self.location}/{name}"):
+            try:
+                self._client.upload_blob(name, data, overwrite=False)
+            except ResourceExistsError:
+                raise ObjectExistsError(f"{name} already exists in {self.location}") from None
             except ResourceNotFoundError:
                 raise NotFoundError(f"container {self.container} does not exist") from None
 

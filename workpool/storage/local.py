@@ -1,15 +1,33 @@
-"""A local directory as an object store. Writes are atomic (temp file, fsync, rename)."""
+"""A local directory as an object store. Writes are atomic (temp file, fsync, rename).
+
+Metadata lives in an append-only index per directory (`.workpool-index.jsonl`, hidden from
+listings): one line per write that carried metadata, naming the object and the fingerprint
+(inode, size, modification time) of the very file that write put in place. A listing reads one
+index per directory and trusts a line only while the file still has that fingerprint, so a
+crash between the index line and the rename, a torn last line, or a later write without
+metadata can never pair an object with metadata that is not its own: the object is then
+simply listed without metadata.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from workpool.errors import NotFoundError, StorageUnavailableError
 from workpool.messages import unsafe_name_reason
-from workpool.storage.base import ObjectStore
+from workpool.storage.base import ObjectExistsError, ObjectInfo, ObjectStore, check_metadata
+
+INDEX = ".workpool-index.jsonl"
+Fingerprint = tuple[int, int, int]
+
+
+def _fingerprint(st: os.stat_result) -> Fingerprint:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class LocalStore(ObjectStore):
@@ -36,19 +54,30 @@ class LocalStore(ObjectStore):
         self.root.mkdir(parents=True, exist_ok=True)
 
     def list(self, prefix: str = "") -> Iterator[str]:
+        return (info.name for info in self._walk(prefix, with_metadata=False))
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._walk(prefix, with_metadata=True)
+
+    def _walk(self, prefix: str, *, with_metadata: bool) -> Iterator[ObjectInfo]:
         self.check()
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():
             return iter(())
-        names = []
+        infos = []
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = Path(dirpath).relative_to(self.root).as_posix()
+            index = _read_index(Path(dirpath)) if with_metadata and INDEX in filenames else {}
             for filename in filenames:
                 if filename.startswith("."):
-                    continue  # temp files of in-progress writes, editor droppings
-                names.append(filename if rel == "." else f"{rel}/{filename}")
-        return iter(sorted(names))
+                    continue  # temp files of in-progress writes, the metadata index, editor droppings
+                metadata: Mapping[str, str] = {}
+                if index:
+                    with contextlib.suppress(OSError):  # deleted meanwhile: listed without metadata
+                        metadata = index.get((filename, _fingerprint(os.stat(os.path.join(dirpath, filename)))), {})
+                infos.append(ObjectInfo(filename if rel == "." else f"{rel}/{filename}", metadata))
+        return iter(sorted(infos, key=lambda info: info.name))
 
     def read(self, name: str) -> bytes:
         path = self._path(name)
@@ -59,25 +88,74 @@ class LocalStore(ObjectStore):
         except IsADirectoryError:
             raise NotFoundError(f"{name} in {self.location} is a directory") from None
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
+        if metadata:
+            check_metadata(metadata)
         path = self._path(name)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+            with self._staged(path, data) as (tmp, fingerprint):
+                if metadata:
+                    # Indexed before the rename: a reader never sees the new file without its line.
+                    _append_index(path.parent, path.name, fingerprint, metadata)
                 os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
         except OSError as exc:
             raise StorageUnavailableError(f"cannot write {name} in {self.location}: {exc.strerror}") from exc
+
+    def create(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        try:
+            with self._staged(path, data) as (tmp, _):
+                # A hard link is made whole or not at all, and never over an existing name.
+                os.link(tmp, path)
+        except FileExistsError:
+            raise ObjectExistsError(f"{name} already exists in {self.location}") from None
+        except OSError as exc:
+            raise StorageUnavailableError(f"cannot create {name} in {self.location}: {exc.strerror}") from exc
+
+    @contextlib.contextmanager
+    def _staged(self, path: Path, data: bytes) -> Iterator[tuple[str, Fingerprint]]:
+        """A durable temp file beside `path` holding `data`, removed afterwards unless renamed."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                fingerprint = _fingerprint(os.fstat(f.fileno()))
+            yield tmp, fingerprint
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
+
+
+def _append_index(directory: Path, leaf: str, fingerprint: Fingerprint, metadata: Mapping[str, str]) -> None:
+    line = json.dumps({"name": leaf, "file": list(fingerprint), "metadata": dict(metadata)}) + "\n"
+    # One write(2) in O_APPEND mode: concurrent writers' lines land whole, one after another.
+    fd = os.open(directory / INDEX, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("ascii"))
+    finally:
+        os.close(fd)
+
+
+def _read_index(directory: Path) -> dict[tuple[str, Fingerprint], dict[str, str]]:
+    index: dict[tuple[str, Fingerprint], dict[str, str]] = {}
+    try:
+        text = (directory / INDEX).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return index
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            ino, size, mtime_ns = entry["file"]
+            metadata = {str(k): str(v) for k, v in entry["metadata"].items()}
+            index[(str(entry["name"]), (int(ino), int(size), int(mtime_ns)))] = metadata
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # a line torn by a crash: those objects list without metadata
+    return index
