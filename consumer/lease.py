@@ -82,12 +82,15 @@ class LeaseKeeper:
             self._drop(message_id)
             return True
 
-    def release_all(self, delay_s: int = 0) -> int:
-        """Give every held message back (shutdown): visible again after `delay_s`."""
+    def release_all(self, delay_s: int = 0, *, count_delivery: bool = True) -> int:
+        """Give every held message back (shutdown): visible again after `delay_s`.
+
+        `count_delivery=False` (a preempted VM) forgives the deliveries: see `WorkQueue.release`.
+        """
         released = 0
         for message_id in self.held():
             try:
-                if self.finish(message_id, lambda m: self.queue.release(m, delay_s)):
+                if self.finish(message_id, lambda m: self.queue.release(m, delay_s, count_delivery=count_delivery)):
                     released += 1
             except WorkpoolError as exc:
                 # Storage down at shutdown: the lease simply runs out and the message returns.
