@@ -10,6 +10,14 @@ URI, so a consumer serving several runs loads each model once.
 Keras safe mode stays on unless `allow_unsafe_models` is set: a `.keras` file with a `Lambda`
 layer would otherwise run arbitrary Python from the file when loaded.
 
+Tasks score through `LoadedModel.score(pixels, mode)`: uint8 pixels go to the device as they are
+(a quarter of float32's bytes) and the family's preprocessing (`consumer.preprocessing.on_device`)
+runs there, compiled into the same call as the model. `warm(batch_size, mode)` traces and runs
+that call once at the batch shape it will score, before the first batch. Where every new batch
+shape is compiled again (XLA, JAX), a short batch is padded to the warmed shape and the padding's
+outputs dropped; the plain TensorFlow graph is traced once for any batch size instead, so there a
+short batch costs only its own images.
+
 TensorFlow and Keras are imported here lazily, so tasks that need no model (the examples) start
 without paying for them.
 """
@@ -23,15 +31,17 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from consumer.preprocessing import Mode, on_device
 from workpool.errors import MessageError, NotFoundError, WorkpoolError
 from workpool.settings import Settings
 from workpool.storage import open_location, parse_location
@@ -53,18 +63,76 @@ class UnsafeModelError(MessageError):
     """
 
 
+# Builds the on-device call for one preprocessing mode: uint8 (N, H, W, 3) in, outputs out.
+ScorerFactory = Callable[[Mode], Callable[[npt.NDArray[Any]], Outputs]]
+
+
 @dataclass
 class LoadedModel:
-    """A model ready to score: numpy in, numpy out, whichever Keras backend runs it."""
+    """A model ready to score: numpy in, numpy out, whichever Keras backend runs it.
+
+    `model(batch)` calls it on an already preprocessed float batch; `score(pixels, mode)` on
+    uint8 pixels, preprocessing on the device (the scoring path).
+    """
 
     uri: str
     name: str
     input_size: tuple[int, int] | None  # (height, width) when the model fixes it
     output_names: list[str]
     call: Callable[[npt.NDArray[np.float32]], Outputs]
+    scorer: ScorerFactory | None = None
+    #: True where each new batch shape is compiled again (XLA, JAX): short batches are padded.
+    compiles_per_shape: bool = False
+    #: The batch size warmed (or the largest scored); shorter batches are padded to it when
+    #: `compiles_per_shape`.
+    batch_size: int = 0
+    _scorers: dict[str, Callable[[npt.NDArray[Any]], Outputs]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __call__(self, batch: npt.NDArray[np.float32]) -> Outputs:
         return self.call(batch)
+
+    def score(self, pixels: npt.NDArray[Any], mode: Mode) -> Outputs:
+        """Outputs for a batch of RGB pixels (uint8, N×H×W×3), preprocessed on the device."""
+        count = len(pixels)
+        if self.compiles_per_shape and 0 < count < self.batch_size:
+            padding = np.zeros((self.batch_size - count, *pixels.shape[1:]), dtype=pixels.dtype)
+            return _first_rows(self._scorer(mode)(np.concatenate([pixels, padding])), count)
+        if count > self.batch_size:
+            if self.compiles_per_shape and self.batch_size:
+                log.info("model %s: batch of %d is larger than the warmed %d: compiling again", self.name, count,
+                         self.batch_size)  # fmt: skip
+            self.batch_size = count
+        return self._scorer(mode)(pixels)
+
+    def warm(self, batch_size: int, mode: Mode, size: tuple[int, int] | None = None) -> float:
+        """Trace, compile and run the scoring call once at (batch_size, H, W, 3); seconds taken."""
+        height, width = size or self.input_size or (0, 0)
+        if not (height and width):
+            raise ModelLoadError(f"model {self.uri}: no input size to warm up with")
+        started = time.perf_counter()
+        self.batch_size = max(self.batch_size, batch_size)
+        self.score(np.zeros((batch_size, height, width, 3), dtype=np.uint8), mode)
+        return time.perf_counter() - started
+
+    def _scorer(self, mode: Mode) -> Callable[[npt.NDArray[Any]], Outputs]:
+        with self._lock:
+            if mode not in self._scorers:
+                if self.scorer is not None:
+                    self._scorers[mode] = self.scorer(mode)
+                else:  # no on-device path: preprocess on the host (numpy), then call
+                    from consumer.preprocessing import preprocess
+
+                    self._scorers[mode] = lambda pixels: self.call(preprocess(pixels, mode))
+            return self._scorers[mode]
+
+
+def _first_rows(outputs: Outputs, count: int) -> Outputs:
+    if isinstance(outputs, dict):
+        return {k: v[:count] for k, v in outputs.items()}
+    if isinstance(outputs, list):
+        return [v[:count] for v in outputs]
+    return outputs[:count]
 
 
 class ModelCache:
@@ -164,7 +232,7 @@ def load_model(path: Path, uri: str, settings: Settings) -> LoadedModel:
         raise ModelLoadError(f"model {uri} cannot be loaded: {type(exc).__name__}: {str(exc)[:300]}") from None
     if settings.precision == "mixed":
         model = with_mixed_precision(model)
-    return _keras_model(model, uri, settings)
+    return wrap_keras_model(model, uri, settings)
 
 
 def with_mixed_precision(model: Any) -> Any:
@@ -214,32 +282,82 @@ def _with_suffix(path: Path, suffix: str) -> Path:
     return alias
 
 
-def _keras_model(model: Any, uri: str, settings: Settings) -> LoadedModel:
-    import keras
-
+def wrap_keras_model(model: Any, uri: str, settings: Settings) -> LoadedModel:
     shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
     size = (int(shape[1]), int(shape[2])) if len(shape) == 4 and shape[1] and shape[2] else None
     output_names = [str(n) for n in getattr(model, "output_names", None) or []]
 
-    def direct(batch: npt.NDArray[np.float32]) -> Any:
+    def direct(batch: Any) -> Any:
         return model(batch, training=False)
 
-    fn: Callable[[npt.NDArray[np.float32]], Any] = direct
-    if keras.backend.backend() == "tensorflow":
+    def scorer(mode: Mode) -> Callable[[npt.NDArray[Any]], Outputs]:
+        return _compiled(lambda pixels: model(on_device(pixels, mode), training=False), settings.xla, model)
+
+    return LoadedModel(
+        uri=uri,
+        name=str(model.name),
+        input_size=size,
+        output_names=output_names,
+        call=_compiled(direct, settings.xla, model),
+        scorer=scorer,
+        compiles_per_shape=_compiles_per_shape(settings),
+    )
+
+
+def _compiles_per_shape(settings: Settings) -> bool:
+    import keras
+
+    return keras.backend.backend() != "tensorflow" or settings.xla
+
+
+def _compiled(fn: Callable[[Any], Any], xla: bool, model: Any | None = None) -> Callable[[Any], Outputs]:
+    """`fn` as one compiled call on the backend, numpy in and out.
+
+    TensorFlow: one traced graph instead of eager layer-by-layer dispatch, with relaxed shapes so
+    a new batch size does not retrace (XLA only when asked: it compiles each shape). JAX: the
+    model's stateless call under `jax.jit`. Other backends: called as it is.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         import tensorflow as tf
 
-        # One traced graph instead of eager layer-by-layer dispatch; relaxed shapes so a short
-        # last batch does not retrace. XLA only when asked (first batches compile slowly).
-        fn = tf.function(direct, jit_compile=settings.xla, reduce_retracing=True)
-    elif settings.xla:
-        log.warning(
-            "--xla applies to the TensorFlow backend only; the %s backend compiles on its own", keras.backend.backend()
-        )
+        traced = tf.function(fn, jit_compile=xla, reduce_retracing=True)
+        relaxed: set[tuple[Any, ...]] = set()
 
-    def call(batch: npt.NDArray[np.float32]) -> Outputs:
-        return _to_numpy(fn(batch))
+        def call(batch: Any) -> Outputs:
+            if not xla:
+                # Trace once for any batch size (the first call would trace its exact shape and a
+                # short last batch would trace again); later calls of any size dispatch to it.
+                key = (*batch.shape[1:], batch.dtype.str)
+                if key not in relaxed:
+                    traced.get_concrete_function(tf.TensorSpec([None, *batch.shape[1:]], batch.dtype))
+                    relaxed.add(key)
+            return _to_numpy(traced(batch))
 
-    return LoadedModel(uri=uri, name=str(model.name), input_size=size, output_names=output_names, call=call)
+        return call
+    if xla:
+        log.warning("--xla applies to the TensorFlow backend only; the %s backend compiles on its own", backend)
+    if backend == "jax" and model is not None:
+        return _jax_jitted(fn, model)
+    return lambda batch: _to_numpy(fn(batch))
+
+
+def _jax_jitted(fn: Callable[[Any], Any], model: Any) -> Callable[[Any], Outputs]:
+    """`fn` (which calls `model`) compiled with `jax.jit`, the model's variables passed as arguments."""
+    import jax  # type: ignore[import-not-found,unused-ignore]
+    from keras import StatelessScope
+
+    variables = [*model.trainable_variables, *model.non_trainable_variables]
+
+    def pure(values: list[Any], batch: Any) -> Any:
+        with StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            return fn(batch)
+
+    jitted = jax.jit(pure)
+    values = [v.value for v in variables]
+    return lambda batch: _to_numpy(jitted(values, batch))
 
 
 def _saved_model(path: Path, uri: str) -> LoadedModel:
@@ -247,10 +365,18 @@ def _saved_model(path: Path, uri: str) -> LoadedModel:
 
     layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
 
-    def call(batch: npt.NDArray[np.float32]) -> Outputs:
-        return _to_numpy(layer(batch))
+    def scorer(mode: Mode) -> Callable[[npt.NDArray[Any]], Outputs]:
+        # A traced graph around the exported one (already a graph: XLA is not applied to it).
+        return _compiled(lambda pixels: layer(on_device(pixels, mode)), xla=False)
 
-    return LoadedModel(uri=uri, name=path.name, input_size=None, output_names=[], call=call)
+    return LoadedModel(
+        uri=uri,
+        name=path.name,
+        input_size=None,
+        output_names=[],
+        call=lambda batch: _to_numpy(layer(batch)),
+        scorer=scorer,
+    )
 
 
 def _to_numpy(outputs: Any) -> Outputs:

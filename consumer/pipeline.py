@@ -27,8 +27,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 from consumer.images import decode_image
@@ -57,7 +57,7 @@ PREPARE_NICENESS = 10
 @dataclass
 class ImageInput:
     name: str
-    array: npt.NDArray[np.float32] | None = None
+    array: npt.NDArray[Any] | None = None  # the task's input: uint8 pixels for the built-in tasks
     error: str | None = None
 
 
@@ -157,7 +157,7 @@ class Preparer:
         store, prefix = self._source(batch.source)
         keys = [f"{prefix.rstrip('/')}/{name}" if prefix else name for name in batch.images]
         fetches = {self.fetch_pool.submit(self._fetch, store, key): i for i, key in enumerate(keys)}
-        decodes: dict[int, Future[npt.NDArray[np.float32]]] = {}
+        decodes: dict[int, Future[npt.NDArray[Any]]] = {}
         inputs = [ImageInput(name) for name in batch.images]
         # Decode each image as soon as its bytes arrive, while the others still download.
         for done in as_completed(fetches):
@@ -196,7 +196,7 @@ def lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREPARE_NICENESS)
 
 
-def _decode(data: bytes, task: ScoringTask) -> npt.NDArray[np.float32]:
+def _decode(data: bytes, task: ScoringTask) -> npt.NDArray[Any]:
     return task.preprocess(decode_image(data, task.input_size))
 
 
@@ -235,6 +235,7 @@ class Prefetcher:
 
     # --- background mode ---------------------------------------------------------------------
     def start(self) -> None:
+        self.empty_since = self._clock()  # idle from now, not from construction (warm-up came between)
         if self.depth > 0:
             self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
             self._thread.start()

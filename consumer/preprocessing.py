@@ -8,12 +8,15 @@ Modes (the names Keras uses in `keras.applications.imagenet_utils.preprocess_inp
 - `raw`: pixels as float32 0..255, for models that rescale inside (EfficientNet, ConvNeXt,
   models with a `Rescaling` layer).
 
-Pure numpy: decode threads call this, and nothing here ties the pipeline to a Keras backend.
+Two implementations of the same arithmetic: `preprocess` (numpy, on the host: the reference, and
+what custom tasks may call in decode threads) and `on_device` (Keras ops, compiled into the model
+call, so the host sends uint8 pixels and does no float arithmetic). Keras is imported only inside
+`on_device`, so importing this module ties the pipeline to no framework.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -77,4 +80,20 @@ def preprocess(pixels: npt.NDArray[np.uint8], mode: Mode) -> Array:
         return (x / np.float32(255.0) - _TORCH_MEAN) / _TORCH_STD
     if mode == "unit":
         return x / np.float32(255.0)
+    return x
+
+
+def on_device(pixels: Any, mode: Mode) -> Any:
+    """`preprocess` as Keras ops on a backend tensor (N, H, W, 3) of any dtype: float32 out."""
+    from keras import ops
+
+    x = ops.cast(pixels, "float32")
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "caffe":
+        return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR)
+    if mode == "torch":
+        return (x / 255.0 - ops.convert_to_tensor(_TORCH_MEAN)) / ops.convert_to_tensor(_TORCH_STD)
+    if mode == "unit":
+        return x / 255.0
     return x

@@ -119,3 +119,60 @@ def test_worker_children_get_the_flags_their_parent_was_given() -> None:
 
     flags = {"idle_exit_s": 5.0, "max_attempts": None, "xla": False, "allow_unsafe_models": True, "precision": "mixed"}
     assert flags_for_child(flags) == ["--idle-exit-s=5.0", "--no-xla", "--allow-unsafe-models", "--precision=mixed"]
+
+
+def per_image_top_k(scores: np.ndarray, k: int, names: list[str]) -> list[list[dict[str, object]]]:
+    """The obvious per-image implementation, for comparison."""
+    rows = []
+    for row in scores:
+        order = sorted(range(len(row)), key=lambda j: -row[j])[:k]
+        rows.append([{"label": names[j], "index": j, "score": float(row[j])} for j in order])
+    return rows
+
+
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_top_k_for_the_whole_batch_equals_the_per_image_ranking(k: int) -> None:
+    from consumer.models import LoadedModel
+    from consumer.tasks.classification import Classification, ClassificationOptions
+
+    # Given softmax scores of 12 classes for 9 images (distinct values: the ranking is defined)
+    rng = np.random.default_rng(4)
+    scores = rng.permutation(9 * 12).reshape(9, 12).astype(np.float32) + 1
+    scores /= scores.sum(axis=1, keepdims=True)
+    names = [f"c{i}" for i in range(12)]
+    model = LoadedModel(uri="mem://m", name="m", input_size=(4, 4), output_names=[], call=lambda b: b)
+    task = Classification(model, names, ClassificationOptions(top_k=k))
+
+    # When the batch is post-processed, the padding rows beyond `count` left out
+    rows = task.postprocess(scores, 7)
+
+    # Then each image gets its own k best, best first, as plain JSON values
+    assert rows == per_image_top_k(scores[:7], k, names)
+    assert all(type(p["index"]) is int and type(p["score"]) is float for row in rows for p in row)
+
+
+def test_cloth_heads_for_the_whole_batch_equal_the_per_image_selection() -> None:
+    from consumer.models import LoadedModel
+    from consumer.tasks.cloth import ClothRecognition, HeadSpec
+
+    spec = HeadSpec.model_validate({"heads": [
+        {"name": "category", "activation": "softmax", "labels": ["a", "b", "c", "d"], "top_k": 2},
+        {"name": "attributes", "activation": "sigmoid", "labels": ["x", "y", "z"], "threshold": 0.3},
+    ]})  # fmt: skip
+    model = LoadedModel(uri="mem://m", name="m", input_size=(4, 4), output_names=["category", "attributes"],
+                        call=lambda b: b)  # fmt: skip
+    task = ClothRecognition(model, spec)
+    rng = np.random.default_rng(6)
+    category = rng.dirichlet(np.ones(4), size=6).astype(np.float32)
+    attributes = rng.uniform(0, 1, (6, 3)).astype(np.float32)
+    attributes[0, 1] = np.float32(0.3)  # exactly at the threshold: kept
+
+    rows = task.postprocess([category, attributes], 5)
+
+    assert len(rows) == 5
+    for i, row in enumerate(rows):
+        top2 = np.argsort(-category[i], kind="stable")[:2]
+        assert row["category"] == [{"label": "abcd"[j], "score": float(category[i, j])} for j in top2]
+        kept = [j for j in np.argsort(-attributes[i], kind="stable") if attributes[i, j] >= np.float32(0.3)]
+        assert row["attributes"] == [{"label": "xyz"[j], "score": float(attributes[i, j])} for j in kept]
+    assert {"label": "y", "score": float(np.float32(0.3))} in rows[0]["attributes"]

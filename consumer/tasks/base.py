@@ -4,11 +4,16 @@ A task is loaded once per `(task, model, labels)` a message names and reused for
 that names the same. Its three steps run in different places, which is why they are separate:
 
 - `preprocess(pixels)` runs in the decode threads, one image at a time, while the previous batch
-  is being scored. Pixels arrive as RGB uint8 arrays already resized to `input_size`.
+  is being scored. Pixels arrive as RGB uint8 arrays already resized to `input_size`. The
+  built-in tasks return them as they are: their model call scales them on the device
+  (`LoadedModel.score`), so the host sends uint8 and does no float arithmetic.
 - `predict(batch)` runs on the scoring thread with the stacked, preprocessed images of the
   batch's readable images. Numpy in, numpy out: no framework types cross this line.
 - `postprocess(outputs, count)` turns the model outputs into one JSON-able `predictions` value
   per image, in order.
+- `warm(batch_size)` runs once after `load`, before the consumer takes its first batch
+  (`consumer.warmup`): the built-in tasks trace and compile their model call at the batch shape
+  they will score. The default does nothing (a custom task's `predict` may have side effects).
 
 A custom task is any importable class implementing this interface, named in the message as
 `package.module:ClassName` (see `consumer.tasks.examples` for one that needs no model).
@@ -30,6 +35,8 @@ from workpool.storage import open_location, parse_location
 
 Pixels = npt.NDArray[np.uint8]
 Array = npt.NDArray[np.float32]
+# One image's (or a stacked batch's) model input: uint8 pixels, or float32 from a custom task.
+Input = npt.NDArray[Any]
 
 
 @dataclass(frozen=True)
@@ -74,13 +81,16 @@ class ScoringTask(ABC):
         """Build the task for a message's `model` and `labels` URIs (either may be None)."""
 
     @abstractmethod
-    def preprocess(self, pixels: Pixels) -> Array:
-        """One image's RGB uint8 pixels → the model's input for it (float32)."""
+    def preprocess(self, pixels: Pixels) -> Input:
+        """One image's RGB uint8 pixels → the model's input for it (uint8 or float32)."""
 
     @abstractmethod
-    def predict(self, batch: Array) -> Any:
+    def predict(self, batch: Input) -> Any:
         """Score a stacked batch (N, ...) → model outputs (numpy arrays)."""
 
     @abstractmethod
     def postprocess(self, outputs: Any, count: int) -> list[Any]:
         """Model outputs → `count` JSON-able predictions, one per image, in batch order."""
+
+    def warm(self, batch_size: int) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """Get ready to score batches of `batch_size` (before the first lease); default: nothing."""

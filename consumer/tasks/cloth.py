@@ -29,8 +29,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from consumer.models import LoadedModel, Outputs
-from consumer.preprocessing import Mode, mode_for_model_name, preprocess
-from consumer.tasks.base import Array, Pixels, ScoringTask, TaskContext
+from consumer.preprocessing import Mode, mode_for_model_name
+from consumer.tasks.base import Input, Pixels, ScoringTask, TaskContext
 from workpool.errors import MessageError, UsageError
 
 HEADS_SUFFIX = ".heads.json"
@@ -103,21 +103,22 @@ class ClothRecognition(ScoringTask):
             spec_uri = found[0]
         return cls(context.models.get(model), parse_spec(spec_uri, context.read(spec_uri)))
 
-    def preprocess(self, pixels: Pixels) -> Array:
-        return preprocess(pixels, self.mode)
+    def preprocess(self, pixels: Pixels) -> Input:
+        return pixels  # scaled on the device, in the model call (`predict`)
 
-    def predict(self, batch: Array) -> Outputs:
-        return self.model(batch)
+    def warm(self, batch_size: int) -> None:
+        self.model.warm(batch_size, self.mode, self.input_size)
+
+    def predict(self, batch: Input) -> Outputs:
+        return self.model.score(batch, self.mode)
 
     def postprocess(self, outputs: Outputs, count: int) -> list[Any]:
-        per_head = [self._head_output(outputs, i, head) for i, head in enumerate(self.spec.heads)]
-        rows: list[dict[str, Any]] = []
-        for row in range(count):
-            entry: dict[str, Any] = {}
-            for head, scores in zip(self.spec.heads, per_head, strict=True):
-                entry[head.name] = _head_predictions(head, scores[row])
-            rows.append(entry)
-        return rows
+        per_head = [
+            _head_predictions(head, self._head_output(outputs, i, head)[:count])
+            for i, head in enumerate(self.spec.heads)
+        ]
+        names = [head.name for head in self.spec.heads]
+        return [dict(zip(names, entries, strict=True)) for entries in zip(*per_head, strict=True)]
 
     def _head_output(self, outputs: Outputs, position: int, head: Head) -> npt.NDArray[np.float32]:
         key = head.output or head.name
@@ -144,7 +145,20 @@ class ClothRecognition(ScoringTask):
         return scores
 
 
-def _head_predictions(head: Head, scores: npt.NDArray[np.float32]) -> list[dict[str, Any]]:
-    order = np.argsort(-scores, kind="stable")
-    chosen = order[: head.top_k] if head.activation == "softmax" else [i for i in order if scores[i] >= head.threshold]
-    return [{"label": head.labels[i], "score": float(scores[i])} for i in chosen]
+def _head_predictions(head: Head, scores: npt.NDArray[np.float32]) -> list[list[dict[str, Any]]]:
+    """One head's entries for every image of the batch: a few array operations, not a loop per image."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    if head.activation == "softmax":
+        order = order[:, : head.top_k]
+    ranked = np.take_along_axis(scores, order, axis=1)
+    labels = head.labels
+    if head.activation == "softmax":
+        return [
+            [{"label": labels[j], "score": v} for j, v in zip(row_order, row_scores, strict=True)]
+            for row_order, row_scores in zip(order.tolist(), ranked.tolist(), strict=True)
+        ]
+    keep = (ranked >= head.threshold).tolist()  # compared in float32, as the scores are
+    return [
+        [{"label": labels[j], "score": v} for j, v, k in zip(row_order, row_scores, row_keep, strict=True) if k]
+        for row_order, row_scores, row_keep in zip(order.tolist(), ranked.tolist(), keep, strict=True)
+    ]
