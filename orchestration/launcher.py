@@ -63,3 +63,11 @@ class Launcher(ABC):
     @abstractmethod
     def describe(self, nodes: int) -> list[PlannedRequest]:
         """The requests `launch(nodes)` would send, secrets redacted; sends nothing."""
+
+    def failure(self) -> str | None:
+        """Why the nodes can never run a consumer (every node failed to start), else None.
+
+        Waiting for a drain asks this now and then, so a pool whose start task fails everywhere
+        stops `launch --wait` with the reason instead of leaving it waiting for ever.
+        """
+        return None

@@ -10,7 +10,7 @@ from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.launcher import Launcher
 from orchestration.pool_events import record_size_change, utcnow
 from orchestration.progress import RunTracker
-from workpool.errors import NotFoundError
+from workpool.errors import NotFoundError, WorkpoolError
 from workpool.queue import open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings
@@ -31,6 +31,22 @@ def pending_runs(settings: Settings, runs: RunStore) -> list[str]:
     return pending
 
 
+def _failure_watch(launcher: Launcher, every_s: float) -> Callable[[object], None]:
+    """A progress callback that asks the launcher, every `every_s` at most, whether its nodes failed."""
+    last = [0.0]
+
+    def watch(_progress: object) -> None:
+        now = time.monotonic()
+        if now - last[0] < max(every_s, 1.0):
+            return
+        last[0] = now
+        reason = launcher.failure()
+        if reason is not None:
+            raise WorkpoolError(f"the {launcher.name} nodes cannot run consumers: {reason}")
+
+    return watch
+
+
 def launch_until_drained(
     settings: Settings,
     launcher: Launcher,
@@ -49,6 +65,7 @@ def launch_until_drained(
     queue = open_queue(settings)
     waiting_for = pending_runs(settings, runs) if run_ids is None else run_ids
     reports = []
+    watch = _failure_watch(launcher, settings.cluster_poll_interval_s)
     try:
         requested_at = utcnow()
         launcher.launch(nodes)
@@ -58,10 +75,11 @@ def launch_until_drained(
         if not waiting_for:
             say("no pending runs on this queue: waiting for the queue to empty")
             while queue.depth().messages:
+                watch(None)
                 time.sleep(1.0)
         for run_id in waiting_for:
             say(f"waiting for run {run_id} to drain")
-            reports.append(wait_for_drain(runs, queue, run_id, timeout_s=timeout_s))
+            reports.append(wait_for_drain(runs, queue, run_id, timeout_s=timeout_s, on_progress=watch))
     finally:
         launcher.teardown()
         forget_backend(settings)

@@ -1,14 +1,27 @@
 """Azure Batch launcher (`--backend azure-batch`): a GPU pool, a job, one consumer task per node.
 
 The live engine for `orchestration launch --nodes 32` (docs/azure.md walks through it). Drives
-the real SDKs: azure-batch 15 (data plane: pools, jobs, tasks) and, only when the pool gets a
-user-assigned managed identity, azure-mgmt-batch (the identity can be set only through ARM).
+the real SDKs: azure-batch 15 (data plane: pools, nodes, jobs, tasks) and, only when the pool
+gets a user-assigned managed identity, azure-mgmt-batch (the identity can be set only through ARM).
 
-Shape: pool of N nodes (one task slot each; a start task installs the project into a virtualenv)
-→ job `WORKPOOL_BATCH_JOB` whose common environment carries the queue and storage settings →
-tasks `consumer-0001…` running `consumer run --workers auto`, one per node. Low-priority (spot)
-nodes: when one is preempted Batch requeues its task, and the batches it leased come back to
-the queue when their visibility timeout passes.
+Two kinds of pool:
+- **start-task install** (default): `launch` builds a wheel of this very project and uploads it
+  with the node bootstrap (orchestration/node/bootstrap.sh) to the result store
+  (orchestration/wheel.py); the pool's start task downloads both as resource files (through the
+  pool's managed identity, else short-lived read-only SAS links), installs the wheel with its
+  `gpu` extra into a virtualenv in $AZ_BATCH_NODE_SHARED_DIR and fails when the node has GPUs
+  TensorFlow cannot see;
+- **container pool** (`WORKPOOL_NODE_IMAGE=<registry>/<image>:<tag>`): the node prefetches the
+  image (built from the project's Dockerfile) and each consumer task runs in it with the GPUs.
+
+Shape: pool of N nodes (one task slot each) → job `WORKPOOL_BATCH_JOB` whose common environment
+carries the queue and storage settings → tasks `consumer-0001…` running `consumer run
+--workers auto`, one per node. Spot nodes: when one is preempted Batch requeues its task, and the
+batches it leased come back to the queue when their visibility timeout passes.
+
+Resizes never race: a pool still resizing is stopped (stop-resize) and awaited before the next
+resize or node removal, and a 409 is retried after that. Scale-in terminates the surplus
+consumer tasks (SIGTERM: they release their batches) and removes exactly the nodes they ran on.
 
 Secrets: Azure Batch has no secret environment variables. With a managed identity
 (`WORKPOOL_MANAGED_IDENTITY_ID`) nodes sign in to storage with `DefaultAzureCredential` and no
@@ -21,34 +34,39 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from azure.batch import BatchClient
 from azure.batch import models as bm
-from azure.batch.models._models import BatchJobTerminateOptions as _JobTerminateOptions
 from azure.core.credentials import AzureNamedKeyCredential
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from orchestration.backends.cluster_common import (
+    NODE_VENV,
     Made,
     arm_client_options,
     bearer_policy,
     cluster_errors,
-    consumer_command,
     consumer_index,
     consumer_name,
     default_credential,
-    install_command,
-    package_source,
     require,
     require_azure_storage,
+    service_error,
     text_of,
 )
+from orchestration.backends.vm_sizes import checked_vm_size, is_spot
 from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
+from orchestration.node import BOOTSTRAP_FILE
+from orchestration.wheel import NodeFiles, ShippedFile, planned_files, ship_node_files
 from workpool.errors import NotFoundError, SettingsError, UsageError, WorkpoolError
 from workpool.handoff import node_environment
-from workpool.logs import REDACTED
+from workpool.logs import REDACTED, redact
 from workpool.settings import Settings, env_name
 
 log = logging.getLogger(__name__)
@@ -57,7 +75,22 @@ BATCH_API_VERSION = "2025-06-01"
 ARM_BATCH_API_VERSION = "2025-06-01"  # azure-mgmt-batch 19
 ACTIVE_TASK_STATES = {"active", "preparing", "running"}
 TASKS_PER_REQUEST = 100  # the task-collection API takes at most 100 tasks per request
+NODES_PER_REMOVAL = 100  # the remove-nodes API takes at most 100 node ids per request
 TASK_RETRIES = 3  # a consumer that crashes is restarted this often before its task fails
+START_TASK_RETRIES = 2
+# Where the bootstrap puts the virtualenv on a start-task pool (read by the consumer tasks).
+NODE_SHARED_VENV = "$AZ_BATCH_NODE_SHARED_DIR/workpool/venv"
+# How long to wait for a pool to become steady (stop-resize, remove-nodes) or a job/pool to go.
+SETTLE_TIMEOUT_S = 20 * 60.0
+PROGRESS_EVERY_S = 30.0
+STDERR_TAIL_CHARS = 1500
+FAILED_NODE_STATES = {"starttaskfailed", "unusable"}
+# Entra ID scope of the Batch data plane, per cloud (ARM host → Batch resource).
+_BATCH_SCOPES = {
+    "management.azure.com": "https://batch.core.windows.net//.default",
+    "management.chinacloudapi.cn": "https://batch.chinacloudapi.cn//.default",
+    "management.usgovcloudapi.net": "https://batch.core.usgovcloudapi.net//.default",
+}
 
 
 class AzureBatchLauncher(Launcher):
@@ -78,10 +111,17 @@ class AzureBatchLauncher(Launcher):
         self._warn_about_keys()
         made = Made(self.name)
         pool = self._get_pool(made)
+        if pool is not None and text_of(pool.state) == "deleting":
+            self._wait_until_pool_gone(made)
+            pool = None
         if pool is None:
-            self._create_pool(nodes, made)
+            self._create_pool(nodes, self._ship(made), made)
+        elif nodes < max(_target_of(pool), len(self._active_tasks())):
+            self._ensure_job(made)
+            self._scale_in(nodes, made)
+            return
         elif _target_of(pool) != nodes:
-            self._resize(nodes, made)
+            self._grow(nodes, made)
         self._ensure_job(made)
         self._converge_tasks(nodes, made)
 
@@ -90,16 +130,20 @@ class AzureBatchLauncher(Launcher):
         self._require()
         made = Made(self.name)
         pool = self._get_pool(made)
-        if pool is None:
+        if pool is None or text_of(pool.state) == "deleting":
             raise NotFoundError(f"Azure Batch pool {self._pool} does not exist: run `orchestration launch` first")
-        if nodes > _target_of(pool):
-            self._resize(nodes, made)
-            self._ensure_job(made)
-            self._converge_tasks(nodes, made)
-        else:
-            # Stop the surplus consumers first, so the shrinking pool gives back idle nodes.
-            self._converge_tasks(nodes, made)
-            self._resize(nodes, made)
+        if nodes < max(_target_of(pool), len(self._active_tasks())):
+            self._scale_in(nodes, made)
+            return
+        if _target_of(pool) != nodes:
+            self._grow(nodes, made)
+        self._ensure_job(made)
+        self._converge_tasks(nodes, made)
+
+    def _grow(self, nodes: int, made: Made) -> None:
+        """More nodes: fresh resource-file links on the start task first, then the resize."""
+        self._refresh_start_task(made)
+        self._resize(nodes, made)
 
     def state(self) -> ClusterState:
         self._require()
@@ -108,65 +152,91 @@ class AzureBatchLauncher(Launcher):
             return ClusterState(self.name, 0, [], f"pool {self._pool} does not exist")
         detail = (
             f"pool {self._pool}: {text_of(pool.state)}, allocation {text_of(pool.allocation_state)}, "
-            f"{pool.current_dedicated_nodes or 0} dedicated + {pool.current_low_priority_nodes or 0} low-priority nodes"
+            f"{pool.current_dedicated_nodes or 0} dedicated + {pool.current_low_priority_nodes or 0} spot nodes"
         )
         for error in pool.resize_errors or []:
-            detail += f"; resize error {error.code}: {error.message}"
+            detail += f"; resize error {error.code}: {error.message}{self._spot_hint(str(error.code))}"
         tasks = self._tasks()
         counts: dict[str, int] = {}
         for task in tasks:
             counts[text_of(task.state)] = counts.get(text_of(task.state), 0) + 1
         if counts:
             detail += f"; job {self._job}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-        with cluster_errors(f"listing nodes of Azure Batch pool {self._pool}", self.settings):
-            nodes = list(self._client().list_nodes(self._pool))
-        infos = [NodeInfo(node.id, text_of(node.state), _node_detail(node)) for node in nodes]
+        infos = [NodeInfo(node.id, text_of(node.state), self._node_detail(node)) for node in self._nodes()]
         return ClusterState(self.name, _target_of(pool), infos, detail)
+
+    def failure(self) -> str | None:
+        """Why this pool can never run a consumer, or None while it still may.
+
+        Every node failed its start task (or is unusable), or the pool settled at 0 nodes with
+        resize errors (no quota, a size the region lacks). `launch --wait` stops on it.
+        """
+        self._require()
+        pool = self._get_pool()
+        if pool is None or _target_of(pool) == 0:
+            return None
+        nodes = self._nodes()
+        if nodes and all(text_of(n.state) in FAILED_NODE_STATES for n in nodes):
+            first = nodes[0]
+            return f"all {len(nodes)} node(s) failed: {first.id}: {self._node_detail(first)}"
+        if not nodes and text_of(pool.allocation_state) == "steady" and pool.resize_errors:
+            errors = "; ".join(f"{e.code}: {e.message}" for e in pool.resize_errors)
+            return f"pool {self._pool} has no nodes: {errors}{self._spot_hint(errors)}"
+        return None
 
     def teardown(self, delete: bool = False) -> None:
         self._require()
         s = self.settings
         made = Made(self.name)
         client = self._client()
-        job = self._get_job()
+        job = self._settled_job(made)
         if job is not None and text_of(job.state) in {"active", "disabled", "disabling", "enabling"}:
             with cluster_errors(f"terminating Azure Batch job {self._job}", s, made):
-                # azure-batch 15.1 fails to build this request without options (no content
-                # type) and does not export the options model: take it from where it lives.
-                options = _JobTerminateOptions(termination_reason="workpool teardown")
-                client.begin_terminate_job(self._job, options=options, polling_interval=_seconds(s)).result()
+                # Terminating the job ends its running tasks: the consumers release their batches.
+                options = cast(Any, {"terminateReason": "workpool teardown"})
+                client.begin_terminate_job(self._job, options, polling_interval=_poll_seconds(s)).result()
             made.add(f"terminated job {self._job}")
+        pool = self._get_pool(made)
         if delete:
             if job is not None:
                 with cluster_errors(f"deleting Azure Batch job {self._job}", s, made):
-                    client.begin_delete_job(self._job, polling_interval=_seconds(s))
+                    client.begin_delete_job(self._job, polling_interval=_poll_seconds(s))
                 made.add(f"deleting job {self._job}")
-            if self._get_pool(made) is not None:
-                with cluster_errors(f"deleting Azure Batch pool {self._pool}", s, made):
-                    # Deleting a pool takes minutes; the poller finishes in the background.
-                    client.begin_delete_pool(self._pool, polling_interval=_seconds(s))
-                made.add(f"deleting pool {self._pool}")
-        elif self._get_pool(made) is not None:
+            if pool is not None and text_of(pool.state) != "deleting":
+                self._delete_pool(made)
+            return
+        if pool is None or text_of(pool.state) == "deleting":
+            return
+        try:
             self._resize(0, made)
+        except WorkpoolError as exc:
+            # A pool that cannot be brought to 0 must not keep billing: delete it instead.
+            log.warning("could not resize pool %s to 0 (%s): deleting the pool instead", self._pool, exc)
+            self._delete_pool(made)
 
     def describe(self, nodes: int) -> list[PlannedRequest]:
         _check_nodes(nodes)
         self._require()
+        s = self.settings
+        files = None if self._container_image() else planned_files(s, with_wheel=s.node_package is None)
         plan = []
         if self.settings.managed_identity_id:
             plan.append(
                 PlannedRequest(
                     "PUT",
                     self._arm_pool_path() + f"?api-version={ARM_BATCH_API_VERSION}",
-                    self._arm_pool_body(nodes, redacted=True).as_dict(),
+                    self._arm_pool_body(nodes, files, redacted=True).as_dict(),
                     "through Azure Resource Manager: only ARM can give a pool a managed identity",
                 )
             )
         else:
+            note = "the GPU pool" + (
+                f"; nodes run the container image {self._container_image()}"
+                if files is None
+                else f"; its start task runs {files.bootstrap.blob_name} (uploaded at launch)"
+            )
             plan.append(
-                PlannedRequest(
-                    "POST", self._batch_path("/pools"), self._pool_body(nodes, redacted=True).as_dict(), "the GPU pool"
-                )
+                PlannedRequest("POST", self._batch_path("/pools"), self._pool_body(nodes, files, True).as_dict(), note)
             )
         plan.append(
             PlannedRequest(
@@ -197,62 +267,217 @@ class AzureBatchLauncher(Launcher):
             except ResourceNotFoundError:
                 return None
 
-    def _create_pool(self, nodes: int, made: Made) -> None:
+    def _ship(self, made: Made) -> NodeFiles | None:
+        """Upload the wheel and bootstrap for a start-task pool (None for a container pool)."""
+        if self._container_image():
+            return None
         s = self.settings
-        what = f"creating Azure Batch pool {self._pool} ({nodes} × {s.vm_size}, {s.vm_priority})"
-        if s.managed_identity_id:
-            self._create_pool_through_arm(nodes, what, made)
-        else:
-            with cluster_errors(what, s, made):
-                self._client().create_pool(self._pool_body(nodes))
+        files = ship_node_files(s, identity=bool(s.managed_identity_id), with_wheel=s.node_package is None)
+        made.add(f"uploaded {files.bootstrap.blob_name.rsplit('/', 1)[0]}/ to container {s.results}")
+        return files
+
+    def _create_pool(self, nodes: int, files: NodeFiles | None, made: Made) -> None:
+        s = self.settings
+        kind = "spot" if is_spot(s) else "dedicated"
+        what = f"creating Azure Batch pool {self._pool} ({nodes} × {s.vm_size}, {kind})"
+        with self._spot_errors():
+            if s.managed_identity_id:
+                self._create_pool_through_arm(nodes, files, what, made)
+            else:
+                with cluster_errors(what, s, made):
+                    self._client().create_pool(self._pool_body(nodes, files))
         made.add(f"pool {self._pool} with {nodes} nodes")
 
-    def _resize(self, nodes: int, made: Made) -> None:
-        s = self.settings
-        dedicated, low = _split(nodes, s.vm_priority)
-        options = bm.BatchPoolResizeOptions(
-            target_dedicated_nodes=dedicated,
-            target_low_priority_nodes=low,
-            # The surplus consumer tasks were terminated first: wait for nothing else.
-            node_deallocation_option="taskcompletion",
-        )
-        with cluster_errors(f"resizing Azure Batch pool {self._pool} to {nodes} nodes", s, made):
-            # Resizing takes minutes; the poller watches for the steady state in the background
-            # and `orchestration status` shows the allocation state meanwhile.
-            self._client().begin_resize_pool(self._pool, options, polling_interval=_seconds(s))
-        made.add(f"pool {self._pool} resizing to {nodes} nodes")
+    def _refresh_start_task(self, made: Made) -> None:
+        """Before nodes are added: the pool's start task with fresh SAS links (and this version's wheel).
 
-    def _pool_body(self, nodes: int, redacted: bool = False) -> Any:
+        Nodes that join later (a scale-up, Spot replacements) download the resource files when
+        they start; links made at the first launch may have expired by then.
+        """
+        files = self._ship(made)
+        if files is None:
+            return
+        with cluster_errors(f"updating the start task of Azure Batch pool {self._pool}", self.settings, made):
+            self._client().update_pool(self._pool, bm.BatchPoolUpdateOptions(start_task=self._start_task(files)))
+
+    def _resize(self, nodes: int, made: Made) -> None:
+        """Resize to `nodes` once the pool is steady: a resize in progress is stopped first (409 otherwise)."""
         s = self.settings
-        dedicated, low = _split(nodes, s.vm_priority)
+        dedicated, spot = self._split(nodes)
+        options = bm.BatchPoolResizeOptions(target_dedicated_nodes=dedicated, target_low_priority_nodes=spot)
+        if nodes < self._current_target():
+            # Nodes still running a task (a requeued consumer that landed there) hand it back at once.
+            options.node_deallocation_option = "requeue"
+        what = f"resizing Azure Batch pool {self._pool} to {nodes} nodes"
+        for attempt in range(3):
+            self._settle(made, stop=True)
+            with self._spot_errors(), cluster_errors(what, s, made):
+                try:
+                    # Resizing takes minutes; `status` shows the allocation state meanwhile.
+                    self._client().begin_resize_pool(self._pool, options, polling_interval=_poll_seconds(s))
+                except HttpResponseError as exc:
+                    if exc.status_code == 409 and attempt < 2:
+                        # Another resize started between our check and our request: settle again.
+                        log.info("%s: %s; settling the pool and trying again", what, service_error(exc))
+                        continue
+                    raise
+            made.add(f"pool {self._pool} resizing to {nodes} nodes")
+            return
+
+    def _current_target(self) -> int:
+        pool = self._get_pool()
+        return 0 if pool is None else _target_of(pool)
+
+    def _settle(self, made: Made, *, stop: bool) -> Any:
+        """Wait until the pool's allocation state is steady; with `stop`, stop a resize in progress first."""
+        s = self.settings
+        pool = self._get_pool(made)
+        if pool is None or text_of(pool.allocation_state) == "steady":
+            return pool
+        if stop and text_of(pool.allocation_state) == "resizing":
+            log.info(
+                "pool %s is resizing (to %d nodes): stopping that resize before the next one",
+                self._pool,
+                _target_of(pool),
+            )
+            with cluster_errors(f"stopping the resize of Azure Batch pool {self._pool}", s, made):
+                try:
+                    self._client().begin_stop_pool_resize(self._pool, polling_interval=_poll_seconds(s))
+                except HttpResponseError as exc:
+                    if exc.status_code != 409:  # 409: it became steady meanwhile
+                        raise
+        self._wait(
+            f"pool {self._pool} to finish resizing",
+            lambda: (p := self._get_pool(made)) is None or text_of(p.allocation_state) == "steady",
+            made,
+        )
+        return self._get_pool(made)
+
+    def _scale_in(self, nodes: int, made: Made) -> None:
+        """Stop the surplus consumers, then remove exactly the nodes they ran on."""
+        s = self.settings
+        active = self._active_tasks()
+        surplus = list(reversed(active[nodes:]))  # newest first: they have done the least work
+        freed = []
+        for task in surplus:
+            with cluster_errors(f"terminating Azure Batch task {task.id}", s, made):
+                # The consumer gets SIGTERM and releases the batches it holds.
+                self._client().terminate_task(self._job, task.id)
+            made.add(f"terminated task {task.id}")
+            node_id = getattr(task.node_info, "node_id", None)
+            if node_id:
+                freed.append(node_id)
+        pool = self._settle(made, stop=True)
+        if pool is None:
+            return
+        kept_tasks = {getattr(t.node_info, "node_id", None) for t in active[:nodes]}
+        pool_nodes = [n for n in self._nodes() if text_of(n.state) not in {"leavingpool"}]
+        present = {n.id for n in pool_nodes}
+        victims = [n for n in freed if n in present]
+        excess = len(pool_nodes) - nodes
+        if len(victims) < excess:
+            # Nodes without a consumer (failed start task first, then idle or still starting).
+            spare = [n for n in pool_nodes if n.id not in kept_tasks and n.id not in victims]
+            spare.sort(key=lambda n: text_of(n.state) not in FAILED_NODE_STATES)
+            victims += [n.id for n in spare[: excess - len(victims)]]
+        if not victims:
+            if _target_of(pool) != nodes:
+                self._resize(nodes, made)
+            return
+        for start in range(0, len(victims), NODES_PER_REMOVAL):
+            chunk = victims[start : start + NODES_PER_REMOVAL]
+            if start:
+                self._settle(made, stop=False)  # the previous removal must finish, not be stopped
+            options = bm.BatchNodeRemoveOptions(node_ids=chunk, node_deallocation_option="requeue")
+            with cluster_errors(f"removing nodes {', '.join(chunk)} from Azure Batch pool {self._pool}", s, made):
+                self._client().begin_remove_nodes(self._pool, options, polling_interval=_poll_seconds(s))
+            made.add(f"removing node(s) {', '.join(chunk)}")
+
+    def _delete_pool(self, made: Made) -> None:
+        s = self.settings
+        with cluster_errors(f"deleting Azure Batch pool {self._pool}", s, made):
+            try:
+                # Deleting a pool takes minutes; the poller finishes in the background.
+                self._client().begin_delete_pool(self._pool, polling_interval=_poll_seconds(s))
+            except ResourceNotFoundError:
+                return
+        made.add(f"deleting pool {self._pool}")
+
+    def _wait_until_pool_gone(self, made: Made) -> None:
+        log.info("pool %s is being deleted: waiting for it to go before making it again", self._pool)
+        self._wait(f"pool {self._pool} to be deleted", lambda: self._get_pool(made) is None, made)
+
+    def _start_task(self, files: NodeFiles, redacted: bool = False) -> Any:
+        return bm.BatchStartTask(
+            command_line=_bootstrap_command(),
+            resource_files=[self._resource_file(f, redacted) for f in _files_of(files)],
+            environment_settings=[
+                bm.EnvironmentSetting(name=k, value=v) for k, v in self._start_env(files, redacted).items()
+            ],
+            # The bootstrap may apt-get a Python; the consumer tasks run as the non-admin default user.
+            user_identity=bm.UserIdentity(auto_user=bm.AutoUserSpecification(scope="pool", elevation_level="admin")),
+            wait_for_success=True,
+            max_task_retry_count=START_TASK_RETRIES,
+        )
+
+    def _resource_file(self, file: ShippedFile, redacted: bool = False) -> Any:
+        identity = self.settings.managed_identity_id
+        return bm.ResourceFile(
+            http_url=_shown_url(file, redacted, identity is not None),
+            file_path=file.file_name,
+            identity_reference=bm.BatchNodeIdentityReference(resource_id=identity) if identity else None,
+        )
+
+    def _start_env(self, files: NodeFiles, redacted: bool = False) -> dict[str, str]:
+        s = self.settings
+        env = {"WORKPOOL_NODE_EXTRAS": s.node_extras}
+        if s.node_package is not None:
+            env[env_name("node_package")] = _package_shown(s.node_package, redacted)
+        elif files.wheel is not None:
+            env["WORKPOOL_NODE_WHEEL"] = files.wheel.file_name
+        if s.allow_cpu:
+            env[env_name("allow_cpu")] = "true"
+        return env
+
+    def _pool_body(self, nodes: int, files: NodeFiles | None, redacted: bool = False) -> Any:
+        s = self.settings
+        dedicated, spot = self._split(nodes)
+        image = self._container_image()
+        start_task = None if files is None else self._start_task(files, redacted)
+        registry = self._registry()
         return bm.BatchPoolCreateOptions(
             id=self._pool,
-            vm_size=s.vm_size,
+            vm_size=s.vm_size or "",
             virtual_machine_configuration=bm.VirtualMachineConfiguration(
                 image_reference=bm.BatchVmImageReference(
                     publisher=s.image_publisher, offer=s.image_offer, sku=s.image_sku, version=s.image_version
                 ),
                 node_agent_sku_id=s.node_agent_sku_id,
+                container_configuration=bm.BatchContainerConfiguration(
+                    type="dockerCompatible",
+                    container_image_names=[image],
+                    container_registries=[registry] if registry is not None else None,
+                )
+                if image
+                else None,
             ),
             target_dedicated_nodes=dedicated,
-            target_low_priority_nodes=low,
+            target_low_priority_nodes=spot,
             task_slots_per_node=1,
-            start_task=bm.BatchStartTask(
-                command_line=install_command(),
-                environment_settings=[
-                    bm.EnvironmentSetting(name="WORKPOOL_NODE_PACKAGE", value=package_source(s, redacted))
-                ],
-                # Installing into /opt needs root; the consumer tasks run as the default
-                # non-admin user.
-                user_identity=bm.UserIdentity(
-                    auto_user=bm.AutoUserSpecification(scope="pool", elevation_level="admin")
-                ),
-                wait_for_success=True,
-                max_task_retry_count=2,
-            ),
+            start_task=start_task,
         )
 
-    def _create_pool_through_arm(self, nodes: int, what: str, made: Made) -> None:
+    def _registry(self) -> Any:
+        """The image's private registry, read with the pool's identity (AcrPull); None otherwise."""
+        server = _registry_server(self._container_image())
+        identity = self.settings.managed_identity_id
+        if server is None or identity is None:
+            return None
+        return bm.ContainerRegistryReference(
+            registry_server=server, identity_reference=bm.BatchNodeIdentityReference(resource_id=identity)
+        )
+
+    def _create_pool_through_arm(self, nodes: int, files: NodeFiles | None, what: str, made: Made) -> None:
         s = self.settings
         require(s, "azure-batch with a managed identity", "subscription_id", "resource_group")
         from azure.mgmt.batch import BatchManagementClient
@@ -263,20 +488,58 @@ class AzureBatchLauncher(Launcher):
         )
         with cluster_errors(what, s, made):
             pool = client.pool.create(
-                s.resource_group or "", self._account_name(), self._pool, self._arm_pool_body(nodes)
+                s.resource_group or "", self._account_name(), self._pool, self._arm_pool_body(nodes, files)
             )
         state = str(getattr(pool, "provisioning_state", "") or "")
         if state.lower() == "failed":
             raise WorkpoolError(f"{what} failed: provisioning state Failed; {made.note()}")
 
-    def _arm_pool_body(self, nodes: int, redacted: bool = False) -> Any:
+    def _arm_pool_body(self, nodes: int, files: NodeFiles | None, redacted: bool = False) -> Any:
         from azure.mgmt.batch import models as am
 
         s = self.settings
-        dedicated, low = _split(nodes, s.vm_priority)
+        identity = s.managed_identity_id or ""
+        dedicated, spot = self._split(nodes)
+        image = self._container_image()
+        start_task = None
+        if files is not None:
+            start_task = am.StartTask(
+                command_line=_bootstrap_command(),
+                resource_files=[
+                    am.ResourceFile(
+                        http_url=_shown_url(f, redacted, True),
+                        file_path=f.file_name,
+                        identity_reference=am.ComputeNodeIdentityReference(resource_id=identity),
+                    )
+                    for f in _files_of(files)
+                ],
+                environment_settings=[
+                    am.EnvironmentSetting(name=k, value=v) for k, v in self._start_env(files, redacted).items()
+                ],
+                user_identity=am.UserIdentity(
+                    auto_user=am.AutoUserSpecification(scope="Pool", elevation_level="Admin")
+                ),
+                wait_for_success=True,
+                max_task_retry_count=START_TASK_RETRIES,
+            )
+        container = None
+        if image:
+            server = _registry_server(image)
+            container = am.ContainerConfiguration(
+                type="DockerCompatible",
+                container_image_names=[image],
+                container_registries=[
+                    am.ContainerRegistry(
+                        registry_server=server,
+                        identity_reference=am.ComputeNodeIdentityReference(resource_id=identity),
+                    )
+                ]
+                if server
+                else None,
+            )
         return am.Pool(
             identity=am.BatchPoolIdentity(
-                type="UserAssigned", user_assigned_identities={s.managed_identity_id or "": am.UserAssignedIdentities()}
+                type="UserAssigned", user_assigned_identities={identity: am.UserAssignedIdentities()}
             ),
             properties=am.PoolProperties(
                 vm_size=s.vm_size,
@@ -286,25 +549,56 @@ class AzureBatchLauncher(Launcher):
                             publisher=s.image_publisher, offer=s.image_offer, sku=s.image_sku, version=s.image_version
                         ),
                         node_agent_sku_id=s.node_agent_sku_id,
+                        container_configuration=container,
                     )
                 ),
                 scale_settings=am.ScaleSettings(
-                    fixed_scale=am.FixedScaleSettings(target_dedicated_nodes=dedicated, target_low_priority_nodes=low)
+                    fixed_scale=am.FixedScaleSettings(target_dedicated_nodes=dedicated, target_low_priority_nodes=spot)
                 ),
                 task_slots_per_node=1,
-                start_task=am.StartTask(
-                    command_line=install_command(),
-                    environment_settings=[
-                        am.EnvironmentSetting(name="WORKPOOL_NODE_PACKAGE", value=package_source(s, redacted))
-                    ],
-                    user_identity=am.UserIdentity(
-                        auto_user=am.AutoUserSpecification(scope="Pool", elevation_level="Admin")
-                    ),
-                    wait_for_success=True,
-                    max_task_retry_count=2,
-                ),
+                start_task=start_task,
             ),
         )
+
+    # --- nodes ----------------------------------------------------------------------------
+    def _nodes(self) -> list[Any]:
+        with cluster_errors(f"listing nodes of Azure Batch pool {self._pool}", self.settings):
+            try:
+                return list(self._client().list_nodes(self._pool))
+            except ResourceNotFoundError:
+                return []
+
+    def _node_detail(self, node: Any) -> str:
+        parts = ["dedicated" if node.is_dedicated else "spot"]
+        for task in node.recent_tasks or []:
+            if text_of(task.task_state) == "running":
+                parts.append(f"running {task.task_id}")
+        for error in node.errors or []:
+            parts.append(f"{error.code}: {error.message}")
+        start = node.start_task_info
+        if start is not None and text_of(start.state) != "completed":
+            parts.append(f"start task {text_of(start.state)}")
+        elif start is not None and (start.exit_code or text_of(start.result) == "failure"):
+            failure = start.failure_info
+            reason = f"exit code {start.exit_code}" if start.exit_code is not None else "failed"
+            if failure is not None:
+                reason += f", {text_of(failure.category)} error {failure.code}: {failure.message}"
+            parts.append(f"start task failed ({reason})")
+            tail = self._start_task_stderr(node.id) if text_of(node.state) in FAILED_NODE_STATES else ""
+            if tail:
+                parts.append(f"its stderr ends: {tail}")
+        return ", ".join(parts)
+
+    def _start_task_stderr(self, node_id: str) -> str:
+        """The end of the start task's stderr on the node (startup/stderr.txt), secrets redacted."""
+        try:
+            data = b"".join(self._client().download_node_file(self._pool, node_id, "startup/stderr.txt"))
+        except HttpResponseError as exc:  # ResourceNotFoundError included
+            return f"(startup/stderr.txt unreadable: {service_error(exc)})"
+        text = data.decode("utf-8", "replace").strip()
+        lines = text.splitlines()[-8:]
+        tail = " | ".join(line.strip() for line in lines if line.strip())
+        return redact(tail[-STDERR_TAIL_CHARS:], self.settings.secret_values())
 
     # --- job and tasks --------------------------------------------------------------------
     def _get_job(self, made: Made | None = None) -> Any:
@@ -314,17 +608,29 @@ class AzureBatchLauncher(Launcher):
             except ResourceNotFoundError:
                 return None
 
+    def _settled_job(self, made: Made) -> Any:
+        """The job once it is not terminating or being deleted (a teardown may still be under way)."""
+        job = self._get_job(made)
+        if job is None or text_of(job.state) not in {"terminating", "deleting"}:
+            return job
+        self._wait(
+            f"job {self._job} to finish {text_of(job.state)}",
+            lambda: (j := self._get_job(made)) is None or text_of(j.state) not in {"terminating", "deleting"},
+            made,
+        )
+        return self._get_job(made)
+
     def _ensure_job(self, made: Made) -> None:
         s = self.settings
         what = f"creating Azure Batch job {self._job} on pool {self._pool}"
-        job = self._get_job(made)
+        job = self._settled_job(made)
         if job is not None and text_of(job.state) == "active":
             return
         if job is not None:
             # A job ended by `teardown` cannot take new tasks: delete it and start afresh.
             log.info("job %s is %s: deleting it before a new launch", self._job, text_of(job.state))
             with cluster_errors(f"deleting finished Azure Batch job {self._job}", s, made):
-                self._client().begin_delete_job(self._job, polling_interval=_seconds(s)).result()
+                self._client().begin_delete_job(self._job, polling_interval=_poll_seconds(s)).result()
         with cluster_errors(what, s, made):
             try:
                 self._client().create_job(self._job_body())
@@ -346,9 +652,23 @@ class AzureBatchLauncher(Launcher):
         )
 
     def _task_body(self, task_id: str) -> Any:
+        s = self.settings
+        args = ["run", "--workers", s.node_workers, "--worker-id", task_id]
+        image = self._container_image()
+        if image:
+            return bm.BatchTaskCreateOptions(
+                id=task_id,
+                command_line=shlex.join([f"{NODE_VENV}/bin/consumer", *args]),
+                container_settings=bm.BatchTaskContainerSettings(
+                    image_name=image, container_run_options="--gpus all", registry=self._registry()
+                ),
+                constraints=bm.BatchTaskConstraints(max_task_retry_count=TASK_RETRIES),
+            )
+        # exec: the consumer itself gets Batch's SIGTERM on terminate and releases its batches.
+        script = f'exec "{NODE_SHARED_VENV}/bin/consumer" {shlex.join(args)}'
         return bm.BatchTaskCreateOptions(
             id=task_id,
-            command_line=consumer_command(self.settings, task_id),
+            command_line=f"/bin/bash -c {shlex.quote(script)}",
             constraints=bm.BatchTaskConstraints(max_task_retry_count=TASK_RETRIES),
         )
 
@@ -361,12 +681,15 @@ class AzureBatchLauncher(Launcher):
         numbered = [(n, t) for t in tasks if (n := consumer_index(t.id)) is not None]
         return [t for _, t in sorted(numbered, key=lambda pair: pair[0])]
 
+    def _active_tasks(self) -> list[Any]:
+        return [t for t in self._tasks() if text_of(t.state) in ACTIVE_TASK_STATES]
+
     def _converge_tasks(self, nodes: int, made: Made) -> None:
-        """Add or terminate consumer tasks so that `nodes` of them are active or running."""
+        """Add consumer tasks so that `nodes` of them are active or running (scale-in is `_scale_in`)."""
         s = self.settings
         tasks = self._tasks()
         active = [t for t in tasks if text_of(t.state) in ACTIVE_TASK_STATES]
-        for task in reversed(active[nodes:]):  # newest first: they have done the least work
+        for task in reversed(active[nodes:]):  # a launch with fewer nodes than tasks: newest first
             with cluster_errors(f"terminating Azure Batch task {task.id}", s, made):
                 self._client().terminate_task(self._job, task.id)
             made.add(f"terminated task {task.id}")
@@ -377,22 +700,59 @@ class AzureBatchLauncher(Launcher):
         ids = [consumer_name(i) for i in range(first, first + missing)]
         what = f"adding {len(ids)} consumer tasks to Azure Batch job {self._job}"
         with cluster_errors(what, s, made):
-            result = self._client().create_tasks(self._job, [self._task_body(i) for i in ids])
-        failed = [r for r in result.result_values or [] if text_of(r.status) != "success"]
-        added = len(ids) - len(failed)
-        if added:
-            made.add(f"{added} consumer tasks ({ids[0]}…)")
-        if failed:
-            reasons = "; ".join(
-                f"{r.task_id}: {getattr(r.error, 'code', None) or r.status}"
-                + (f" {r.error.message.value}" if r.error is not None and r.error.message is not None else "")
-                for r in failed[:5]
-            )
-            raise WorkpoolError(f"{what}: {len(failed)} tasks were refused ({reasons}); {made.note()}")
+            try:
+                # The SDK sends at most 100 per request, retries server errors, and counts a
+                # task that already exists (a retried request that had landed) as added.
+                self._client().create_tasks(self._job, [self._task_body(i) for i in ids])
+            except bm.CreateTasksError as exc:
+                raise WorkpoolError(redact(_refused_tasks(what, exc, len(ids), made), s.secret_values())) from None
+        made.add(f"{len(ids)} consumer tasks ({ids[0]}…)")
 
     # --- plumbing -------------------------------------------------------------------------
     def _require(self) -> None:
         require(self.settings, "azure-batch", "batch_account_url", "pool")
+        checked_vm_size(self.settings, "azure-batch")
+
+    def _container_image(self) -> str:
+        return (self.settings.node_image or "").strip()
+
+    def _split(self, nodes: int) -> tuple[int, int]:
+        """(dedicated, spot) target counts: Spot nodes are Batch's `targetLowPriorityNodes`."""
+        return (0, nodes) if is_spot(self.settings) else (nodes, 0)
+
+    def _spot_hint(self, text: str) -> str:
+        if not is_spot(self.settings) and "lowpriority" not in text.lower():
+            return ""
+        return (
+            " (Spot nodes need a Batch account whose pool allocation mode is user subscription, with Spot "
+            "vCPU quota for the VM family; Batch-service accounts no longer get low-priority cores since "
+            f"30 Sep 2025: see docs/azure.md, or set {env_name('vm_priority')}=dedicated)"
+        )
+
+    @contextmanager
+    def _spot_errors(self) -> Iterator[None]:
+        """A refused Spot pool or resize says which account mode Spot needs."""
+        try:
+            yield
+        except WorkpoolError as exc:
+            if isinstance(exc, UsageError) or not is_spot(self.settings) or "Spot nodes need" in str(exc):
+                raise
+            raise type(exc)(f"{exc}{self._spot_hint(str(exc))}") from None
+
+    def _wait(self, what: str, done: Callable[[], bool], made: Made) -> None:
+        """Poll `done` until true, logging progress, for at most SETTLE_TIMEOUT_S."""
+        poll = max(0.2, self.settings.cluster_poll_interval_s)
+        started = last_said = time.monotonic()
+        while not done():
+            now = time.monotonic()
+            if now - started > SETTLE_TIMEOUT_S:
+                raise WorkpoolError(
+                    f"waited {SETTLE_TIMEOUT_S / 60:.0f} min for {what}; try again later; {made.note()}"
+                )
+            if now - last_said >= PROGRESS_EVERY_S:
+                log.info("still waiting for %s (%.0f s)", what, now - started)
+                last_said = now
+            time.sleep(poll)
 
     def _warn_about_keys(self) -> None:
         s = self.settings
@@ -443,15 +803,79 @@ class AzureBatchLauncher(Launcher):
                 self._batch = BatchClient(url, key, retry_total=2, retry_backoff_factor=0.5)
             else:
                 credential = self._credential if self._credential is not None else default_credential()
-                scope = "https://batch.core.windows.net//.default"
                 self._batch = BatchClient(
                     url,
                     credential,
-                    authentication_policy=bearer_policy(credential, scope),
+                    authentication_policy=bearer_policy(credential, batch_scope(s)),
                     retry_total=2,
                     retry_backoff_factor=0.5,
                 )
         return self._batch
+
+
+def batch_scope(settings: Settings) -> str:
+    """The Entra ID scope of the Batch data plane: WORKPOOL_BATCH_SCOPE, else the ARM endpoint's cloud."""
+    if settings.batch_scope:
+        return settings.batch_scope
+    host = (urlparse(settings.arm_endpoint).hostname or "").lower()
+    if host in _BATCH_SCOPES:
+        return _BATCH_SCOPES[host]
+    if host == "localhost" or host.replace(".", "").isdigit():
+        return _BATCH_SCOPES["management.azure.com"]  # a loopback test server stands in for the public cloud
+    raise SettingsError(
+        f"set {env_name('batch_scope')}: the Batch sign-in scope of the cloud behind "
+        f"{env_name('arm_endpoint')}={settings.arm_endpoint} is not known (e.g. https://batch.core.windows.net//.default)"
+    )
+
+
+def _refused_tasks(what: str, error: Any, wanted: int, made: Made) -> str:
+    """CreateTasksError in words: each refused task with its code and message, and unknown errors."""
+    failures = list(error.failure_tasks or [])
+    reasons = []
+    for result in failures[:5]:
+        err = result.error
+        text = getattr(getattr(err, "message", None), "value", None) or ""
+        reasons.append(
+            f"{result.task_id}: {getattr(err, 'code', None) or text_of(result.status)}" + f" {text}".rstrip()
+        )
+    for exc in list(error.errors or [])[:3]:
+        reasons.append(service_error(exc) if isinstance(exc, HttpResponseError) else f"{type(exc).__name__}: {exc}")
+    pending = len(error.pending_tasks or [])
+    added = wanted - len(failures) - pending
+    note = f"{added} of {wanted} added" + (f", {pending} not sent" if pending else "")
+    return f"{what}: {len(failures)} refused ({'; '.join(reasons)}); {note}; {made.note()}"
+
+
+def _bootstrap_command() -> str:
+    """The start task: run the bootstrap downloaded next to it (resource files land in the working dir)."""
+    script = 'exec /bin/bash "$AZ_BATCH_TASK_WORKING_DIR/' + BOOTSTRAP_FILE + '"'
+    return f"/bin/bash -c {shlex.quote(script)}"
+
+
+def _files_of(files: NodeFiles) -> list[ShippedFile]:
+    return [files.bootstrap] if files.wheel is None else [files.bootstrap, files.wheel]
+
+
+def _shown_url(file: ShippedFile, redacted: bool, identity: bool) -> str:
+    """The URL a node downloads: with its SAS (masked for dry runs: made at launch), or bare with an identity."""
+    if identity:
+        return file.url
+    if redacted or file.query is None:
+        return f"{file.url}?{REDACTED}"
+    return file.download_url
+
+
+def _package_shown(package: str, redacted: bool) -> str:
+    """WORKPOOL_NODE_PACKAGE, with a URL's query (a SAS token) masked for dry runs and logs."""
+    if redacted and "?" in package:
+        return package.split("?", 1)[0] + "?" + REDACTED
+    return package
+
+
+def _registry_server(image: str) -> str | None:
+    """The registry host of `registry/image:tag` (None for a Docker Hub name)."""
+    first = image.split("/", 1)[0] if "/" in image else ""
+    return first if ("." in first or ":" in first or first == "localhost") else None
 
 
 def _check_nodes(nodes: int, allow_zero: bool = False) -> None:
@@ -459,28 +883,10 @@ def _check_nodes(nodes: int, allow_zero: bool = False) -> None:
         raise UsageError(f"--nodes must be {'0 or more' if allow_zero else 'at least 1'}, got {nodes}")
 
 
-def _seconds(settings: Settings) -> int:
-    """The SDK's poll interval (whole seconds) from WORKPOOL_CLUSTER_POLL_INTERVAL_S."""
-    return math.ceil(settings.cluster_poll_interval_s)
-
-
-def _split(nodes: int, priority: str) -> tuple[int, int]:
-    """(dedicated, low-priority) target counts for the configured VM priority."""
-    return (0, nodes) if priority == "lowpriority" else (nodes, 0)
+def _poll_seconds(settings: Settings) -> int:
+    """The SDK pollers' interval (whole seconds, at least 1: they poll in a background thread)."""
+    return max(1, math.ceil(settings.cluster_poll_interval_s))
 
 
 def _target_of(pool: Any) -> int:
     return int(pool.target_dedicated_nodes or 0) + int(pool.target_low_priority_nodes or 0)
-
-
-def _node_detail(node: Any) -> str:
-    parts = ["dedicated" if node.is_dedicated else "low-priority"]
-    for task in node.recent_tasks or []:
-        if text_of(task.task_state) == "running":
-            parts.append(f"running {task.task_id}")
-    for error in node.errors or []:
-        parts.append(f"{error.code}: {error.message}")
-    start = node.start_task_info
-    if start is not None and text_of(start.state) != "completed":
-        parts.append(f"start task {text_of(start.state)}")
-    return ", ".join(parts)

@@ -273,14 +273,15 @@ class BatchAILauncher(Launcher):
     # --- request bodies -------------------------------------------------------------------
     def _cluster_parameters(self, nodes: int, redacted: bool = False) -> Any:
         s = self.settings
-        package_env = _env_list({"WORKPOOL_NODE_PACKAGE": s.node_package}, secret=False)
+        package = s.node_package or ""
+        package_env = _env_list({"WORKPOOL_NODE_PACKAGE": package}, secret=False)
         setup = m.SetupTask(
             command_line=install_command(),
             std_out_err_path_prefix=s.batchai_log_path,
             # A wheel URL can carry a SAS token: such a package source travels as a secret.
-            environment_variables=None if "?" in s.node_package else package_env,
-            secrets=_env_list({"WORKPOOL_NODE_PACKAGE": s.node_package}, secret=True, redacted=redacted)
-            if "?" in s.node_package
+            environment_variables=None if "?" in package else package_env,
+            secrets=_env_list({"WORKPOOL_NODE_PACKAGE": package}, secret=True, redacted=redacted)
+            if "?" in package
             else None,
         )
         image = m.ImageReference(
@@ -291,7 +292,7 @@ class BatchAILauncher(Launcher):
         )
         return m.ClusterCreateParameters(
             vm_size=s.vm_size,
-            vm_priority=s.vm_priority,
+            vm_priority="dedicated" if s.vm_priority == "dedicated" else "lowpriority",  # Batch AI's name for spot
             scale_settings=_scale_settings(nodes),
             virtual_machine_configuration=m.VirtualMachineConfiguration(image_reference=image),
             node_setup=m.NodeSetup(setup_task=setup),
@@ -314,7 +315,9 @@ class BatchAILauncher(Launcher):
 
     # --- plumbing -------------------------------------------------------------------------
     def _require(self) -> None:
-        require(self.settings, "batchai", "subscription_id", "resource_group", "workspace", "cluster")
+        # Batch AI nodes install WORKPOOL_NODE_PACKAGE (a pinned wheel URL you host): there is no default.
+        fields = ("subscription_id", "resource_group", "workspace", "cluster", "vm_size", "node_package")
+        require(self.settings, "batchai", *fields)
 
     def _path(self, *parts: str) -> str:
         s = self.settings

@@ -31,7 +31,7 @@ from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
 
 from workpool.errors import SettingsError, WorkpoolError
-from workpool.logs import REDACTED, redact
+from workpool.logs import redact
 from workpool.settings import CONNECTION_STRING_ENV, Settings, env_name, is_loopback
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,6 @@ def install_command() -> str:
         f'{NODE_VENV}/bin/pip install "$WORKPOOL_NODE_PACKAGE"'
     )
     return f"/bin/bash -c {shlex.quote(script)}"
-
-
-def package_source(settings: Settings, redacted: bool = False) -> str:
-    """WORKPOOL_NODE_PACKAGE, with a URL's query (a SAS token) masked for dry runs and logs."""
-    package = settings.node_package
-    if redacted and "?" in package:
-        return package.split("?", 1)[0] + "?" + REDACTED
-    return package
 
 
 def consumer_command(settings: Settings, worker_id: str) -> str:
