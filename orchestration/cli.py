@@ -7,19 +7,26 @@ Every command reads the one settings object (WORKPOOL_* variables, --config FILE
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from orchestration.autoscale import process as autoscale_process
+from orchestration.autoscale.deadline import parse_deadline
+from orchestration.autoscale.loop import PoolGoneError
+from orchestration.autoscale.policy import Limits, parse_range
 from orchestration.backends import BACKENDS, open_launcher
 from orchestration.benchmark import BenchmarkPlan, parse_tiers, render_table, run_benchmark
 from orchestration.deployment import forget_backend, record_backend, resolve_backend
 from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.export import export_results
+from orchestration.launcher import Launcher
 from orchestration.plot import plot_benchmark
-from orchestration.pool import launch_until_drained
+from orchestration.pool import launch_until_drained, pending_runs
 from orchestration.pool_events import record_size_change, utcnow
 from orchestration.random_models import ARCHITECTURES, build_model
 from orchestration.samples import write_samples
@@ -73,8 +80,18 @@ def _check_backend(backend: str | None) -> None:
 @app.command()
 @handle_errors
 def launch(
-    nodes: Annotated[int, typer.Option("--nodes", min=0, help="How many nodes to start.")],
+    nodes: Annotated[int | None, typer.Option("--nodes", min=0, help="How many nodes to start.")] = None,
     backend: Annotated[str, typer.Option("--backend", help=f"Where nodes run: {' | '.join(BACKENDS)}.")] = "local",
+    autoscale_range: Annotated[
+        str | None,
+        typer.Option(
+            "--autoscale",
+            metavar="MIN:MAX",
+            help="Instead of --nodes: size the pool from the queue between MIN and MAX nodes (0 allowed). "
+            "The autoscaler runs detached beside the pool (log in <home>/autoscale/<queue>.log; teardown stops "
+            "it), or in the foreground with --wait. Its other settings: WORKPOOL_AUTOSCALE_* (see `autoscale`).",
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -97,8 +114,14 @@ def launch(
     drain reports are printed) and the nodes are torn down.
     """
     _check_backend(backend)
+    if (nodes is None) == (autoscale_range is None):
+        raise UsageError("give --nodes N (a fixed size) or --autoscale MIN:MAX, one of them")
     settings = settings_for(config, log_level)
     launcher = open_launcher(backend, settings)
+    if autoscale_range is not None and not dry_run:
+        _launch_autoscaled(settings, launcher, autoscale_range, wait, json_out, config)
+        return
+    nodes = nodes if nodes is not None else parse_range(autoscale_range or "")[0]
     if dry_run:
         planned = [
             {"method": r.method, "path": r.path, "body": r.body, "note": r.note} for r in launcher.describe(nodes)
@@ -125,6 +148,43 @@ def launch(
     _print_reports(reports, json_out)
     if not all(r.ok for r in reports):
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _launch_autoscaled(
+    settings: Settings, launcher: Launcher, text: str, wait: bool, json_out: bool, config: Path | None
+) -> None:
+    """`launch --autoscale MIN:MAX`: the pool at the size the queue asks for, and its autoscaler."""
+    low, high = parse_range(text)
+    scaler = autoscale_process.build(settings, launcher, autoscale_process.limits_from(settings, low, high))
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
+    if wait:
+        runs = pending_runs(settings, scaler.runs)
+        try:
+            record_backend(settings, launcher.name)
+            reports = autoscale_process.autoscale_until_drained(scaler, runs, say=say)
+        finally:
+            launcher.teardown()
+            forget_backend(settings)
+            record_size_change(settings, "teardown", launcher.name, 0, reason="drained (launch --autoscale --wait)")
+            say(f"tore down the {launcher.name} pool")
+        _print_reports(reports, json_out)
+        if not all(r.ok for r in reports):
+            raise typer.Exit(EXIT_FAILURE)
+        return
+    requested_at = utcnow()
+    size = autoscale_process.launch_with_autoscaler(scaler)
+    record_backend(settings, launcher.name)
+    record_size_change(settings, "launch", launcher.name, size, at=requested_at, reason=f"launch --autoscale {text}")
+    pid = autoscale_process.start_detached(settings, launcher.name, low, high, None, config)
+    say(
+        f"launched {size} node(s) on {launcher.name} for queue {settings.queue}; autoscaler pid {pid} sizes it "
+        f"between {low} and {high} (log: {autoscale_process.log_path(settings)})"
+    )
+    if json_out:
+        _echo_json(cluster_json(launcher.state()))
 
 
 def _print_reports(reports: list[DrainReport], json_out: bool) -> None:
@@ -261,10 +321,99 @@ def teardown(
     _check_backend(backend)
     settings = settings_for(config, log_level)
     name = resolve_backend(settings, backend)
+    # The autoscaler first: it would otherwise scale the pool back up while it is torn down.
+    if (stopped := autoscale_process.stop_detached(settings)) is not None:
+        typer.echo(f"stopped the autoscaler (pid {stopped})", err=True)
     open_launcher(name, settings).teardown(delete=delete)
     forget_backend(settings)
     record_size_change(settings, "teardown", name, 0, reason="teardown")
     typer.echo(f"tore down the {name} pool of queue {settings.queue}", err=True)
+
+
+@app.command()
+@handle_errors
+def autoscale(
+    min_nodes: Annotated[int, typer.Option("--min", min=0, help="Fewest nodes (0: scale to zero when idle).")],
+    max_nodes: Annotated[int, typer.Option("--max", min=1, help="Most nodes, whatever the backlog or deadline.")],
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            "--deadline",
+            help="Finish the queue's work by then: a duration (20m, 1h30m), a time of day (14:30, local) or an "
+            "ISO time. Sizes the pool from the measured per-node rate, within --max.",
+        ),
+    ] = None,
+    idle_s: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-s",
+            min=0,
+            help="Seconds the queue stays empty (in flight included) before going to "
+            "--min. Default: WORKPOOL_AUTOSCALE_IDLE_S (120).",
+        ),
+    ] = None,
+    batches_per_node: Annotated[
+        float | None,
+        typer.Option(
+            "--batches-per-node",
+            min=0.001,
+            help="Visible batches that ask for one node. Default: WORKPOOL_AUTOSCALE_BATCHES_PER_NODE (4).",
+        ),
+    ] = None,
+    cooldown_s: Annotated[
+        float | None,
+        typer.Option(
+            "--cooldown-s",
+            min=0,
+            help="Seconds after a size change before the pool may shrink again. "
+            "Default: WORKPOOL_AUTOSCALE_COOLDOWN_S (60).",
+        ),
+    ] = None,
+    interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--interval-s", min=0.1, help="Seconds between decisions. Default: WORKPOOL_AUTOSCALE_INTERVAL_S (5)."
+        ),
+    ] = None,
+    backend: BackendOption = None,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "INFO",
+) -> None:
+    """Size the running pool from its queue until stopped (Ctrl-C, SIGTERM, or teardown).
+
+    Nodes for the visible backlog (--batches-per-node each); batches in flight keep the nodes
+    that hold them but never ask for new ones; --deadline adds nodes from the measured
+    per-node rate; an empty queue scales to --min after --idle-s, and new messages scale up
+    from zero at once; shrinking waits --cooldown-s after a change. Every decision is logged
+    with its inputs and shown by `status`. The pool must be running (`launch --nodes 0` or
+    `launch --autoscale MIN:MAX`, which starts this loop itself).
+    """
+    _check_backend(backend)
+    settings = settings_for(config, log_level)
+    name = resolve_backend(settings, backend)
+    limits = Limits(
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        batches_per_node=settings.autoscale_batches_per_node if batches_per_node is None else batches_per_node,
+        idle_s=settings.autoscale_idle_s if idle_s is None else idle_s,
+        cooldown_s=settings.autoscale_cooldown_s if cooldown_s is None else cooldown_s,
+    )
+    until = None if deadline is None else parse_deadline(deadline, utcnow())
+    launcher = open_launcher(name, settings)
+    scaler = autoscale_process.build(settings, launcher, limits, deadline=until, interval_s=interval_s)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    typer.echo(
+        f"autoscaling the {name} pool of queue {settings.queue} between {min_nodes} and {max_nodes} node(s)"
+        + (f", deadline {until.isoformat(timespec='seconds')}" if until else ""),
+        err=True,
+    )
+    try:
+        scaler.run(stop)
+    except PoolGoneError as exc:
+        typer.echo(f"error: {exc}; the autoscaler stops", err=True)
+        raise typer.Exit(EXIT_FAILURE) from None
 
 
 @app.command()
@@ -336,3 +485,49 @@ def benchmark(
         typer.echo(render_table(result))
     if not result.ok:
         raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+@handle_errors
+def report(
+    run: RunOption,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", help="Write the run's timeline as a PNG: a lane per worker, the backlog and the pool size."
+        ),
+    ] = None,
+    price_per_node_hour: Annotated[
+        float | None,
+        typer.Option(
+            "--price-per-node-hour",
+            min=0,
+            help="Price of one node for an hour, for the cost figures (default: WORKPOOL_PRICE_PER_NODE_HOUR).",
+        ),
+    ] = None,
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "WARNING",
+) -> None:
+    """What a run cost and how it went: the drain report plus node-seconds, cost, a timeline.
+
+    Node-seconds are the pool's size (from its event log: launch, scale, autoscale, teardown)
+    from the run's enqueue to its last ack; cost = node-seconds × price per node-hour ÷ 3600,
+    also per 1,000 images. Works on a finished or a running run, from any machine.
+    Example: `orchestration report --run photos-1 --plot photos-1.png --price-per-node-hour 3.67`
+    """
+    from orchestration.report import build_report
+
+    settings = settings_for(config, log_level, price_per_node_hour=price_per_node_hour)
+    runs = _runs(settings)
+    _require_run(runs, run)
+    result = build_report(runs, run, price_per_node_hour=settings.price_per_node_hour)
+    if plot is not None:
+        from orchestration.timeline_plot import plot_timeline
+
+        plot_timeline(result, plot)
+        typer.echo(f"wrote {plot}", err=True)
+    if json_out:
+        _echo_json(result.to_json())
+    else:
+        typer.echo(result.render())

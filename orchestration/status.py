@@ -11,6 +11,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from orchestration.autoscale.state import read_state as read_autoscaler_state
 from orchestration.launcher import ClusterState, Launcher
 from orchestration.progress import RunProgress, RunTracker
 from workpool.errors import NotFoundError, WorkpoolError
@@ -25,12 +26,21 @@ class Snapshot:
     cluster: ClusterState | None
     cluster_error: str | None = None
     runs: list[RunProgress] = field(default_factory=list)
+    autoscaler: dict[str, Any] | None = None  # its last state (orchestration/autoscale/state.py)
 
     def to_json(self) -> dict[str, Any]:
+        d = self.depth
         return {
-            "queue": {"name": self.queue, "messages": self.depth.messages, "poison": self.depth.poison},
+            "queue": {
+                "name": self.queue,
+                "messages": d.messages,
+                "poison": d.poison,
+                "visible": d.visible,
+                "in_flight": d.in_flight,
+            },
             "cluster": None if self.cluster is None else cluster_json(self.cluster),
             "cluster_error": self.cluster_error,
+            "autoscaler": self.autoscaler,
             "runs": [r.to_json() for r in self.runs],
         }
 
@@ -100,7 +110,8 @@ class StatusReader:
         if self.run_id is None:
             going = [p for p in shown if not p.complete]
             shown = going or [p for p in shown if latest is not None and p.run_id == latest.run_id]
-        return Snapshot(self.queue.name, self.queue.depth(), cluster, cluster_error, shown)
+        autoscaler = read_autoscaler_state(self.runs.store, self.queue.name)
+        return Snapshot(self.queue.name, self.queue.depth(), cluster, cluster_error, shown, autoscaler)
 
 
 def format_eta(eta_s: float | None) -> str:
@@ -112,10 +123,9 @@ def format_eta(eta_s: float | None) -> str:
 
 
 def render(snapshot: Snapshot) -> Group:
-    parts: list[Any] = [
-        f"[bold]queue[/] {snapshot.queue}: {snapshot.depth.messages} message(s) (in flight included), "
-        f"{snapshot.depth.poison} poisoned"
-    ]
+    d = snapshot.depth
+    split = "in flight included" if d.in_flight is None else f"{d.visible} visible, {d.in_flight} in flight"
+    parts: list[Any] = [f"[bold]queue[/] {snapshot.queue}: {d.messages} message(s) ({split}), {d.poison} poisoned"]
     if snapshot.cluster_error:
         parts.append(f"[red]cluster: {snapshot.cluster_error}[/]")
     elif snapshot.cluster is not None:
@@ -128,6 +138,13 @@ def render(snapshot: Snapshot) -> Group:
         parts.append(nodes)
         if c.detail:
             parts.append(f"[dim]{c.detail}[/]")
+    if snapshot.autoscaler is not None:
+        a = snapshot.autoscaler
+        state = "running" if a["running"] else "stopped"
+        parts.append(
+            f"[bold]autoscaler[/] ({state}, {a['min']}:{a['max']}): target {a['target']} at {a['decided_at']}: "
+            f"{a['reason']}"
+        )
     runs = Table(title="runs", title_justify="left")
     for column in ("run", "batches done/total", "poisoned", "images ok", "failed", "images/s (1 min)", "ETA"):
         runs.add_column(column, justify="left" if column == "run" else "right")
