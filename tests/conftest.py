@@ -10,12 +10,16 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.azurite import Azurite, unavailable_reason
 from workpool.handoff import child_env
 from workpool.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from tests.support.batch_emulator import BatchEmulator
 
 BACKENDS = ["embedded", pytest.param("azurite", marks=pytest.mark.azurite)]
 
@@ -55,6 +59,24 @@ def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def batch_dependencies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The emulated Batch nodes' view of the installed dependencies (built once per session)."""
+    from tests.support.batch_emulator.environment import dependencies_view
+
+    return dependencies_view(tmp_path_factory.mktemp("batch-deps"))
+
+
+@pytest.fixture
+def batch_emulator(tmp_path: Path, batch_dependencies: Path) -> Iterator[BatchEmulator]:
+    """An Azure Batch emulator of the test's own (see tests/support/batch_emulator); every node
+    process it started is killed when the test ends."""
+    from tests.support.batch_emulator import batch_emulator as emulated
+
+    with emulated(tmp_path / "batch", dependencies_view=batch_dependencies) as emulator:
+        yield emulator
 
 
 def unique(prefix: str = "t") -> str:

@@ -30,7 +30,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,8 @@ class BatchEmulator:
         with self.state.lock:
             procs = self.state.kill_everything()
         for proc in procs:
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
 
     def _tick_forever(self) -> None:
         while not self._stop.wait(self.state.timing.tick_s):
@@ -165,7 +163,8 @@ class BatchEmulator:
         lines = []
         with self.state.lock:
             for pool in self.state.pools.values():
-                lines.append(f"pool {pool.id}: {pool.state}/{pool.allocation_state} target {pool.target_dedicated}+{pool.target_low}")
+                target = f"{pool.target_dedicated}+{pool.target_low}"
+                lines.append(f"pool {pool.id}: {pool.state}/{pool.allocation_state} target {target}")
                 lines += [f"  node {n.id}: {n.state} task={n.task.id if n.task else None}" for n in pool.nodes.values()]
             for job in self.state.jobs.values():
                 lines.append(f"job {job.id}: {job.state}")
@@ -174,7 +173,9 @@ class BatchEmulator:
 
 
 @contextmanager
-def batch_emulator(root: Path, timing: Timing | None = None, dependencies_view: Path | None = None) -> Iterator[BatchEmulator]:
+def batch_emulator(
+    root: Path, timing: Timing | None = None, dependencies_view: Path | None = None
+) -> Iterator[BatchEmulator]:
     emulator = BatchEmulator(root, timing, dependencies_view).start()
     try:
         yield emulator

@@ -18,6 +18,7 @@ whole tree it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -122,15 +123,13 @@ def signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Send `sig` to the process group a node process leads (its whole tree)."""
     if proc.poll() is not None and sig != signal.SIGKILL:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _fetch(url: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
         while chunk := response.read(1 << 20):
             out.write(chunk)
 
@@ -157,8 +156,8 @@ def _list_container(container_url: str, prefix: str) -> list[str]:
     while True:
         url = f"{base}?{params}" + (f"&marker={urllib.parse.quote(marker)}" if marker else "")
         url += f"&{query}" if query else ""
-        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310
-            tree = ET.fromstring(response.read())  # noqa: S314 (our own Azurite)
+        with urllib.request.urlopen(url, timeout=60) as response:
+            tree = ET.fromstring(response.read())
         names += [el.text or "" for el in tree.iter("Name")]
         marker = tree.findtext("NextMarker") or ""
         if not marker:

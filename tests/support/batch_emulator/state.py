@@ -258,7 +258,9 @@ class Account:
             pool.target_dedicated = int(body["targetDedicatedNodes"] or 0)
         if "targetLowPriorityNodes" in body:
             pool.target_low = int(body["targetLowPriorityNodes"] or 0)
-        self._begin_resize(pool, Resize(time.time() + self.timing.resize_s, body.get("nodeDeallocationOption") or "requeue"))
+        self._begin_resize(
+            pool, Resize(time.time() + self.timing.resize_s, body.get("nodeDeallocationOption") or "requeue")
+        )
 
     def stop_resize(self, pool_id: str) -> None:
         pool = self.pool(pool_id)
@@ -460,7 +462,9 @@ class Account:
         node_id = f"tvmps_{number:04d}_{'d' if dedicated else 'p'}"
         host = NodeHost(self.root / "nodes" / pool.id / node_id, node_id)
         now = time.time()
-        node = Node(node_id, pool.id, dedicated, host, now, state_time=now, ip=f"10.0.{number // 250}.{number % 250 + 4}")
+        node = Node(
+            node_id, pool.id, dedicated, host, now, state_time=now, ip=f"10.0.{number // 250}.{number % 250 + 4}"
+        )
         pool.nodes[node_id] = node
 
     def _remove_node(self, pool: Pool, node: Node, deallocation: str) -> None:
@@ -488,7 +492,10 @@ class Account:
 
     def _advance_node(self, pool: Pool, node: Node, now: float) -> None:
         if node.state == "preempted":
-            if self.timing.replace_preempted_s is not None and now - (node.preempted_at or now) >= self.timing.replace_preempted_s:
+            if (
+                self.timing.replace_preempted_s is not None
+                and now - (node.preempted_at or now) >= self.timing.replace_preempted_s
+            ):
                 node.removed = True
                 pool.nodes.pop(node.id, None)
                 if pool.state == "active":
@@ -585,7 +592,7 @@ class Account:
         task_dir = node.host.task_dir(job.id, task.id)
         node.task = task
         node.total_tasks_run += 1
-        node.recent = [t for t in node.recent if t is not task][-4:] + [task]
+        node.recent = [*[t for t in node.recent if t is not task][-4:], task]
         node.set_state("running")
         task.set_state("running")
         failure = None
@@ -622,7 +629,9 @@ class Account:
         if task.terminated:
             failure = Failure("usererror", "TaskEnded", "Task Was Ended by User Request")
         elif code != 0:
-            failure = Failure("usererror", "FailureExitCode", "The task exited with an exit code representing a failure")
+            failure = Failure(
+                "usererror", "FailureExitCode", "The task exited with an exit code representing a failure"
+            )
         self._complete(task, code, failure)
 
     def _complete(self, task: Task, code: int | None, failure: Failure | None) -> None:
@@ -643,10 +652,13 @@ class Account:
         elif job.state == "deleting" and not running and job.gone_at is not None and now >= job.gone_at:
             del self.jobs[job.id]
         elif job.state == "active" and job.body.get("onAllTasksComplete") == "terminatejob" and job.tasks:
-            if all(t.state == "completed" for t in job.tasks.values()):
-                job.terminate_reason = "AllTasksComplete"
-                job.end_time = now
-                job.set_state("completed")
+            self._complete_if_done(job, now)
+
+    def _complete_if_done(self, job: Job, now: float) -> None:
+        if all(t.state == "completed" for t in job.tasks.values()):
+            job.terminate_reason = "AllTasksComplete"
+            job.end_time = now
+            job.set_state("completed")
 
     # --- environment ------------------------------------------------------------------------
     def _env(self, pool: Pool, node: Node, spec: dict[str, Any], task_dir: Path, job: Job | None) -> dict[str, str]:

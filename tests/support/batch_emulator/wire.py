@@ -101,7 +101,8 @@ def job_json(account: Account, job: Job) -> dict[str, Any]:
         "stateTransitionTime": now_iso(job.state_time),
         "priority": body.get("priority") or 0,
         "usesTaskDependencies": bool(body.get("usesTaskDependencies")),
-        "constraints": body.get("constraints") or {"maxWallClockTime": "P10675199DT2H48M5.4775807S", "maxTaskRetryCount": 0},
+        "constraints": body.get("constraints")
+        or {"maxWallClockTime": "P10675199DT2H48M5.4775807S", "maxTaskRetryCount": 0},
         "poolInfo": body.get("poolInfo"),
         "onAllTasksComplete": body.get("onAllTasksComplete") or "noaction",
         "onTaskFailure": body.get("onTaskFailure") or "noaction",
