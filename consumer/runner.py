@@ -10,6 +10,9 @@ Stopping (SIGTERM, SIGINT or `--idle-exit-s`): stop receiving, release every hel
 (the one being scored and the prefetched ones) so they are visible again at once, and return.
 A batch caught mid-score is abandoned, not finished: its results would arrive after its message
 was released, and another consumer is free to score it immediately.
+With `WORKPOOL_STOP_FINISH_S` (the nodes of an autoscaled pool) a stop first releases the
+prefetched batches and gives the one being scored that long to be written and acked, so a
+scale-in abandons nothing mid-score (a preemption notice still releases everything at once).
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ class Consumer:
     def shutdown(self) -> None:
         self.stop_event.set()
         self.prefetcher.stop()
+        self._finish_in_hand()
         released = self.leases.release_all()
         if released:
             log.info("worker %s released %d held batch(es) for other consumers", self.worker_id, released)
@@ -160,6 +164,24 @@ class Consumer:
             # Anything taken between the release above and the worker noticing the stop.
             self.leases.release_all()
         self.preparer.close()
+
+    def _finish_in_hand(self) -> None:
+        """With `stop_finish_s` (a pool's scale-in): release the prefetched batches at once and give
+        the batch being scored that long to be written and acked, so it is not abandoned mid-score.
+        """
+        finish_s = self.settings.stop_finish_s
+        worker = self._worker_thread
+        if finish_s <= 0 or worker is None or not worker.is_alive():
+            return
+        self.prefetcher.join(STOP_GRACE_S)
+        waiting = [job.message_id for job in self.prefetcher.drain()]
+        for message_id in waiting:
+            self.leases.finish(message_id, lambda m: self.queue.release(m, 0))
+        if waiting:
+            log.info("worker %s released %d prefetched batch(es) for other consumers", self.worker_id, len(waiting))
+        if self.leases.held():
+            log.info("worker %s finishing the batch in hand (up to %.0f s) before stopping", self.worker_id, finish_s)
+        worker.join(finish_s)
 
     def run(self) -> None:
         self.start()

@@ -155,6 +155,8 @@ def _launch_autoscaled(
 ) -> None:
     """`launch --autoscale MIN:MAX`: the pool at the size the queue asks for, and its autoscaler."""
     low, high = parse_range(text)
+    settings = autoscale_process.with_finishing_nodes(settings)
+    launcher = open_launcher(launcher.name, settings)
     scaler = autoscale_process.build(settings, launcher, autoscale_process.limits_from(settings, low, high))
 
     def say(line: str) -> None:

@@ -134,6 +134,14 @@ class Settings(BaseSettings):
         description="Batches received and decoded ahead of the one being scored.",
         json_schema_extra=_CONSUMERS,
     )
+    stop_finish_s: float = Field(
+        0.0,
+        ge=0,
+        description="A consumer told to stop (SIGTERM, scale-in) first finishes and acks the batch it is scoring, "
+        "for up to this many seconds (prefetched batches are released at once); 0: release it at once too. "
+        "`launch --autoscale` sets it for its nodes, so a scale-in never abandons a batch mid-score.",
+        json_schema_extra=_CONSUMERS,
+    )
     decode_threads: int = Field(
         0, ge=0, description="Image decode threads; 0 sizes the pool to the machine.", json_schema_extra=_CONSUMERS
     )

@@ -38,6 +38,17 @@ from workpool.storage import open_result_store
 log = logging.getLogger("orchestration.autoscale")
 
 MARKER = "autoscale"  # in the detached process's command line: guards against pid reuse
+# How long a node of an autoscaled pool may take to finish the batch it is scoring when the
+# autoscaler scales in (`stop_finish_s`), unless set: below the local supervisor's 30 s grace.
+NODE_STOP_FINISH_S = 25.0
+
+
+def with_finishing_nodes(settings: Settings) -> Settings:
+    """The settings an autoscaled pool's nodes start with: a node told to stop (scale-in)
+    finishes the batch it is scoring instead of abandoning it (`WORKPOOL_STOP_FINISH_S`)."""
+    if settings.stop_finish_s > 0:
+        return settings
+    return settings.model_copy(update={"stop_finish_s": NODE_STOP_FINISH_S})
 
 
 def log_path(settings: Settings) -> Path:
@@ -113,6 +124,8 @@ def start_detached(
     env["WORKPOOL_QUEUE"] = settings.queue
     env["WORKPOOL_HOME"] = str(settings.home.absolute())
     env["PYTHONUNBUFFERED"] = "1"
+    if settings.stop_finish_s > 0:  # nodes it adds (a cluster's new tasks) finish their batch on scale-in too
+        env["WORKPOOL_STOP_FINISH_S"] = str(settings.stop_finish_s)
     path = log_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as out:
