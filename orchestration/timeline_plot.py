@@ -61,6 +61,7 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
             if lane is not None:
                 lanes.plot(_x(event.at, t0), lane, marker="X", color=PREEMPT, markersize=11, zorder=5)
             lanes.axvline(_x(event.at, t0), color=PREEMPT, linestyle=":", linewidth=1)
+    _cold_start(lanes, report, t0)
     lanes.set_yticks(range(len(workers)))
     if len(workers) <= MAX_LANES_LABELLED:
         lanes.set_yticklabels([_short(w, workers) for w in workers], fontsize=8)
@@ -71,7 +72,7 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
     lanes.grid(True, axis="x", alpha=0.3)
     lanes.set_title(_title(report), fontsize=10, loc="left")
     legend: list[Artist] = [
-        Patch(color=WAIT, label="waiting (prefetched, decoding)"),
+        Patch(color=WAIT, label="received, waiting (prefetch, decode)"),
         Patch(color=SCORE, label="scoring"),
         Patch(color=FINISH, label="writing results, ack"),
         Patch(facecolor="white", edgecolor=FINISH, hatch="///", label="re-delivered (attempt > 1)"),
@@ -97,8 +98,9 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
         colour = EVENT_COLOURS.get(event.kind, "black")
         level = event.nodes_after if event.nodes_after is not None else _size_at(report.events, event.at)
         size.plot(x, level, marker="X" if event.kind == "preempt" else "o", color=colour, markersize=7, zorder=5)
-        size.annotate(_event_label(event), (x, level), textcoords="offset points", xytext=(4, 6), fontsize=7,
-                      color=colour)  # fmt: skip
+        near_right = x > right * 0.85  # labels of the last events go to the left of their marker
+        size.annotate(_event_label(event), (x, level), textcoords="offset points", xytext=(-4 if near_right else 4, 6),
+                      ha="right" if near_right else "left", fontsize=7, color=colour)  # fmt: skip
     size.set_ylabel("pool size (nodes)", color=POOL)
     size.tick_params(axis="y", colors=POOL)
     size.set_ylim(0, max([*py, 1]) * 1.35)
@@ -117,17 +119,41 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
 
 
 def _bar(ax: Any, span: BatchSpan, y: int, t0: datetime) -> None:
+    """The batch's work as a bar (scoring, then writing and acking), its wait before as a thin one.
+
+    A worker scores one batch at a time, so its bars never overlap; the waits of prefetched
+    batches do overlap (they were received while the previous batch scored), hence thin, below.
+    """
     hatch = "///" if span.attempt > 1 else None
     start, ack = _x(span.dequeued_at, t0), _x(span.acked_at, t0)
     if span.started_at is not None and span.scored_at is not None and span.dequeued_at <= span.started_at:
         scoring, scored = _x(span.started_at, t0), _x(span.scored_at, t0)
-        parts = [(start, scoring - start, WAIT), (scoring, scored - scoring, SCORE), (scored, ack - scored, FINISH)]
+        if scoring > start:
+            ax.broken_barh([(start, scoring - start)], (y + 0.22, 0.14), facecolors=WAIT, alpha=0.8, linewidth=0)
+        parts = [(scoring, scored - scoring, SCORE), (scored, ack - scored, FINISH)]
     else:
         parts = [(start, ack - start, SCORE)]
     for left, width, colour in parts:
         if width > 0:
-            ax.broken_barh([(left, width)], (y - 0.38, 0.76), facecolors=colour, edgecolor="white", linewidth=0.4,
+            ax.broken_barh([(left, width)], (y - 0.36, 0.56), facecolors=colour, edgecolor="white", linewidth=0.3,
                            hatch=hatch)  # fmt: skip
+
+
+def _cold_start(ax: Any, report: RunReport, t0: datetime) -> None:
+    """Shade the time from the run's pool launch (or the enqueue) to its first dequeue."""
+    if not report.spans:
+        return
+    first = min(_x(s.dequeued_at, t0) for s in report.spans)
+    launches = [
+        _x(e.at, t0)
+        for e in report.events
+        if e.kind in ("launch", "scale", "autoscale") and e.at <= report.spans[0].dequeued_at
+    ]
+    begin = max([0.0, *[x for x in launches if x <= first]])
+    if first - begin >= 1.0:
+        ax.axvspan(begin, first, color="#dddddd", alpha=0.5, linewidth=0)
+        label = f"cold start: {first - begin:.1f} s to the first batch"
+        ax.text((begin + first) / 2, -0.45, label, ha="center", va="top", fontsize=8, color="#555555")
 
 
 def _lanes(spans: list[BatchSpan], events: list[PoolEvent]) -> list[str]:
@@ -223,7 +249,7 @@ def _title(report: RunReport) -> str:
     parts = [
         f"Run {d.run_id}: {d.images} images, {d.batches} batches, {len(d.workers)} worker(s)",
         f"drain {d.drain_wall_s:.1f} s, {d.images_per_s:.1f} images/s",
-        f"{c.node_seconds:.0f} node-s",
+        f"{c.node_seconds:.0f} node-s (peak {c.nodes_peak} node(s))",
     ]
     if c.cost is not None:
         parts.append(f"cost {c.cost:.4f} ({c.cost_per_1000_images or 0:.4f} per 1,000 images)")
