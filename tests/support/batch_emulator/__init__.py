@@ -90,6 +90,15 @@ class BatchEmulator:
         """Put an executable on every node's PATH (e.g. an `nvidia-smi` stub)."""
         return environment.write_command(self.bin_dir, name, script)
 
+    def set_node_env(self, **values: str) -> None:
+        """Add variables to every node process started from now on: the VM image's environment.
+
+        For pacing in tests only (e.g. WORKPOOL_EXAMPLE_SLEEP_S for the example SleepTask); what
+        the launcher sends is never changed.
+        """
+        with self.state.lock:
+            self.state.base_env.update(values)
+
     def preempt(self, pool_id: str, node_id: str) -> None:
         """Preempt a Spot node: its processes get SIGKILL, its task is requeued."""
         with self.state.lock:

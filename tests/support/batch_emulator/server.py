@@ -6,10 +6,12 @@ AuthenticationFailed otherwise). Errors come back in Batch's OData shape
 `{"code": ..., "message": {"lang": "en-US", "value": ...}}`, which the SDK turns into
 HttpResponseError / ResourceNotFoundError / ResourceExistsError.
 
-Supported: pools (add, list, get, exists, delete, resize, stopresize, removenodes), nodes (list,
-get, files: get and properties), jobs (add, list, get, terminate, delete), tasks (add,
-addtaskcollection, list, get, terminate, delete, files). `$filter` understands `<prop> eq
-'<value>'` clauses joined by `and` or `or` over top-level properties; anything else is a 400.
+Supported: pools (add, list, get, exists, update, delete, resize, stopresize, removenodes),
+nodes (list, get, files: get and properties), jobs (add, list, get, terminate, delete), tasks
+(add, addtaskcollection, list, get, terminate, delete, files). `/metadata/scheduledevents`
+stands in for the instance metadata service (an empty Scheduled Events document). `$filter`
+understands `<prop> eq '<value>'` clauses joined by `and` or `or` over top-level properties;
+anything else is a 400.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class BatchService:
             ("GET", P, a._get_pool),
             ("HEAD", P, a._get_pool),
             ("DELETE", P, a._delete_pool),
+            ("PATCH", P, a._update_pool),
             ("POST", P + r"/resize", a._resize),
             ("POST", P + r"/stopresize", a._stop_resize),
             ("POST", P + r"/removenodes", a._remove_nodes),
@@ -122,6 +125,8 @@ class BatchService:
 
     # --- dispatch ---------------------------------------------------------------------------
     def handle(self, request: Request) -> Answer:
+        if request.path.startswith("/metadata/"):
+            return self._metadata(request)
         try:
             self._authenticate(request)
             if "api-version" not in request.query:
@@ -139,6 +144,20 @@ class BatchService:
         code = answer.body.get("code") if isinstance(answer.body, dict) and answer.status >= 400 else None
         self.log.append(Logged(request.method, request.path, answer.status, code, request.body))
         return answer
+
+    def _metadata(self, request: Request) -> Answer:
+        """A stand-in for the instance metadata service's Scheduled Events (no events, ever).
+
+        Point WORKPOOL_SCHEDULED_EVENTS_URL here (`scheduled_events_url`) so the consumers on the
+        emulated nodes poll this instead of this machine's own 169.254.169.254.
+        """
+        if request.headers.get("metadata", "").lower() != "true":
+            return Answer(400, {"error": "Bad request. Required metadata header not specified"})
+        if request.path == "/metadata/scheduledevents":
+            return Answer(200, {"DocumentIncarnation": 0, "Events": []})
+        if request.path == "/metadata/instance/compute/name":
+            return Answer(200, None, {"Content-Type": "text/plain"}, b"emulated-batch-node")
+        return Answer(404, {"error": "Not found"})
 
     def _authenticate(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -178,6 +197,10 @@ class BatchService:
     def _get_pool(self, r: Request, m: re.Match[str]) -> Answer:
         view = wire.pool_json(self.account, self.account.pool(m["pool"]))
         return Answer(200, None if r.method == "HEAD" else view, {"ETag": view["eTag"]})
+
+    def _update_pool(self, r: Request, m: re.Match[str]) -> Answer:
+        self.account.update_pool(m["pool"], _body(r))
+        return Answer(200)
 
     def _delete_pool(self, _r: Request, m: re.Match[str]) -> Answer:
         self.account.delete_pool(m["pool"])

@@ -262,6 +262,15 @@ class Account:
             pool, Resize(time.time() + self.timing.resize_s, body.get("nodeDeallocationOption") or "requeue")
         )
 
+    def update_pool(self, pool_id: str, body: dict[str, Any]) -> None:
+        """PATCH: the given properties replace the pool's; a new start task applies to nodes that join later."""
+        pool = self.pool(pool_id)
+        if pool.state == "deleting":
+            raise BatchError(409, "PoolBeingDeleted", "The specified pool has been marked for deletion.")
+        for key in ("startTask", "metadata", "applicationPackageReferences", "targetNodeCommunicationMode"):
+            if key in body:
+                pool.body[key] = body[key]
+
     def stop_resize(self, pool_id: str) -> None:
         pool = self.pool(pool_id)
         if pool.state == "deleting":
@@ -477,7 +486,7 @@ class Account:
             task = node.task
             self._kill(task.proc)
             node.task = None
-            if deallocation == "requeue":
+            if deallocation == "requeue" and not task.terminated:  # a terminated task stays ended
                 self._requeue(task)
             else:
                 self._complete(task, None, Failure("usererror", "TaskEnded", "The node was removed from the pool"))

@@ -1,0 +1,182 @@
+"""`orchestration --backend azure-batch` end to end against the Azure Batch emulator and Azurite.
+
+The real CLI (child processes) drives the real azure-batch SDK against the emulator, whose nodes
+run what the launcher sent: the start task downloads the uploaded wheel and bootstrap from
+Azurite and installs them into a virtualenv in the node's shared dir; the consumer tasks run
+`consumer run` from there against the Azurite queue. The emulated nodes have no GPU, so the
+node extras are empty (WORKPOOL_NODE_EXTRAS=""). The wheel is built once per session.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import unique
+from tests.support.azurite import Azurite
+from tests.support.batch_emulator import BatchEmulator
+from tests.support.cli import Outcome, run_cli
+from tests.support.images import stage_folder, write_sample_images
+from workpool.settings import Settings, load_settings
+
+pytestmark = [pytest.mark.batch_emulator, pytest.mark.azurite, pytest.mark.slow]
+
+POOL = "gpu"
+JOB = "workpool"
+SLEEP_TASK = "consumer.tasks.examples:SleepTask"
+
+
+@pytest.fixture(scope="session")
+def wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """XDG_CACHE_HOME for the CLI, holding this checkout's wheel: `launch` builds it only once."""
+    from orchestration import wheel
+
+    home = tmp_path_factory.mktemp("xdg-cache")
+    project = wheel.project()
+    wheel.build_wheel(project, wheel.source_digest(project), home / "workpool" / "wheels")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.support.models import save_tiny_classifier
+
+    return save_tiny_classifier(tmp_path_factory.mktemp("models"))
+
+
+@dataclass
+class Cluster:
+    """The emulated Batch account, Azurite, and the CLI pointed at both."""
+
+    batch: BatchEmulator
+    settings: Settings
+    env: dict[str, str]
+    work: Path
+    runs: list[str] = field(default_factory=list)
+
+    def cli(self, *args: str, timeout_s: float = 300, **env: str) -> Outcome:
+        return run_cli("orchestration", self.settings, *args, env={**self.env, **env}, timeout_s=timeout_s)
+
+    def enqueue(self, images: int, *args: str, size: tuple[int, int] = (64, 48)) -> tuple[str, list[str]]:
+        run_id = unique("run")
+        folder = self.work / run_id
+        names = write_sample_images(folder, images, size)
+        source = stage_folder(self.settings, folder)
+        out = run_cli("producer", self.settings, "enqueue", source, "--run", run_id, "--json", *args, env=self.env)
+        assert out.code == 0, out.stderr
+        self.runs.append(run_id)
+        return run_id, names
+
+    def drained(self, run_id: str, timeout_s: float = 240) -> dict[str, Any]:
+        out = self.cli("wait", "--run", run_id, "--json", "--timeout-s", str(timeout_s), timeout_s=timeout_s + 60)
+        assert out.code == 0, f"{out.stdout}\n{out.stderr}\n{self.batch.describe()}"
+        report: dict[str, Any] = out.json()
+        return report
+
+    def rows(self, run_id: str) -> list[dict[str, Any]]:
+        target = self.work / f"{run_id}.jsonl"
+        out = self.cli("results", "--run", run_id, "--out", str(target))
+        assert out.code == 0, out.stderr
+        return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cluster(batch_emulator: BatchEmulator, azurite: Azurite, tmp_path: Path, wheel_cache: Path) -> Iterator[Cluster]:
+    settings = load_settings(
+        home=tmp_path / "home",
+        queue=unique("q"),
+        results=unique("r"),
+        connection_string=azurite.connection_string,
+    )
+    env = {
+        "WORKPOOL_BATCH_ACCOUNT_URL": batch_emulator.url,
+        "WORKPOOL_BATCH_ACCOUNT_NAME": batch_emulator.account,
+        "WORKPOOL_BATCH_ACCOUNT_KEY": batch_emulator.key,
+        "WORKPOOL_POOL": POOL,
+        "WORKPOOL_BATCH_JOB": JOB,
+        "WORKPOOL_VM_SIZE": "Standard_NC4as_T4_v3",
+        "WORKPOOL_NODE_EXTRAS": "",  # the emulated nodes have no GPU: no CUDA libraries
+        "WORKPOOL_CLUSTER_POLL_INTERVAL_S": "0.2",
+        "XDG_CACHE_HOME": str(wheel_cache),
+        # The consumers on the nodes watch the emulator's Scheduled Events, not this machine's.
+        "WORKPOOL_SCHEDULED_EVENTS_URL": f"{batch_emulator.url}/metadata/scheduledevents?api-version=2020-07-01",
+    }
+    yield Cluster(batch_emulator, settings, env, tmp_path / "work")
+
+
+def one_row_per_image(rows: list[dict[str, Any]], names: list[str]) -> None:
+    assert sorted(r["image"] for r in rows) == sorted(names)
+    assert {r["status"] for r in rows} == {"ok"}, [r for r in rows if r["status"] != "ok"][:3]
+
+
+def installed_from_the_wheel(batch: BatchEmulator, node_id: str) -> None:
+    """The node's venv holds the project as installed from the uploaded wheel (not the checkout)."""
+    root = batch.node_root(POOL, node_id)
+    wheels = list((root / "startup" / "wd").glob("workpool-*.whl"))
+    assert len(wheels) == 1, list((root / "startup" / "wd").iterdir())
+    site = next((root / "shared" / "workpool" / "venv" / "lib").glob("python3*/site-packages"))
+    assert (site / "workpool" / "__init__.py").is_file() and (site / "consumer" / "cli.py").is_file()
+    record = next(site.glob("workpool-*.dist-info")) / "direct_url.json"
+    assert json.loads(record.read_text())["url"].endswith(wheels[0].name)
+
+
+# --- launch, drain, scale ----------------------------------------------------------------------
+def test_launch_installs_the_wheel_drains_a_run_and_scales_in_and_out_without_losing_a_batch(
+    cluster: Cluster, tiny_model: Path
+) -> None:
+    # The example SleepTask of the second run takes 0.25 s per image: long enough to scale mid-run.
+    cluster.batch.set_node_env(WORKPOOL_EXAMPLE_SLEEP_S="0.25")
+    run_id, names = cluster.enqueue(48, "--model", str(tiny_model), "--batch-size", "8")
+
+    launched = cluster.cli("launch", "--backend", "azure-batch", "--nodes", "2")
+    assert launched.code == 0, launched.stderr
+
+    report = cluster.drained(run_id)
+    assert report["images"] == 48 and report["images_ok"] == 48 and report["images_failed"] == 0
+    one_row_per_image(cluster.rows(run_id), names)
+    nodes = cluster.batch.nodes(POOL)
+    assert len(nodes) == 2
+    for node in nodes:
+        installed_from_the_wheel(cluster.batch, node["id"])
+    tasks = cluster.batch.tasks(JOB)
+    assert sorted(t["id"] for t in tasks) == ["consumer-0001", "consumer-0002"]
+    assert {t["state"] for t in tasks} == {"running"}
+    assert {t["nodeInfo"]["nodeId"] for t in tasks} == {n["id"] for n in nodes}
+
+    # One more node, then a run of the example SleepTask (1 s per batch) and, while three
+    # consumers work on it, down to one: the surplus consumers are stopped (they release their
+    # batches) and exactly their nodes leave the pool.
+    first_nodes = {n["id"] for n in nodes}
+    grown = cluster.cli("scale", "--backend", "azure-batch", "--nodes", "3")
+    assert grown.code == 0, grown.stderr
+    cluster.batch.wait_for(lambda: task_running(cluster.batch, "consumer-0003"), 120, "consumer-0003 on a third node")
+    run_id, names = cluster.enqueue(64, "--task", SLEEP_TASK, "--batch-size", "4")
+    shrunk = cluster.cli("scale", "--backend", "azure-batch", "--nodes", "1")
+    assert shrunk.code == 0, shrunk.stderr
+
+    report = cluster.drained(run_id)
+    assert report["images_ok"] == 64 and report["images_failed"] == 0 and report["batches_poisoned"] == 0
+    one_row_per_image(cluster.rows(run_id), names)
+    tasks = {t["id"]: t for t in cluster.batch.tasks(JOB)}
+    stopped = {tasks[i]["nodeInfo"]["nodeId"] for i in ("consumer-0002", "consumer-0003")}
+    assert {tasks[i]["state"] for i in ("consumer-0002", "consumer-0003")} == {"completed"}
+    removed = [n for r in cluster.batch.requests if r.path.endswith("/removenodes") for n in r.body["nodeList"]]
+    assert sorted(removed) == sorted(stopped)
+    cluster.batch.wait_for(lambda: len(cluster.batch.nodes(POOL)) == 1, 30, "the pool to shrink to one node")
+    (kept,) = cluster.batch.nodes(POOL)
+    assert kept["id"] == tasks["consumer-0001"]["nodeInfo"]["nodeId"] and kept["id"] in first_nodes
+    assert tasks["consumer-0001"]["state"] == "running"
+    for task_id in ("consumer-0002", "consumer-0003"):  # stopped gracefully: SIGTERM, batches released
+        node_id = tasks[task_id]["nodeInfo"]["nodeId"]
+        log = cluster.batch.node_file(POOL, node_id, f"workitems/{JOB}/job-1/{task_id}/stderr.txt")
+        assert "SIGTERM received, releasing held batches" in log
+    assert "409" not in grown.stderr + shrunk.stderr
+
+
+def task_running(batch: BatchEmulator, task_id: str) -> bool:
+    return any(t["id"] == task_id and t["state"] == "running" for t in batch.tasks(JOB))
