@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from workpool.errors import NotFoundError, UsageError
-from workpool.runs import ResultRow, RunStore, read_concurrently
+from workpool.runs import RunStore, read_concurrently
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 COLUMNS = ["image", "status", "error", "top_label", "top_score", "predictions", "batch_id", "worker"]
@@ -39,10 +39,14 @@ class ExportSummary:
 def top_prediction(predictions: Any) -> tuple[str | None, float | None]:
     """The flat top label and score: the best of a top-k list; one label per head for a multi-head task."""
     if isinstance(predictions, list):
-        scored = [p for p in predictions if isinstance(p, dict) and "score" in p]
-        if scored:
-            best = max(scored, key=lambda p: float(p["score"]))
-            return str(best.get("label", best.get("index"))), float(best["score"])
+        best, best_score = None, 0.0
+        for p in predictions:  # the first of the highest scores, as max() would pick
+            if isinstance(p, dict) and "score" in p:
+                score = float(p["score"])
+                if best is None or score > best_score:
+                    best, best_score = p, score
+        if best is not None:
+            return str(best.get("label", best.get("index"))), best_score
     if isinstance(predictions, dict):
         # cloth_recognition: {head: [{label, score}, ...]} → "head=label; head=label", no single score.
         tops = {head: top_prediction(values)[0] for head, values in predictions.items()}
@@ -51,18 +55,25 @@ def top_prediction(predictions: Any) -> tuple[str | None, float | None]:
     return None, None
 
 
-def export_rows(runs: RunStore, run_id: str, pending: list[int] | None = None) -> Iterator[dict[str, Any]]:
+# One encoder for every row: json.dumps(..., ensure_ascii=False) builds a new one per call.
+_JSON_TEXT = json.JSONEncoder(ensure_ascii=False)
+
+
+def export_rows(
+    runs: RunStore, run_id: str, pending: list[int] | None = None, *, flat: bool = False
+) -> Iterator[dict[str, Any]]:
     """Rows in manifest order; `pending`, if given, gets one count per unfinished image appended.
 
     Which batches are done comes from the run's state (listings); the done batches' result rows
-    are then read several at a time, in manifest order.
+    are then read, and turned into output rows, several batches at a time, in manifest order.
+    With `flat`, predictions come as JSON text (for CSV and Parquet).
     """
     state = runs.run_state(run_id, timing=False)
     done = list(state.done)
 
-    def rows_of(batch_id: str) -> dict[str, ResultRow]:
+    def rows_of(batch_id: str) -> dict[str, dict[str, Any]]:
         try:
-            return {row.image: row for row in runs.read_results(run_id, batch_id)}
+            return {row["image"]: _row(row, flat) for row in runs.read_result_dicts(run_id, batch_id)}
         except NotFoundError:
             return {}  # deleted since the listing: reported like a batch without results
 
@@ -74,7 +85,7 @@ def export_rows(runs: RunStore, run_id: str, pending: list[int] | None = None) -
         for image in images:
             row = by_image.get(image)
             if row is not None:
-                yield _row(row)
+                yield row
             elif report is not None:
                 yield _error(
                     image, batch_id, f"poisoned after {report.attempts} attempts: {report.reason}", report.worker
@@ -87,17 +98,21 @@ def export_rows(runs: RunStore, run_id: str, pending: list[int] | None = None) -
                 yield _error(image, batch_id, "not scored yet: its batch has no result", None)
 
 
-def _row(row: ResultRow) -> dict[str, Any]:
-    label, score = top_prediction(row.predictions) if row.status == "ok" else (None, None)
+def _row(row: dict[str, Any], flat: bool) -> dict[str, Any]:
+    """The output row of a result row (a dict from `RunStore.read_result_dicts`)."""
+    predictions = row.get("predictions")
+    label, score = top_prediction(predictions) if row["status"] == "ok" else (None, None)
+    if flat and predictions is not None:
+        predictions = _JSON_TEXT.encode(predictions)  # nested predictions as JSON text
     return {
-        "image": row.image,
-        "status": row.status,
-        "error": row.error,
+        "image": row["image"],
+        "status": row["status"],
+        "error": row.get("error"),
         "top_label": label,
         "top_score": score,
-        "predictions": row.predictions,
-        "batch_id": row.batch_id,
-        "worker": row.worker,
+        "predictions": predictions,
+        "batch_id": row["batch_id"],
+        "worker": row["worker"],
     }
 
 
@@ -125,7 +140,7 @@ def export_results(runs: RunStore, run_id: str, out: Path) -> ExportSummary:
     counts = {"ok": 0, "error": 0}
 
     def counted() -> Iterator[dict[str, Any]]:
-        for row in export_rows(runs, run_id, pending):
+        for row in export_rows(runs, run_id, pending, flat=suffix != ".jsonl"):
             counts[row["status"]] += 1
             yield row
 
@@ -146,18 +161,12 @@ def export_results(runs: RunStore, run_id: str, out: Path) -> ExportSummary:
     return ExportSummary(out, counts["ok"] + counts["error"], counts["ok"], counts["error"], len(pending))
 
 
-def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """Nested predictions as JSON text, for the flat formats."""
-    predictions = row["predictions"]
-    return {**row, "predictions": None if predictions is None else json.dumps(predictions, ensure_ascii=False)}
-
-
 def _write_csv(rows: Iterator[dict[str, Any]], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in _flat(row).items()})
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
 def _write_jsonl(rows: Iterator[dict[str, Any]], path: Path) -> None:
@@ -166,7 +175,7 @@ def _write_jsonl(rows: Iterator[dict[str, Any]], path: Path) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, chunk: int = 10_000) -> None:
+def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, chunk: int = 50_000) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -183,11 +192,17 @@ def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, chunk: int = 10_0
         ]
     )
     with pq.ParquetWriter(str(path), schema) as writer:
-        buffer: list[dict[str, Any]] = []
-        for row in rows:
-            buffer.append(_flat(row))
-            if len(buffer) >= chunk:
-                writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
-                buffer.clear()
+        columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+
+        def flush() -> None:
+            writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+            for values in columns.values():
+                values.clear()
+
+        for count, row in enumerate(rows, 1):
+            for name, values in columns.items():
+                values.append(row[name])
+            if count % chunk == 0:
+                flush()
         # Always write the last (possibly only, possibly empty) chunk so the file has its schema.
-        writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
+        flush()

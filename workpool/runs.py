@@ -33,7 +33,8 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from workpool.errors import NotFoundError, UsageError, WorkpoolError
 from workpool.storage.base import ObjectExistsError, ObjectInfo, ObjectStore, check_metadata
@@ -79,6 +80,9 @@ class ResultRow(BaseModel):
     predictions: Any = None
     batch_id: str
     worker: str
+
+
+_RESULT_ROWS = TypeAdapter(list[ResultRow])
 
 
 class BatchRecord(BaseModel):
@@ -302,9 +306,34 @@ class RunStore:
     def read_results(self, run_id: str, batch_id: str) -> list[ResultRow]:
         data = self.store.read(self._key(run_id, "results", f"{batch_id}.jsonl"))
         try:
-            return [ResultRow.model_validate_json(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+            # One JSON array for the whole batch: one call into pydantic's parser instead of one per row.
+            lines = [line for line in data.splitlines() if line.strip()]
+            return _RESULT_ROWS.validate_json(b"[" + b",".join(lines) + b"]")
         except ValueError as exc:
             raise WorkpoolError(f"results of run {run_id} batch {batch_id} are unreadable: {exc}") from None
+
+    def read_result_dicts(self, run_id: str, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's result rows as plain dicts, each checked for the fields every row has.
+
+        For reading many batches at once (`orchestration results`): a third of the cost of a
+        `ResultRow` per row, which adds up over a run of hundreds of thousands of images.
+        """
+        data = self.store.read(self._key(run_id, "results", f"{batch_id}.jsonl"))
+        try:
+            rows = from_json(b"[" + b",".join(line for line in data.splitlines() if line.strip()) + b"]")
+        except ValueError as exc:
+            raise WorkpoolError(f"results of run {run_id} batch {batch_id} are unreadable: {exc}") from None
+        for row in rows:
+            if not (
+                isinstance(row, dict)
+                and row.get("status") in ("ok", "error")
+                and all(isinstance(row.get(key), str) for key in ("image", "batch_id", "worker"))
+            ):
+                raise WorkpoolError(
+                    f"results of run {run_id} batch {batch_id} are unreadable: a row without image, status, "
+                    f"batch_id or worker"
+                )
+        return list(rows)
 
     def result_batch_ids(self, run_id: str) -> set[str]:
         return set(self._ids(run_id, "results", ".jsonl"))

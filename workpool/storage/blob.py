@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import Iterator, Mapping
+from urllib.parse import unquote
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient
@@ -40,13 +42,46 @@ class BlobStore(ObjectStore):
         # One List Blobs request per 5,000 blobs carries every blob's metadata.
         with azure_errors(f"list {self.location}/{prefix}"):
             try:
-                infos = [
-                    ObjectInfo(b.name, dict(b.metadata or {}))
-                    for b in self._client.list_blobs(name_starts_with=prefix or None, include=["metadata"])
-                ]
+                try:
+                    infos = self._list_info_raw(prefix)
+                except (ImportError, AttributeError, TypeError):
+                    infos = self._list_info_sdk(prefix)  # the SDK's private helpers moved: the slow, public way
             except ResourceNotFoundError:
                 raise NotFoundError(f"container {self.container} does not exist") from None
         return iter(sorted(infos, key=lambda info: info.name))
+
+    def _list_info_sdk(self, prefix: str) -> builtins.list[ObjectInfo]:
+        blobs = self._client.list_blobs(name_starts_with=prefix or None, include=["metadata"])
+        return [ObjectInfo(b.name, dict(b.metadata or {})) for b in blobs]
+
+    def _list_info_raw(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """Names and metadata read straight from the List Blobs XML.
+
+        `list_blobs` turns every listed blob into a full `BlobProperties` model, ~0.3 ms of Python
+        per blob: most of the time of reading a large run. This takes the route the SDK's own
+        `list_blob_names` takes (raw XML from the generated client) and keeps two fields.
+        """
+        from azure.storage.blob._list_blobs_helper import IgnoreListBlobsDeserializer
+        from azure.storage.blob._shared.response_handlers import return_raw_deserialized
+
+        client = self._client._build_generated_client()  # type: ignore[attr-defined]
+        client.container._deserialize = IgnoreListBlobsDeserializer()
+        infos: builtins.list[ObjectInfo] = []
+        marker = None
+        while True:
+            _, root = client.container.list_blob_flat_segment(
+                prefix=prefix or None, marker=marker, include=["metadata"], cls=return_raw_deserialized
+            )
+            for blob in root.iterfind("Blobs/Blob"):
+                name_node = blob.find("Name")
+                if name_node is None or name_node.text is None:
+                    continue
+                name = unquote(name_node.text) if name_node.get("Encoded") == "true" else name_node.text
+                metadata = {child.tag: child.text or "" for child in blob.iterfind("Metadata/*")}
+                infos.append(ObjectInfo(name, metadata))
+            marker = root.findtext("NextMarker") or None
+            if marker is None:
+                return infos
 
     def read(self, name: str) -> bytes:
         with azure_errors(f"read {self.location}/{name}"):
