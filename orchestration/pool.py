@@ -18,7 +18,8 @@ from workpool.storage import open_result_store
 
 
 def pending_runs(settings: Settings, runs: RunStore) -> list[str]:
-    """Runs of this queue with batches neither acked nor poisoned."""
+    """Runs of this queue with batches still pending: neither done (results written) nor poisoned,
+    by the run layout's one rule (`RunStore.run_state`), read from listings."""
     try:
         run_ids = runs.list_runs()
     except NotFoundError:

@@ -7,15 +7,20 @@ side (idempotent writes, manifest, results, timing and poison records).
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from workpool.errors import NotFoundError, UsageError
-from workpool.runs import BatchRecord, Manifest, PoisonReport, ResultRow, RunStore
+from workpool.runs import BatchRecord, Manifest, PoisonReport, ResultRow, RunExistsError, RunStore
 from workpool.settings import Settings
 from workpool.storage import ObjectStore, open_location, open_result_store, parse_location
+from workpool.storage.base import ObjectExistsError
 
 
 @pytest.fixture
@@ -139,3 +144,116 @@ def test_source_uris_parse_into_container_and_prefix() -> None:
 def test_blob_uris_need_azure_storage_settings(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="AZURE_STORAGE_CONNECTION_STRING"):
         open_location(Settings(home=tmp_path), "az://images/x")
+
+
+# --- metadata carried by listings, and create-if-absent ---------------------------------------
+
+
+def test_a_listing_carries_each_objects_metadata_and_only_its_own(store: ObjectStore) -> None:
+    store.write("m/a.json", b"a", {"images": "64", "worker": '"vm-1"'})
+    store.write("m/b.json", b"b")
+    store.write("m/c.json", b"c1", {"images": "1"})
+    store.write("m/c.json", b"c2", {"images": "2"})  # replaced: the new metadata with the new bytes
+    store.write("m/a.json", b"a2")  # replaced without metadata: none is listed any more
+
+    listed = {info.name: dict(info.metadata) for info in store.list_info("m/")}
+
+    assert listed == {"m/a.json": {}, "m/b.json": {}, "m/c.json": {"images": "2"}}
+    assert store.read("m/c.json") == b"c2"
+    assert list(store.list("m/")) == ["m/a.json", "m/b.json", "m/c.json"]  # the local index stays hidden
+    with pytest.raises(ValueError, match="metadata name"):
+        store.write("m/d.json", b"d", {"Not-An-Identifier": "x"})
+    with pytest.raises(ValueError, match="printable ASCII"):
+        store.write("m/d.json", b"d", {"worker": "vm-ü"})
+    assert not store.exists("m/d.json")
+
+
+def test_create_refuses_a_taken_name_and_leaves_it_alone(store: ObjectStore) -> None:
+    store.create("runs/x/manifest.json", b"first")
+    with pytest.raises(ObjectExistsError, match=r"manifest\.json already exists"):
+        store.create("runs/x/manifest.json", b"second")
+    assert store.read("runs/x/manifest.json") == b"first"
+    assert list(store.list("runs/x/")) == ["runs/x/manifest.json"]  # no temp file left behind
+
+
+def race_to_create(store: ObjectStore, name: str, writers: int) -> list[int]:
+    """`writers` threads create `name` at the same moment; the writers that succeeded."""
+    barrier = threading.Barrier(writers)
+    won: list[int] = []
+
+    def create(i: int) -> None:
+        barrier.wait()
+        with contextlib.suppress(ObjectExistsError):
+            store.create(name, f"writer {i}".encode())
+            won.append(i)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won
+
+
+def test_of_threads_creating_one_name_at_once_exactly_one_wins(store: ObjectStore) -> None:
+    for round_ in range(5):
+        [winner] = race_to_create(store, f"race/{round_}.json", writers=8)
+        assert store.read(f"race/{round_}.json") == f"writer {winner}".encode()
+
+
+def test_manifests_are_created_once(store: ObjectStore) -> None:
+    runs = RunStore(store)
+    manifest = Manifest(
+        run_id="once", source="/d", task="classification", batch_size=1, queue="q", images=1, batches={"b0": ["a"]}
+    )
+    runs.create_manifest(manifest)
+    runs.create_manifest(manifest)  # our own write again (a retry whose first response was lost): fine
+    other = manifest.model_copy(update={"source": "/elsewhere"})
+    with pytest.raises(RunExistsError, match="run once already exists"):
+        runs.create_manifest(other)
+    assert runs.read_manifest("once") == manifest
+
+
+CRASH_BEFORE_RENAME = """
+import os, sys
+from pathlib import Path
+from workpool.storage.local import LocalStore
+os.replace = lambda *a: os._exit(9)  # the process dies after the index line, before the rename
+LocalStore(Path(sys.argv[1])).write("d/x.json", b"new", {"images": "2"})
+"""
+
+
+def test_a_local_write_killed_before_its_rename_leaves_the_old_object_and_metadata(tmp_path: Path) -> None:
+    from workpool.storage.local import INDEX, LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    store.write("d/x.json", b"old", {"images": "1"})
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_BEFORE_RENAME, str(store.root)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert crashed.returncode == 9, crashed.stderr
+    # A line torn by a crash mid-append is skipped too
+    with (store.root / "d" / INDEX).open("a") as index:
+        index.write('{"name": "x.json", "file": [1, 2')
+
+    [info] = store.list_info("d/")
+
+    assert (info.name, dict(info.metadata)) == ("d/x.json", {"images": "1"})
+    assert store.read("d/x.json") == b"old"
+    store.write("d/x.json", b"newer", {"images": "3"})  # and the index still takes new lines
+    assert [dict(i.metadata) for i in store.list_info("d/")] == [{"images": "3"}]
+
+
+@pytest.mark.parametrize("backend", [pytest.param("azurite", marks=pytest.mark.azurite)])
+def test_blob_listings_read_from_the_raw_xml_match_the_sdks_models(store: ObjectStore) -> None:
+    from workpool.storage.blob import BlobStore
+
+    assert isinstance(store, BlobStore)
+    for i, name in enumerate(["p/a b.json", "p/ü.json", "p/x&y<z>.json", "p/plain.json"]):
+        store.write(name, b"x", {"images": str(i), "worker": '"vm-1"'} if i % 2 else None)
+    store.write("q/other.json", b"x", {"images": "9"})
+    raw = sorted(store._list_info_raw("p/"), key=lambda info: info.name)
+    sdk = sorted(store._list_info_sdk("p/"), key=lambda info: info.name)
+    assert raw == sdk and len(raw) == 4
+    assert [dict(info.metadata) for info in raw if info.name == "p/ü.json"] == [{"images": "1", "worker": '"vm-1"'}]

@@ -135,7 +135,8 @@ class LocalStore(ObjectStore):
 
 
 def _append_index(directory: Path, leaf: str, fingerprint: Fingerprint, metadata: Mapping[str, str]) -> None:
-    line = json.dumps({"name": leaf, "file": list(fingerprint), "metadata": dict(metadata)}) + "\n"
+    # Starting with a newline too: a line torn by a crash never swallows the next one.
+    line = "\n" + json.dumps({"name": leaf, "file": list(fingerprint), "metadata": dict(metadata)}) + "\n"
     # One write(2) in O_APPEND mode: concurrent writers' lines land whole, one after another.
     fd = os.open(directory / INDEX, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -151,6 +152,8 @@ def _read_index(directory: Path) -> dict[tuple[str, Fingerprint], dict[str, str]
     except OSError:
         return index
     for line in text.splitlines():
+        if not line:
+            continue
         try:
             entry = json.loads(line)
             ino, size, mtime_ns = entry["file"]
