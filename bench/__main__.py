@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import decode, enqueue_rate, memory, pipeline, projection, scaling, stragglers
+from bench import decode, enqueue_rate, memory, pipeline, projection, run_reads, scaling, stragglers
 from bench.common import machine
 
 
@@ -34,6 +34,12 @@ def main() -> int:
             lambda: enqueue_rate.main(["--names", "20000", "--azurite-messages", "20"] if quick else []),
         ),
         ("memory", lambda: memory.main(["--images", "200"] if quick else [])),
+        (
+            "run reads",
+            lambda: run_reads.main(
+                ["--small", "10", "--large", "20", "--repeats", "1", "--seed-images", "6400"] if quick else []
+            ),
+        ),
         ("decode", lambda: decode.main(["--seconds", "0.5", "--rounds", "1"] if quick else [])),
         ("projection", lambda: projection.main([])),
     ]
