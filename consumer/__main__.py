@@ -1,5 +1,18 @@
-"""`python -m consumer` runs the consumer command-line app."""
+"""`python -m consumer` and the `consumer` script: the consumer command-line app.
 
-from consumer.cli import app
+The stop signals are caught before anything heavy is imported (see consumer/signals.py): a
+consumer told to stop while it is still importing stops cleanly instead of dying of SIGTERM.
+"""
 
-app(prog_name="consumer")
+from consumer import signals
+
+
+def main() -> None:
+    signals.install()
+    from consumer.cli import app  # after the handlers, on purpose
+
+    app(prog_name="consumer")
+
+
+if __name__ == "__main__":
+    main()

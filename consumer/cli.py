@@ -1,24 +1,27 @@
 """`consumer run`: score batches from the work queue until stopped or idle.
 
 Every flag is also a setting (`WORKPOOL_<NAME>` or the config file); flags win.
+SIGTERM/SIGINT are caught from the process's first line (consumer/__main__.py,
+consumer/signals.py); this module only asks `signals.received()`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import warnings
 from collections.abc import Mapping
-from types import FrameType
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 from PIL import Image
 
+from consumer import signals
+from consumer.accelerator import check_accelerator
+from consumer.gpu_fanout import run_workers, visible_gpus, worker_count, write_totals
 from consumer.runner import Consumer, default_worker_id
-from consumer.supervisor import run_children, visible_gpus, worker_count
 from workpool.cli import EXIT_FAILURE, ConfigOption, LogLevelOption, handle_errors, settings_for
 from workpool.errors import UsageError, WorkpoolError
 
@@ -85,7 +88,15 @@ def run(
         bool | None,
         typer.Option("--allow-unsafe-models", help="Allow models whose loading runs Python code (Lambda layers)."),
     ] = None,
+    allow_cpu: Annotated[
+        bool | None,
+        typer.Option("--allow-cpu", help="Score on the CPU even when the machine has GPUs TensorFlow cannot see."),
+    ] = None,
     log_level: LogLevelOption = "INFO",
+    totals_file: Annotated[
+        Path | None,
+        typer.Option("--totals-file", hidden=True, help="Where a worker of `--workers N` keeps its totals (JSON)."),
+    ] = None,
 ) -> None:
     """Dequeue, score and ack batches. Last line: 'Worker <id> Processed <n> images, took <H:MM:SS.ffffff>'."""
     flags = {
@@ -97,6 +108,7 @@ def run(
         "precision": precision,
         "xla": xla,
         "allow_unsafe_models": allow_unsafe_models,
+        "allow_cpu": allow_cpu,
     }
     settings = settings_for(config, log_level, **flags)
     if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
@@ -104,28 +116,28 @@ def run(
     gpus = visible_gpus()
     count = worker_count(workers, gpus)
     if count > 1 or (gpus and "CUDA_VISIBLE_DEVICES" not in os.environ):
-        # A supervisor of one process per GPU (or per --workers); children inherit the environment.
+        # One worker process per GPU (or per --workers), kept running; children inherit the environment.
         child_args = [*flags_for_child(flags), f"--log-level={log_level}"]
         if config is not None:
             child_args.append(f"--config={config}")
-        raise typer.Exit(run_children(worker_id or default_worker_id(), count, gpus, child_args))
+        raise typer.Exit(run_workers(worker_id or default_worker_id(), count, gpus, child_args, stop_when=_stop_reason))
 
+    check_accelerator(settings.allow_cpu)  # GPUs the framework cannot see: refuse rather than crawl on the CPU
     # Refuse decompression bombs between Pillow's limit and twice it (Pillow only warns there).
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     consumer = Consumer(settings, worker_id)
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        log.info(
-            "worker %s: %s received, releasing held batches and stopping",
-            consumer.worker_id,
-            signal.Signals(signum).name,
-        )
-        consumer.request_stop()
+    reported = [-1]  # images in the totals file
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def report(final: bool = False) -> None:
+        """Keep the parent's totals file current (`--workers N`): it survives this process dying."""
+        if totals_file is not None and (final or reported[0] != consumer.images_processed):
+            reported[0] = consumer.images_processed
+            write_totals(totals_file, consumer.worker_id, consumer.images_processed, final=final)
+
     log.info("worker %s: consuming queue %s (%s)", consumer.worker_id, settings.queue, settings.storage_mode.value)
-    consumer.run()
+    consumer.run(stop_when=_stop_reason, tick=report)
+    report(final=True)
     print(consumer.summary_line(), flush=True)
     if isinstance(consumer.error, WorkpoolError):
         raise consumer.error  # handle_errors: one line on stderr, exit 1 (2 for bad settings)
@@ -137,3 +149,8 @@ def run(
         # been released already, so leave without waiting for it.
         sys.stderr.flush()
         os._exit(0)
+
+
+def _stop_reason() -> str | None:
+    received = signals.received()
+    return None if received is None else f"{received.name} received"

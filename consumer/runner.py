@@ -1,15 +1,18 @@
 """One consumer process: the queue, the lease keeper, the prefetcher and the worker, wired up.
 
 Threads, and why there are several:
-- the worker thread scores (TensorFlow calls block it for the length of a batch);
+- the worker thread starts up (waits out unreachable storage, warms the model up) and then
+  scores (TensorFlow calls block it for the length of a batch);
 - the main thread only waits and handles signals, so SIGTERM is acted on at once even while a
-  batch is being scored (Python runs signal handlers on the main thread only);
+  batch is being scored or start-up is still going (Python runs signal handlers on the main
+  thread only);
 - the prefetch thread receives and prepares the next batches; the lease thread renews.
 
 Stopping (SIGTERM, SIGINT or `--idle-exit-s`): stop receiving, release every held message
 (the one being scored and the prefetched ones) so they are visible again at once, and return.
 A batch caught mid-score is abandoned, not finished: its results would arrive after its message
-was released, and another consumer is free to score it immediately.
+was released, and another consumer is free to score it immediately. A stop during start-up
+starts nothing more: no lease is taken after it.
 With `WORKPOOL_STOP_FINISH_S` (the nodes of an autoscaled pool) a stop first releases the
 prefetched batches and gives the one being scored that long to be written and acked, so a
 scale-in abandons nothing mid-score (a preemption notice still releases everything at once).
@@ -22,10 +25,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from consumer.lease import LeaseKeeper
 from consumer.pipeline import Prefetcher, Preparer
+from consumer.preemption import PreemptionGuard
 from consumer.tasks import TaskCache
+from consumer.warmup import warm_up
 from consumer.worker import Backoff, Worker
 from workpool.errors import StorageUnavailableError, WorkpoolError
 from workpool.queue import WorkQueue, open_queue
@@ -94,7 +100,12 @@ class Consumer:
         self.abandoned = False
         self._threads: list[threading.Thread] = []
         self._worker_thread: threading.Thread | None = None
+        # Held while the lease keeper and the prefetcher start, and by shutdown before it stops
+        # them: either they started before the stop (and are stopped), or they never start.
+        self._starting = threading.Lock()
         self.started = time.monotonic()
+        # With WORKPOOL_SCHEDULED_EVENTS_URL: a preempted VM gives its batches back at once, uncounted.
+        self.preemption = PreemptionGuard.for_consumer(self)
 
     def prepare_storage(self) -> None:
         """Create the queue and result store if missing, waiting out an unreachable account.
@@ -124,37 +135,68 @@ class Consumer:
                 delay = min(delay * 2, 30.0)
 
     def start(self) -> None:
+        """Start the worker thread; start-up (storage, warm-up) happens there, not here."""
         self.started = time.monotonic()
-        self.prepare_storage()
-        lease_thread = threading.Thread(target=self.leases.run, args=(self.stop_event,), name="lease", daemon=True)
-        lease_thread.start()
-        self.prefetcher.start()
         self._worker_thread = threading.Thread(target=self._work, name="worker", daemon=True)
         self._worker_thread.start()
-        self._threads = [lease_thread, self._worker_thread]
+        self._threads = [self._worker_thread]
+        if self.preemption is not None:
+            self.preemption.start()
+
+    def _start_up(self) -> bool:
+        """Everything before the first lease; False when a stop came first (nothing started)."""
+        if self.stop_event.is_set():
+            return False
+        self.prepare_storage()
+        warm_up(self.settings, self.tasks, self.runs, self.stop_event)  # load the models before the first lease
+        with self._starting:
+            if self.stop_event.is_set():
+                return False
+            lease_thread = threading.Thread(target=self.leases.run, args=(self.stop_event,), name="lease", daemon=True)
+            lease_thread.start()
+            self.prefetcher.start()
+            self._threads.append(lease_thread)
+        return True
 
     def _work(self) -> None:
         try:
-            self.worker.run(self.stop_event)
+            if self._start_up():
+                self.worker.run(self.stop_event)
         except BaseException as exc:  # reported by wait(); the CLI exits 1
             self.error = exc
             log.error("worker %s stopped on an error: %s", self.worker_id, exc)
 
-    def wait(self, poll_s: float = 0.2) -> None:
-        """Block until the worker ends or `request_stop` is called (signal handlers call it)."""
+    def wait(
+        self,
+        stop_when: Callable[[], str | None] = lambda: None,
+        tick: Callable[[], None] = lambda: None,
+        poll_s: float = 0.2,
+    ) -> None:
+        """Block until the worker ends, `request_stop` is called, or `stop_when` gives a reason
+        (the CLI's: a signal was received); then shut down. `tick` runs on every poll."""
         assert self._worker_thread is not None
         while self._worker_thread.is_alive() and not self.stop_event.is_set():
+            reason = stop_when()
+            if reason is not None:
+                log.info("worker %s: %s, releasing held batches and stopping", self.worker_id, reason)
+                break
+            tick()
             self._worker_thread.join(poll_s)
         self.shutdown()
+        if self.preemption is not None:
+            self.preemption.hold(stop_when)  # a preempted consumer stays until its VM goes
 
     def request_stop(self) -> None:
         self.stop_event.set()
 
     def shutdown(self) -> None:
         self.stop_event.set()
+        with self._starting:  # after this, the worker thread starts nothing more
+            pass
         self.prefetcher.stop()
         self._finish_in_hand()
-        released = self.leases.release_all()
+        counted = self.preemption is None or self.preemption.count_delivery
+        released = self.leases.release_all(count_delivery=counted)
         if released:
             log.info("worker %s released %d held batch(es) for other consumers", self.worker_id, released)
         self.prefetcher.join(STOP_GRACE_S)
@@ -162,16 +204,20 @@ class Consumer:
             self._worker_thread.join(STOP_GRACE_S)
             self.abandoned = self._worker_thread.is_alive()
             # Anything taken between the release above and the worker noticing the stop.
-            self.leases.release_all()
+            self.leases.release_all(count_delivery=counted)
         self.preparer.close()
 
     def _finish_in_hand(self) -> None:
         """With `stop_finish_s` (a pool's scale-in): release the prefetched batches at once and give
         the batch being scored that long to be written and acked, so it is not abandoned mid-score.
+
+        Not on a preemption notice (the guard has released everything already: the VM goes).
         """
         finish_s = self.settings.stop_finish_s
         worker = self._worker_thread
         if finish_s <= 0 or worker is None or not worker.is_alive():
+            return
+        if self.preemption is not None and self.preemption.preempted:
             return
         self.prefetcher.join(STOP_GRACE_S)
         waiting = [job.message_id for job in self.prefetcher.drain()]
@@ -183,9 +229,12 @@ class Consumer:
             log.info("worker %s finishing the batch in hand (up to %.0f s) before stopping", self.worker_id, finish_s)
         worker.join(finish_s)
 
-    def run(self) -> None:
+    def run(self, stop_when: Callable[[], str | None] = lambda: None, tick: Callable[[], None] = lambda: None) -> None:
+        if stop_when() is not None:  # told to stop before it began: start nothing
+            self.started = time.monotonic()
+            return
         self.start()
-        self.wait()
+        self.wait(stop_when, tick)
 
     @property
     def images_processed(self) -> int:

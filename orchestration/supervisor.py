@@ -25,31 +25,17 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from consumer import signals
 from orchestration.local_state import NodeRecord, PoolRecord, node_command, read_target, write_json
+from workpool.restarts import CrashLoopBackoff, describe_exit
 
 log = logging.getLogger("orchestration.supervisor")
-
-# A node that exits on its own within this many seconds of starting counts as failing at
-# start-up (a bad setting, a broken install): from its second such exit in a row it is restarted
-# after a pause that doubles up to the ceiling, so a crash loop costs little CPU and leaves
-# readable logs.
-QUICK_FAILURE_S = 10.0
-MAX_BACKOFF_S = 30.0
 
 
 def slot_id(slot: int) -> str:
     # The host name keeps worker ids unique when pools on several machines share one queue.
     host = socket.gethostname().split(".")[0] or "local"
     return f"{host}-node-{slot}"
-
-
-def describe_exit(code: int) -> str:
-    if code >= 0:
-        return f"exit {code}"
-    try:
-        return f"killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"killed by signal {-code}"
 
 
 def slot_of(node_id: str) -> int:
@@ -66,7 +52,7 @@ class Supervisor:
         self.logs: dict[str, IO[bytes]] = {}
         self.kill_at: dict[str, float] = {}  # nodes asked to stop → when to SIGKILL them
         self.respawn_at: dict[str, float] = {}
-        self.quick_failures: dict[str, int] = {}
+        self.backoff = CrashLoopBackoff()  # a node that keeps dying young waits longer each time
         self.target = 0
         self.generation = 0
         self._stop = False
@@ -128,16 +114,11 @@ class Supervisor:
             if node_id in self.kill_at:
                 del self.kill_at[node_id]
                 del self.records[node_id]
-                self.quick_failures.pop(node_id, None)  # a later node in this slot starts afresh
+                self.backoff.forget(node_id)  # a later node in this slot starts afresh
                 log.info("%s stopped (%s)", node_id, how)
                 continue
             ran_s = now - (record.started_at or now)
-            # Only a node that exits on its own soon after starting is in a crash loop; one
-            # killed by a signal (an operator, the OOM killer, a test) is replaced at once.
-            exited_young = code >= 0 and ran_s < QUICK_FAILURE_S
-            quick = self.quick_failures.get(node_id, 0) + 1 if exited_young else 0
-            self.quick_failures[node_id] = quick
-            delay = 0.0 if quick <= 1 else min(2.0 ** (quick - 1), MAX_BACKOFF_S)
+            delay = self.backoff.delay_s(node_id, code, ran_s)
             record.state, record.pid, record.last_exit = "restarting", None, how
             self.respawn_at[node_id] = now + delay
             log.warning("%s died (%s) after %.1f s; respawning in %.0f s", node_id, how, ran_s, delay)
@@ -171,13 +152,16 @@ class Supervisor:
         out = open(logs / f"{record.id}.log", "ab")  # noqa: SIM115 - closed when the node is reaped
         out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {record.id}\n".encode())
         out.flush()
-        proc = subprocess.Popen(
-            node_command(sys.executable, record.id, self._env.get("WORKPOOL_NODE_WORKERS", "auto")),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=self._env,
-        )
+        # Started with SIGTERM/SIGINT held until the node's own handlers are in place: a node
+        # scaled in the moment it started still stops cleanly (consumer/signals.py).
+        with signals.held():
+            proc = subprocess.Popen(
+                node_command(sys.executable, record.id, self._env.get("WORKPOOL_NODE_WORKERS", "auto")),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+            )
         if record.state == "restarting":
             record.restarts += 1
         record.state, record.pid, record.started_at = "running", proc.pid, time.time()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.supervisor import visible_gpus, worker_count
+from consumer.gpu_fanout import visible_gpus, worker_count
 from tests.conftest import backend_env
 from tests.support.azurite import ACCOUNT_KEY
 from tests.support.images import stage_folder, write_sample_images
@@ -31,6 +31,8 @@ from workpool.storage import open_result_store
 pytestmark = pytest.mark.slow
 LAST_LINE = re.compile(r"^Worker (\S+) Processed (\d+) images, took \d+:\d{2}:\d{2}\.\d{6}$")
 SLEEP_TASK = "consumer.tasks.examples:SleepTask"
+SLOW_LOAD_TASK = "tests.support.slow_tasks:SlowLoadTask"
+REPO = Path(__file__).resolve().parents[1]
 
 
 class ConsumerProcess:
@@ -39,7 +41,7 @@ class ConsumerProcess:
     def __init__(self, settings: Settings, folder: Path, *args: str, sleep_s: float = 0.01) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.stdout_path, self.stderr_path = folder / "stdout.txt", folder / "stderr.txt"
-        env = backend_env(settings) | {"WORKPOOL_EXAMPLE_SLEEP_S": str(sleep_s)}
+        env = backend_env(settings) | {"WORKPOOL_EXAMPLE_SLEEP_S": str(sleep_s), "PYTHONPATH": str(REPO)}
         with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "consumer", "run", "--log-level", "DEBUG", *args],
@@ -209,3 +211,132 @@ def test_sigterm_to_a_worker_pool_stops_every_worker_and_releases_their_batches(
     assert len([line for line in lines if LAST_LINE.match(line)]) == 3
     [message] = open_queue(settings).receive(1, visibility_timeout_s=30)
     assert message.dequeue_count == 2
+
+
+# --- stopped at any moment of start-up --------------------------------------------------------
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has its own handler for `signum` (Linux: SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    caught = int(status.split("SigCgt:")[1].split()[0], 16)
+    return bool(caught & (1 << (signum - 1)))
+
+
+def worker_pids(pool: ConsumerProcess) -> dict[str, int]:
+    """The pool's worker processes by worker id (not its other children, such as nvidia-smi)."""
+    pid = pool.proc.pid
+    workers = {}
+    try:
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            args = Path(f"/proc/{child}/cmdline").read_text().split("\0")
+            if "--totals-file" in args:  # not a fork of the parent that has yet to exec
+                workers[args[args.index("--worker-id") + 1]] = int(child)
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return workers
+
+
+def workers_catch(pool: ConsumerProcess) -> bool:
+    workers = worker_pids(pool).values()
+    return len(workers) == 2 and all(catches(p, signal.SIGTERM) for p in workers)
+
+
+# Each moment: what to queue, and when the pool counts as being there.
+MOMENTS = {
+    # the parent itself, in its first moments: its handlers are in, its imports are not done
+    "parent importing": lambda pool: catches(pool.proc.pid, signal.SIGTERM),
+    # a worker process exists, but its interpreter may not have run a line of ours yet
+    "worker just spawned": lambda pool: bool(worker_pids(pool)),
+    # both workers have their handlers, and are importing
+    "workers importing": workers_catch,
+    # a worker holds a batch and is loading its model (30 s)
+    "worker loading the model": lambda pool: "loading the model" in pool.stderr,
+    # both workers are polling an empty queue
+    "workers idle": lambda pool: pool.stderr.count("consuming queue") == 2,
+}
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from /proc")
+@pytest.mark.parametrize(
+    ("moment", "signum"),
+    [
+        ("parent importing", signal.SIGTERM),
+        ("worker just spawned", signal.SIGTERM),
+        ("workers importing", signal.SIGINT),
+        ("worker loading the model", signal.SIGTERM),
+        ("workers idle", signal.SIGINT),
+    ],
+)
+def test_a_worker_pool_told_to_stop_during_start_up_stops_cleanly(
+    moment: str,
+    signum: signal.Signals,
+    settings: Settings,
+    tmp_path: Path,
+    processes: list[ConsumerProcess],
+) -> None:
+    # Given (for the model-load moment) one batch whose task takes 30 s to load
+    queue = open_queue(settings)
+    queue.create()
+    if moment == "worker loading the model":
+        names = write_sample_images(tmp_path / "images", 1, (32, 32))
+        source = stage_folder(settings, tmp_path / "images")
+        slow = BatchMessage(run_id="r1", batch_id="b1", task=SLOW_LOAD_TASK, source=source, images=names)
+        queue.send([slow.encode()])
+
+    # and a pool of two workers starting up
+    pool = ConsumerProcess(settings, tmp_path / "pool", "--workers", "2", "--worker-id", "node",
+                           "--visibility-timeout-s", "60")  # fmt: skip
+    processes.append(pool)
+
+    # When the parent is signalled at that moment
+    wait_for(lambda: MOMENTS[moment](pool), timeout_s=60, interval_s=0.005, what=moment)
+    pool.proc.send_signal(signum)
+
+    # Then it exits 0 (not 143 or 130, not 1), its last line the total, with a line per worker
+    # that was started
+    assert pool.wait(timeout_s=30) == 0, pool.stderr[-3000:]
+    lines = [line for line in pool.stdout.strip().splitlines() if LAST_LINE.match(line)]
+    assert LAST_LINE.match(lines[-1]).groups() == ("node", "0"), pool.stdout  # type: ignore[union-attr]
+    workers = sorted(LAST_LINE.match(line).group(1) for line in lines[:-1])  # type: ignore[union-attr]
+    if moment == "parent importing":
+        assert workers in ([], ["node-0", "node-1"])
+    else:
+        assert workers == ["node-0", "node-1"]
+    assert "Traceback" not in pool.stderr
+    # and a batch held while loading the model is visible again at once
+    if moment == "worker loading the model":
+        [message] = queue.receive(1, visibility_timeout_s=30)
+        assert message.dequeue_count == 2
+
+
+def test_a_killed_worker_is_respawned_and_the_pool_finishes_the_run(
+    settings: Settings, tmp_path: Path, processes: list[ConsumerProcess]
+) -> None:
+    # Given four one-image batches of 1 s each and a pool of two workers under a 2 s lease
+    names = write_sample_images(tmp_path / "images", 4, (32, 32))
+    source = stage_folder(settings, tmp_path / "images")
+    queue = open_queue(settings)
+    queue.create()
+    queue.send([BatchMessage(run_id="r1", batch_id=f"b{i}", task=SLEEP_TASK, source=source, images=[n]).encode()
+                for i, n in enumerate(names)])  # fmt: skip
+    pool = ConsumerProcess(settings, tmp_path / "pool", "--workers", "2", "--worker-id", "node", "--idle-exit-s", "3",
+                           "--visibility-timeout-s", "2", sleep_s=1.0)  # fmt: skip
+    processes.append(pool)
+
+    # When worker node-1 is killed outright in the middle of its first batch
+    scoring = re.compile(r"worker=node-1 attempt=\d+ scoring ")
+    wait_for(lambda: scoring.search(pool.stderr), timeout_s=60, interval_s=0.02, what="node-1 to start scoring")
+    os.kill(worker_pids(pool)["node-1"], signal.SIGKILL)
+
+    # Then the parent respawns it, the pool scores every batch (the killed one once its lease
+    # runs out), and the parent exits 0 with every image counted once
+    assert pool.wait(timeout_s=120) == 0, pool.stderr[-3000:]
+    assert "worker node-1 died (killed by SIGKILL)" in pool.stderr
+    store = RunStore(open_result_store(settings))
+    assert store.result_batch_ids("r1") == {"b0", "b1", "b2", "b3"}
+    lines = pool.stdout.strip().splitlines()
+    assert LAST_LINE.match(lines[-1]).groups() == ("node", "4")  # type: ignore[union-attr]
+    # and the respawned node-1 ended with its own summary line, as node-0 did
+    assert sorted(LAST_LINE.match(line).group(1) for line in lines[:-1]) == ["node-0", "node-1"]  # type: ignore[union-attr]
