@@ -29,10 +29,11 @@ from orchestration.plot import plot_benchmark
 from orchestration.pool import launch_until_drained, pending_runs
 from orchestration.pool_events import record_size_change, utcnow
 from orchestration.random_models import ARCHITECTURES, build_model
+from orchestration.report import RunReport, build_report
 from orchestration.samples import write_samples
 from orchestration.status import StatusReader, cluster_json, render, watch
 from workpool.cli import EXIT_FAILURE, EXIT_OK, ConfigOption, LogLevelOption, handle_errors, settings_for
-from workpool.errors import NotFoundError, UsageError
+from workpool.errors import NotFoundError, UsageError, WorkpoolError
 from workpool.queue import open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings
@@ -145,7 +146,7 @@ def launch(
             _echo_json(cluster_json(launcher.state()))
         return
     reports = launch_until_drained(settings, launcher, nodes, say=lambda line: typer.echo(line, err=True))
-    _print_reports(reports, json_out)
+    _print_reports(reports, json_out, settings)
     if not all(r.ok for r in reports):
         raise typer.Exit(EXIT_FAILURE)
 
@@ -172,7 +173,7 @@ def _launch_autoscaled(
             forget_backend(settings)
             record_size_change(settings, "teardown", launcher.name, 0, reason="drained (launch --autoscale --wait)")
             say(f"tore down the {launcher.name} pool")
-        _print_reports(reports, json_out)
+        _print_reports(reports, json_out, settings)
         if not all(r.ok for r in reports):
             raise typer.Exit(EXIT_FAILURE)
         return
@@ -189,12 +190,23 @@ def _launch_autoscaled(
         _echo_json(cluster_json(launcher.state()))
 
 
-def _print_reports(reports: list[DrainReport], json_out: bool) -> None:
+def _print_reports(reports: list[DrainReport], json_out: bool, settings: Settings) -> None:
+    """The drain reports, with the cost figures of `report` (node-seconds, cost, ...)."""
+    shown = [_with_cost(settings, r) for r in reports]
     if json_out:
-        _echo_json(reports[0].to_json() if len(reports) == 1 else [r.to_json() for r in reports])
+        _echo_json(shown[0].to_json() if len(shown) == 1 else [r.to_json() for r in shown])
     else:
-        for report in reports:
+        for report in shown:
             typer.echo(report.render())
+
+
+def _with_cost(settings: Settings, drain: DrainReport) -> DrainReport | RunReport:
+    try:
+        price = settings.price_per_node_hour
+        return build_report(_runs(settings), drain.run_id, price_per_node_hour=price, drain=drain)
+    except WorkpoolError as exc:  # the drain is what was waited for: report it without the cost figures
+        typer.echo(f"warning: cost figures unavailable: {exc}", err=True)
+        return drain
 
 
 @app.command()
@@ -279,7 +291,7 @@ def wait_command(
     runs = _runs(settings)
     _require_run(runs, run)
     report = wait_for_drain(runs, open_queue(settings), run, poll_s=poll_s, timeout_s=timeout_s)
-    _print_reports([report], json_out)
+    _print_reports([report], json_out, settings)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE)
 
 
@@ -518,8 +530,6 @@ def report(
     also per 1,000 images. Works on a finished or a running run, from any machine.
     Example: `orchestration report --run photos-1 --plot photos-1.png --price-per-node-hour 3.67`
     """
-    from orchestration.report import build_report
-
     settings = settings_for(config, log_level, price_per_node_hour=price_per_node_hour)
     runs = _runs(settings)
     _require_run(runs, run)

@@ -141,16 +141,27 @@ class RunReport:
                 f"  cost             {c.cost:.4f} at {c.price_per_node_hour:g} per node-hour; {per_k} per 1,000 images"
             )
         else:
-            lines.append("  cost             give --price-per-node-hour (or WORKPOOL_PRICE_PER_NODE_HOUR)")
+            lines.append("  cost             no price (WORKPOOL_PRICE_PER_NODE_HOUR, or report --price-per-node-hour)")
         return "\n".join(lines)
 
 
 def build_report(
-    runs: RunStore, run_id: str, *, price_per_node_hour: float | None = None, now: datetime | None = None
+    runs: RunStore,
+    run_id: str,
+    *,
+    price_per_node_hour: float | None = None,
+    now: datetime | None = None,
+    drain: DrainReport | None = None,
 ) -> RunReport:
-    """The report of `run_id` from its records and its queue's pool events (any machine, any time)."""
+    """The report of `run_id` from its records and its queue's pool events (any machine, any time).
+
+    `drain`: the drain report `wait` already made (it knows which batches went missing).
+    """
     tracker = RunTracker(runs, run_id)
-    drain = drain_report(tracker)
+    if drain is None:
+        drain = drain_report(tracker)
+    else:
+        tracker.refresh()
     manifest = tracker.manifest
     spans = sorted((BatchSpan.of(r) for r in tracker.records.values()), key=lambda s: s.dequeued_at)
     events = read_pool_events(runs.store, manifest.queue)

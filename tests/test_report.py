@@ -121,7 +121,7 @@ def test_without_a_price_there_is_no_cost_and_without_events_worker_spans_stand_
     # node-1: 7 → 60 s, node-2: 17 → 55 s, node-3: 37 → 45 s
     assert cost.node_seconds == pytest.approx(53 + 38 + 8)
     assert cost.tail_node_seconds is None and cost.nodes_peak == 3
-    assert "give --price-per-node-hour" in report.render()
+    assert "no price (WORKPOOL_PRICE_PER_NODE_HOUR" in report.render()
 
 
 def test_a_poisoned_batch_ends_the_backlog_and_counts_no_images(settings: Settings, tmp_path: Path) -> None:
@@ -166,3 +166,12 @@ def png_size(path: Path) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
     width, height = struct.unpack(">II", data[16:24])
     return int(width), int(height)
+
+
+def test_wait_prints_the_cost_figures_beside_the_drain_report(settings: Settings) -> None:
+    write_run(settings)
+    out = orchestration(settings, "wait", "--run", "r1", "--json", env={"WORKPOOL_PRICE_PER_NODE_HOUR": "3.6"})
+    assert out.code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["batches_done"] == 6 and data["missing_batches"] == []
+    assert (data["node_seconds"], data["cost"], data["cost_per_1000_images"]) == (150.0, 0.15, 2.5)
