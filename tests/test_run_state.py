@@ -47,6 +47,9 @@ class CountingStore(ObjectStore):
     def list_info(self, prefix: str = ""):  # type: ignore[no-untyped-def]
         return self.inner.list_info(prefix)
 
+    def list_folders(self, prefix: str):  # type: ignore[no-untyped-def]
+        return self.inner.list_folders(prefix)
+
     def read(self, name: str) -> bytes:
         self.reads.append(name)
         return self.inner.read(name)

@@ -257,3 +257,25 @@ def test_blob_listings_read_from_the_raw_xml_match_the_sdks_models(store: Object
     sdk = sorted(store._list_info_sdk("p/"), key=lambda info: info.name)
     assert raw == sdk and len(raw) == 4
     assert [dict(info.metadata) for info in raw if info.name == "p/ü.json"] == [{"images": "1", "worker": '"vm-1"'}]
+
+
+def test_runs_are_listed_by_folder_and_only_with_a_manifest(store: ObjectStore) -> None:
+    runs = RunStore(store)
+    for run_id in ("b-run", "a-run"):
+        runs.write_manifest(
+            Manifest(run_id=run_id, source="/d", task="t", batch_size=1, queue="q", images=1, batches={"b0": ["x"]})
+        )
+        runs.write_results(run_id, "b0", [])
+    store.write("runs/orphan/results/b0.jsonl", b"")  # results left without a manifest
+    store.write("runs/gone/manifest.json", b"{}")
+    store.delete("runs/gone/manifest.json")  # a manifest removed again (on disk, its folder stays)
+
+    assert list(store.list_folders("runs/")) == sorted({"a-run", "b-run", "orphan"} | ({"gone"} & _dirs(store)))
+    assert runs.list_runs() == ["a-run", "b-run"]
+
+
+def _dirs(store: ObjectStore) -> set[str]:
+    """Folders that outlive their objects: local directories do, blob prefixes do not."""
+    from workpool.storage.local import LocalStore
+
+    return {"gone"} if isinstance(store, LocalStore) else set()

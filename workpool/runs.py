@@ -286,12 +286,11 @@ class RunStore:
         self.store.delete(self._key(run_id, "manifest.json"))
 
     def list_runs(self) -> list[str]:
-        runs = set()
-        for name in self.store.list(RUNS + "/"):
-            parts = name.split("/")
-            if len(parts) == 3 and parts[2] == "manifest.json":
-                runs.add(parts[1])
-        return sorted(runs)
+        """Runs with a manifest: one listing of the run folders (not of everything in them), then
+        each folder's manifest looked up, several at a time."""
+        folders = list(self.store.list_folders(RUNS + "/"))
+        found = read_concurrently(self.has_manifest, folders)
+        return [run_id for run_id, has in zip(folders, found, strict=True) if has]
 
     # --- results -------------------------------------------------------------------------
     def write_results(self, run_id: str, batch_id: str, rows: list[ResultRow]) -> None:

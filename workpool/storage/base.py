@@ -70,6 +70,11 @@ class ObjectStore(ABC):
         """Names under `prefix` with their metadata, sorted like `list`, without reading any object."""
 
     @abstractmethod
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        """The distinct next path segments under `prefix` (which ends with '/') that hold objects,
+        sorted: `runs/` → `a`, `b` for `runs/a/…` and `runs/b/…`, however many objects each holds."""
+
+    @abstractmethod
     def read(self, name: str) -> bytes:
         """The bytes of `name`; `NotFoundError` when it does not exist."""
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from urllib.parse import unquote
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient
 
 from workpool.azure_clients import azure_errors, error_code
 from workpool.errors import NotFoundError
@@ -37,6 +37,19 @@ class BlobStore(ObjectStore):
             except ResourceNotFoundError:
                 raise NotFoundError(f"container {self.container} does not exist") from None
         return iter(sorted(names))
+
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        # A listing with a delimiter returns one prefix per folder, not the blobs inside them.
+        with azure_errors(f"list {self.location}/{prefix}"):
+            try:
+                folders = {
+                    item.name[len(prefix) :].rstrip("/")
+                    for item in self._client.walk_blobs(name_starts_with=prefix or None, delimiter="/")
+                    if isinstance(item, BlobPrefix)
+                }
+            except ResourceNotFoundError:
+                raise NotFoundError(f"container {self.container} does not exist") from None
+        return iter(sorted(folders))
 
     def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # One List Blobs request per 5,000 blobs carries every blob's metadata.

@@ -59,6 +59,13 @@ class LocalStore(ObjectStore):
     def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self._walk(prefix, with_metadata=True)
 
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        self.check()
+        base = self.root / prefix
+        if not base.is_dir():
+            return iter(())
+        return iter(sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith(".")))
+
     def _walk(self, prefix: str, *, with_metadata: bool) -> Iterator[ObjectInfo]:
         self.check()
         base = self.root / prefix if prefix else self.root
