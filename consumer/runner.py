@@ -225,8 +225,9 @@ class Consumer:
             self.leases.finish(message_id, lambda m: self.queue.release(m, 0))
         if waiting:
             log.info("worker %s released %d prefetched batch(es) for other consumers", self.worker_id, len(waiting))
-        if self.leases.held():
-            log.info("worker %s finishing the batch in hand (up to %.0f s) before stopping", self.worker_id, finish_s)
+        if not self.leases.held():
+            return  # idle, or still starting up: nothing to finish, stop at once
+        log.info("worker %s finishing the batch in hand (up to %.0f s) before stopping", self.worker_id, finish_s)
         worker.join(finish_s)
 
     def run(self, stop_when: Callable[[], str | None] = lambda: None, tick: Callable[[], None] = lambda: None) -> None:
