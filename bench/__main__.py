@@ -13,7 +13,18 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import decode, enqueue_rate, memory, pipeline, projection, run_reads, scaling, stragglers
+from bench import (
+    ceiling,
+    decode,
+    enqueue_rate,
+    memory,
+    pipeline,
+    projection,
+    run_reads,
+    scaling,
+    stragglers,
+    warm_start,
+)
 from bench.common import machine
 
 
@@ -41,6 +52,14 @@ def main() -> int:
             ),
         ),
         ("decode", lambda: decode.main(["--seconds", "0.5", "--rounds", "1"] if quick else [])),
+        (
+            "warm start",
+            lambda: warm_start.main(["--arch", "mobilenetv2", "--batch-size", "8", "--batches", "3"] if quick else []),
+        ),
+        (
+            "ceiling",
+            lambda: ceiling.main(["--images", "128", "--tiny-images", "1024", "--rounds", "1"] if quick else []),
+        ),
         ("projection", lambda: projection.main([])),
     ]
     started = time.monotonic()

@@ -5,11 +5,12 @@ and, with XLA or JAX, the compilation of its call. Paid inside the first leased 
 counts in the run's drain and delays the batch; with many nodes it is a first-order share of a
 short run. So before the prefetcher receives anything, the consumer warms:
 
-1. the model named by the `model` setting (`consumer run --model URI`, `WORKPOOL_MODEL`), at
+1. the model named by the `model` setting (`WORKPOOL_MODEL`, or `model` in the config file), at
    the `batch_size` setting, with its family's preprocessing;
 2. the (task, model, labels) of every run pending on its queue (a manifest naming this queue
-   whose batches are not all acked), oldest first, at the run's batch size: the task is loaded
-   exactly as its messages will ask for it (`TaskCache`), so the first batch finds it ready.
+   whose batches are not all done or poisoned, `RunStore.run_state`), oldest first, at the
+   run's batch size: the task is loaded exactly as its messages will ask for it (`TaskCache`),
+   so the first batch finds it ready.
 
 At most `TaskCache.max_tasks` are warmed (more would be evicted again). Warming is best effort:
 a model that cannot be loaded is logged and left to the batches, which fail, retry and poison it
@@ -45,7 +46,7 @@ class Target:
 
 
 def pending_manifests(settings: Settings, runs: RunStore) -> list[Manifest]:
-    """Manifests of the runs on this consumer's queue with batches not yet acked, oldest first."""
+    """Manifests of the runs on this consumer's queue with batches left to score, oldest first."""
     try:
         run_ids = runs.list_runs()
     except NotFoundError:
@@ -56,7 +57,8 @@ def pending_manifests(settings: Settings, runs: RunStore) -> list[Manifest]:
             manifest = runs.read_manifest(run_id)
         except NotFoundError:
             continue  # deleted since the listing
-        if manifest.queue == settings.queue and not set(manifest.batches) <= runs.record_batch_ids(run_id):
+        # The run state's own answer (results listed, poison reports read; no timing records).
+        if manifest.queue == settings.queue and not runs.run_state(run_id, manifest, timing=False).complete:
             pending.append(manifest)
     return sorted(pending, key=lambda m: m.created_at)
 

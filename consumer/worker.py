@@ -12,7 +12,12 @@
 Acking only after the results are written means a crash anywhere leaves the message to come
 back; results are keyed by (run_id, batch_id), so scoring a batch twice still yields one row
 per image. Storage outages while writing or acking are waited out with backoff (the lease keeper
-keeps renewing meanwhile); `step` is one iteration, testable on its own.
+keeps renewing meanwhile); `step` is one iteration, start to finish, testable on its own.
+
+In `run`, the write → ack → record of batch k happens on a finisher thread while batch k+1 is
+scored: those are storage round trips (tens of milliseconds each against Azure), and an
+accelerator waiting for them would idle for a good share of every batch. At most one batch is
+being finished at a time, so a slow store slows scoring down instead of piling up batches.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +50,42 @@ PERSIST_POLICY = RetryPolicy(first_delay_s=0.5, max_delay_s=10.0, give_up_after_
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# Runs a batch's write → ack → record, now or on the finisher thread.
+Finish = Callable[[Callable[[], None]], None]
+
+
+class Finisher:
+    """One background thread finishing one batch at a time (see the module docstring).
+
+    `submit` waits while the previous batch is still being finished. An unexpected error there
+    (the expected ones are handled by the worker's own retry, release and poison paths) is
+    raised again in the worker thread, at the next `submit` or when the block ends; leaving the
+    block waits for the batch in progress.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="finish")
+        self._pending: Future[None] | None = None
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(work)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> Finisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=False)
 
 
 @dataclass
@@ -89,19 +131,20 @@ class Worker:
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            if self.step(stop) is None and self.idle_expired():
-                log.info("worker %s: queue empty for %.0f s, exiting", self.worker_id, self.idle_exit_s)
-                return
+        with Finisher() as finisher:
+            while not stop.is_set():
+                if self.step(stop, finish=finisher.submit) is None and self.idle_expired():
+                    log.info("worker %s: queue empty for %.0f s, exiting", self.worker_id, self.idle_exit_s)
+                    return
 
-    def step(self, stop: threading.Event, wait_s: float = 0.5) -> Job | None:
+    def step(self, stop: threading.Event, wait_s: float = 0.5, finish: Finish | None = None) -> Job | None:
         """Take one prepared job and process it; None when there was nothing to take."""
         job = self.prefetcher.take(wait_s)
         if job is None:
             return None
         if stop.is_set():
             return job  # stopping: shutdown releases it with everything else held
-        self.process(job, stop)
+        self.process(job, stop, finish)
         return job
 
     def idle_expired(self) -> bool:
@@ -114,8 +157,8 @@ class Worker:
         )
 
     # --- one batch ---------------------------------------------------------------------------
-    def process(self, job: Job, stop: threading.Event) -> None:
-        """One batch, start to finish: triage, score, write, ack, record."""
+    def process(self, job: Job, stop: threading.Event, finish: Finish | None = None) -> None:
+        """One batch: triage, score, then write, ack, record (handed to `finish` when given)."""
         if self._triage(job, stop):
             return
         started, started_at = time.perf_counter(), self._now()
@@ -126,10 +169,16 @@ class Worker:
             self.fail(job, exc, stop)
             return
         scored_at, score_s = self._now(), time.perf_counter() - started
-        if not self._write_and_ack(job, rows, stop):
-            return
-        self._record(job, rows, stop, started_at=started_at, scored_at=scored_at, score_s=score_s,
-                     total_s=time.perf_counter() - started)  # fmt: skip
+
+        def write_ack_record() -> None:
+            if self._write_and_ack(job, rows, stop):
+                self._record(job, rows, stop, started_at=started_at, scored_at=scored_at, score_s=score_s,
+                             total_s=time.perf_counter() - started)  # fmt: skip
+
+        if finish is None:
+            write_ack_record()
+        else:
+            finish(write_ack_record)
 
     def _triage(self, job: Job, stop: threading.Event) -> bool:
         """Dispose of a job that must not be scored; True when it was."""
