@@ -78,7 +78,7 @@ class ScheduledEventsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path = urlsplit(self.path).path
                 server.requests.append((path, self.headers.get("Metadata")))
                 if self.headers.get("Metadata") != "true":
@@ -101,7 +101,7 @@ class ScheduledEventsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         return Handler
