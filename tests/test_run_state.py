@@ -142,8 +142,8 @@ def test_run_state_from_listings_reads_no_batch_object(store: CountingStore) -> 
     assert state.batches["b1"].counts == ResultCounts(2, 2, 0, "w2") and state.batches["b1"].record is None
     assert state.batches["b2"].poison is not None and state.batches["b2"].poison.reason == "model missing"
     assert state.pending == ["b4"] and not state.complete
-    # and only the poison reports were read, never a result or a timing record
-    assert store.reads and all("/poison/" in name for name in store.reads), store.reads
+    # and no object was read at all: no result, no timing record, no poison report
+    assert store.reads == []
     # (the record from the metadata is the record in the object, extra fields included)
     assert state.batches["b0"].record == runs.read_batch_record("r", "b0")
 
@@ -239,3 +239,18 @@ def test_a_deleted_timing_record_leaves_its_batch_done_for_every_command(setting
     assert (requeue.json()["requeued"], requeue.json()["with_results"]) == (0, 4)
 
     assert "lost" not in pending_runs(settings, runs)  # what `launch --wait` waits for
+
+
+def test_a_poison_report_too_long_for_metadata_is_read_from_its_object(store: CountingStore) -> None:
+    runs = RunStore(store)
+    manifest = manifest_of("long", batches=2)
+    runs.write_manifest(manifest)
+    long_reason = "Traceback … ünïcode " + "x" * 9000  # past the 8 KiB metadata limit
+    runs.write_poison(PoisonReport(run_id="long", batch_id="b0", reason=long_reason, attempts=5))
+    runs.write_poison(PoisonReport(run_id="long", batch_id="b1", reason="short, ünïcode", attempts=5))
+    store.reads.clear()
+
+    reports = {r.batch_id: r.reason for r in runs.read_poison("long")}
+
+    assert reports == {"b0": long_reason, "b1": "short, ünïcode"}
+    assert store.reads == ["runs/long/poison/b0.json"]

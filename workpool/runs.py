@@ -231,6 +231,20 @@ def _metadata_of(values: Mapping[str, Any]) -> dict[str, str] | None:
     return metadata
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model_of(model: type[M], metadata: Mapping[str, str]) -> M | None:
+    """The record kept in `metadata`, or None when there is none (or not a whole one)."""
+    values = _values_of(metadata) if metadata else None
+    if values is None:
+        return None
+    try:
+        return model.model_validate(values)
+    except ValidationError:
+        return None
+
+
 def _values_of(metadata: Mapping[str, str]) -> dict[str, Any] | None:
     try:
         return {key.lower(): json.loads(value) for key, value in metadata.items()}
@@ -365,14 +379,20 @@ class RunStore:
 
     # --- poison reports --------------------------------------------------------------------
     def write_poison(self, report: PoisonReport) -> None:
+        """The report as JSON, and its fields as metadata (when they fit), so listings carry them."""
         self.store.write(
-            self._key(report.run_id, "poison", f"{report.batch_id}.json"), report.model_dump_json().encode()
+            self._key(report.run_id, "poison", f"{report.batch_id}.json"),
+            report.model_dump_json().encode(),
+            _metadata_of(report.model_dump(mode="json")),
         )
 
     def read_poison(self, run_id: str) -> list[PoisonReport]:
-        """The run's poison reports (few: each is read, several at a time)."""
-        reports = read_concurrently(self._read_poison, [(run_id, b) for b in self._ids(run_id, "poison", ".json")])
-        return [report for report in reports if report is not None]
+        """The run's poison reports, from one listing (reading only those without metadata)."""
+        listed = self._infos(run_id, "poison", ".json")
+        reports = {b: _model_of(PoisonReport, info.metadata) for b, info in listed.items()}
+        unread = [b for b, report in reports.items() if report is None]
+        reports.update(zip(unread, read_concurrently(self._read_poison, [(run_id, b) for b in unread]), strict=True))
+        return [report for report in reports.values() if report is not None]
 
     def _read_poison(self, key: tuple[str, str]) -> PoisonReport | None:
         try:
@@ -431,13 +451,7 @@ class RunStore:
         records: dict[str, BatchRecord | None] = {}
         unread = []
         for batch_id, info in listed.items():
-            values = _values_of(info.metadata) if info.metadata else None
-            record = None
-            if values is not None:
-                try:
-                    record = BatchRecord.model_validate(values)
-                except ValidationError:
-                    record = None
+            record = _model_of(BatchRecord, info.metadata)
             if record is None:
                 previous = known.get(batch_id)
                 record = previous.record if previous is not None else None
