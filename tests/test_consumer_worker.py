@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -381,3 +382,49 @@ def test_credentials_that_may_not_create_queues_still_consume(tmp_path: Path, ca
     # Then the refusal was only a warning, and the batch was scored and acked
     assert consumer.error is None and "assuming it exists" in caplog.text
     assert consumer.images_processed == 2 and scoped.depth().messages == 0
+
+
+class TimedTask(SleepTask):
+    """The example task, noting when each batch's scoring started (in this process)."""
+
+    started: ClassVar[list[float]] = []
+
+    def predict(self, batch: Array) -> Any:
+        TimedTask.started.append(time.monotonic())
+        return super().predict(batch)
+
+
+def test_the_next_batch_is_scored_while_the_previous_one_is_written_and_acked(
+    settings: Settings, images: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two batches, and a queue whose acks take 1.5 s (a slow store)
+    monkeypatch.setenv("WORKPOOL_EXAMPLE_SLEEP_S", "0.05")
+    TimedTask.started.clear()
+    source, names = images
+    task = f"{__name__}:TimedTask"
+    queue = queue_of(settings, batch(source, names[:2], "b1", task), batch(source, names[2:], "b2", task))
+    consumer = consumer_for(settings, idle_exit_s=0.5)
+    acks: list[tuple[float, float]] = []
+    real_ack = queue.ack
+
+    def slow_ack(message: Any) -> None:
+        began = time.monotonic()
+        time.sleep(1.5)
+        real_ack(message)
+        acks.append((began, time.monotonic()))
+
+    consumer.worker.queue = consumer.queue = queue
+    consumer.prefetcher.queue = consumer.leases.queue = queue
+    queue.ack = slow_ack  # type: ignore[method-assign]
+
+    # When a consumer drains the queue
+    consumer.run()
+
+    # Then the second batch was scored before the first one's ack was done, not after it
+    assert consumer.error is None and len(acks) == 2 and len(TimedTask.started) == 2
+    _, first_ack_ended = acks[0]
+    assert TimedTask.started[0] < TimedTask.started[1] < first_ack_ended
+    # And both batches were written, acked and recorded all the same
+    assert runs(settings).result_batch_ids("r1") == {"b1", "b2"}
+    assert {r.batch_id for r in runs(settings).read_batch_records("r1")} == {"b1", "b2"}
+    assert queue.depth().messages == 0
