@@ -150,6 +150,11 @@ class PreemptionWatcher:
         if name:
             self.names.add(name)
 
+    def own_name(self, event: ScheduledEvent) -> str:
+        """The name under which `event` lists this VM."""
+        own = {n.lower() for n in self.names}
+        return next((r for r in event.resources if r.lower() in own), "")
+
     def tick(self) -> None:
         """One poll: fire on a new notice; note a notice that was withdrawn."""
         try:
@@ -241,7 +246,7 @@ class PreemptionGuard:
             event.event_id,
             self.released,
         )
-        record_preemption(consumer, event, self.released)
+        record_preemption(consumer, event, self.released, vm=self.watcher.own_name(event))
 
     def hold(self, stop_when: Callable[[], str | None], poll_s: float = 0.2) -> None:
         """After shutdown: wait for the VM to go (a signal, or the kill), or for the notice to be withdrawn.
@@ -264,8 +269,12 @@ class PreemptionGuard:
             self._stop.set()
 
 
-def record_preemption(consumer: Consumer, event: ScheduledEvent, released: int) -> None:
-    """A `preempt` event in the pool's log (best effort: the release matters, not its record)."""
+def record_preemption(consumer: Consumer, event: ScheduledEvent, released: int, *, vm: str) -> None:
+    """A `preempt` event in the pool's log (best effort: the release matters, not its record).
+
+    Every consumer of the VM records its own (its lane in the timeline gets the mark); `vm` and
+    the event id let the report count VMs, not consumers.
+    """
     from orchestration.pool_events import PoolEvent, record_pool_event
 
     record_pool_event(
@@ -275,6 +284,6 @@ def record_preemption(consumer: Consumer, event: ScheduledEvent, released: int) 
             queue=consumer.settings.queue,
             node=consumer.worker_id,
             reason=f"{event.event_type} notice {event.event_id} (not before {event.not_before or 'now'})",
-            inputs={"released_batches": released, "resources": list(event.resources)},
+            inputs={"released_batches": released, "event_id": event.event_id, "vm": vm},
         ),
     )

@@ -63,7 +63,7 @@ class CostFigures:
     node_seconds_source: str  # "pool events" | "worker spans" | "none"
     tail_node_seconds: float | None  # last ack → pool at zero; None while the pool is still up
     nodes_peak: int
-    preemptions: int
+    preemptions: int  # VMs preempted during the run (not their consumers)
     images_scored: int
     price_per_node_hour: float | None
     time_to_first_result_s: float | None
@@ -203,11 +203,22 @@ def cost_figures(
         node_seconds_source=source,
         tail_node_seconds=idle_tail(events, end) if covered else None,
         nodes_peak=peak_size(steps, start, end) if covered else len({s.worker for s in spans}),
-        preemptions=sum(1 for e in events if e.kind == "preempt" and start <= e.at <= end),
+        preemptions=preempted_vms(events, start, end),
         images_scored=sum(s.images for s in spans),
         price_per_node_hour=price_per_node_hour,
         time_to_first_result_s=(first_ack - start).total_seconds() if first_ack else None,
         time_to_first_dequeue_s=(first_dequeue - start).total_seconds() if first_dequeue else None,
+    )
+
+
+def preempted_vms(events: Iterable[PoolEvent], start: datetime, end: datetime) -> int:
+    """VMs preempted in [start, end]: every consumer of a VM records the notice, so count (notice, VM) pairs."""
+    return len(
+        {
+            (e.inputs.get("event_id") or e.reason, e.inputs.get("vm") or e.node)
+            for e in events
+            if e.kind == "preempt" and start <= e.at <= end
+        }
     )
 
 

@@ -24,7 +24,7 @@ from orchestration.pool_events import PoolEvent
 from orchestration.report import BatchSpan, RunReport
 
 WAIT, SCORE, FINISH = "#b9d3ee", "#1f77b4", "#0b3d66"
-POOL, BACKLOG, PREEMPT = "#2ca02c", "#ff7f0e", "#d62728"
+POOL, BACKLOG, PREEMPT, COLD = "#2ca02c", "#ff7f0e", "#d62728", "#e6e6e6"
 EVENT_COLOURS = {"launch": POOL, "scale": POOL, "autoscale": "#9467bd", "teardown": "#555555", "preempt": PREEMPT}
 MAX_LANES_LABELLED = 40
 
@@ -61,7 +61,7 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
             if lane is not None:
                 lanes.plot(_x(event.at, t0), lane, marker="X", color=PREEMPT, markersize=11, zorder=5)
             lanes.axvline(_x(event.at, t0), color=PREEMPT, linestyle=":", linewidth=1)
-    _cold_start(lanes, report, t0)
+    cold = _cold_start(lanes, report, t0)
     lanes.set_yticks(range(len(workers)))
     if len(workers) <= MAX_LANES_LABELLED:
         lanes.set_yticklabels([_short(w, workers) for w in workers], fontsize=8)
@@ -77,10 +77,13 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
         Patch(color=FINISH, label="writing results, ack"),
         Patch(facecolor="white", edgecolor=FINISH, hatch="///", label="re-delivered (attempt > 1)"),
     ]
+    if cold is not None:
+        legend.append(Patch(color=COLD, label=f"cold start (launch → first batch): {cold:.1f} s"))
     if any(e.kind == "preempt" for e in shown_events):
         legend.append(Line2D([], [], color=PREEMPT, marker="X", linestyle=":", markersize=9, label="preemption notice"))
-    lanes.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.02 - 0.35 / top_h), ncol=5, fontsize=8,
-                 frameon=False)  # fmt: skip
+    columns = 3 if len(legend) > 4 else len(legend)
+    lanes.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.02 - 0.35 / top_h), ncol=columns,
+                 fontsize=8, frameon=False)  # fmt: skip
 
     # --- backlog and pool size -----------------------------------------------------------------
     xs, ys = _backlog(report, t0)
@@ -93,14 +96,15 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
     px, py = _pool_steps(report.events, t0, right)
     if px:
         size.step(px, py, where="post", color=POOL, linewidth=2, label="pool size (nodes)")
-    for event in shown_events:
+    for event, label, rise in _labelled(shown_events, t0, right):
         x = _x(event.at, t0)
         colour = EVENT_COLOURS.get(event.kind, "black")
         level = event.nodes_after if event.nodes_after is not None else _size_at(report.events, event.at)
         size.plot(x, level, marker="X" if event.kind == "preempt" else "o", color=colour, markersize=7, zorder=5)
-        near_right = x > right * 0.85  # labels of the last events go to the left of their marker
-        size.annotate(_event_label(event), (x, level), textcoords="offset points", xytext=(-4 if near_right else 4, 6),
-                      ha="right" if near_right else "left", fontsize=7, color=colour)  # fmt: skip
+        if label:
+            near_right = x > right * 0.85  # labels of the last events go to the left of their marker
+            size.annotate(label, (x, level), textcoords="offset points", xytext=(-4 if near_right else 4, 6 + rise),
+                          ha="right" if near_right else "left", fontsize=7, color=colour)  # fmt: skip
     size.set_ylabel("pool size (nodes)", color=POOL)
     size.tick_params(axis="y", colors=POOL)
     size.set_ylim(0, max([*py, 1]) * 1.35)
@@ -139,10 +143,10 @@ def _bar(ax: Any, span: BatchSpan, y: int, t0: datetime) -> None:
                            hatch=hatch)  # fmt: skip
 
 
-def _cold_start(ax: Any, report: RunReport, t0: datetime) -> None:
-    """Shade the time from the run's pool launch (or the enqueue) to its first dequeue."""
+def _cold_start(ax: Any, report: RunReport, t0: datetime) -> float | None:
+    """Shade the time from the run's pool launch (or the enqueue) to its first dequeue; its length."""
     if not report.spans:
-        return
+        return None
     first = min(_x(s.dequeued_at, t0) for s in report.spans)
     launches = [
         _x(e.at, t0)
@@ -150,10 +154,10 @@ def _cold_start(ax: Any, report: RunReport, t0: datetime) -> None:
         if e.kind in ("launch", "scale", "autoscale") and e.at <= report.spans[0].dequeued_at
     ]
     begin = max([0.0, *[x for x in launches if x <= first]])
-    if first - begin >= 1.0:
-        ax.axvspan(begin, first, color="#dddddd", alpha=0.5, linewidth=0)
-        label = f"cold start: {first - begin:.1f} s to the first batch"
-        ax.text((begin + first) / 2, -0.45, label, ha="center", va="top", fontsize=8, color="#555555")
+    if first - begin < 1.0:
+        return None
+    ax.axvspan(begin, first, color=COLD, linewidth=0)
+    return first - begin
 
 
 def _lanes(spans: list[BatchSpan], events: list[PoolEvent]) -> list[str]:
@@ -236,6 +240,31 @@ def _events_in_view(events: list[PoolEvent], t0: datetime, end: float) -> list[P
     return shown
 
 
+def _labelled(events: list[PoolEvent], t0: datetime, right: float) -> list[tuple[PoolEvent, str, int]]:
+    """Each event with its label and how far to raise it (points) so neighbours do not overlap.
+
+    Preemptions close together (a pool of spot VMs evicted at once) share one label.
+    """
+    close = right * 0.04
+    out: list[tuple[PoolEvent, str, int]] = []
+    last_x, rise = float("-inf"), 0
+    cluster: list[int] = []  # indexes in `out` of the current run of close preemptions
+    for event in events:
+        x = _x(event.at, t0)
+        near = x - last_x < close
+        if event.kind == "preempt" and near and cluster:
+            cluster.append(len(out))
+            first = out[cluster[0]]
+            out[cluster[0]] = (first[0], f"preempted ({len(cluster)} workers)", first[2])
+            out.append((event, "", 0))
+            continue
+        rise = (rise + 10) % 30 if near else 0
+        cluster = [len(out)] if event.kind == "preempt" else []
+        out.append((event, _event_label(event), rise))
+        last_x = x
+    return out
+
+
 def _event_label(event: PoolEvent) -> str:
     if event.kind == "preempt":
         return f"preempted {event.node or ''}".strip()
@@ -249,7 +278,7 @@ def _title(report: RunReport) -> str:
     parts = [
         f"Run {d.run_id}: {d.images} images, {d.batches} batches, {len(d.workers)} worker(s)",
         f"drain {d.drain_wall_s:.1f} s, {d.images_per_s:.1f} images/s",
-        f"{c.node_seconds:.0f} node-s (peak {c.nodes_peak} node(s))",
+        f"{c.node_seconds:.0f} node-s, peak {c.nodes_peak} node(s)",
     ]
     if c.cost is not None:
         parts.append(f"cost {c.cost:.4f} ({c.cost_per_1000_images or 0:.4f} per 1,000 images)")

@@ -112,7 +112,8 @@ def test_a_preempted_consumer_releases_its_batches_at_once_and_they_are_not_pois
     assert any(r.worker == "vm-b" for r in records)
     # And the pool's log has the preemption, with what was released
     [event] = [e for e in read_pool_events(settings, settings.queue) if e.kind == "preempt"]
-    assert event.node == "vm-a" and event.inputs["released_batches"] >= 3 and event_id in event.reason
+    assert event.node == "vm-a" and event.inputs["released_batches"] >= 3
+    assert (event.inputs["event_id"], event.inputs["vm"]) == (event_id, "spot-vm-a")
 
     # When the VM goes (its agent's SIGTERM), A exits 0
     a.proc.send_signal(signal.SIGTERM)

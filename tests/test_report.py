@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.pool_events import PoolEvent, record_pool_event
-from orchestration.report import build_report
+from orchestration.report import build_report, preempted_vms
 from orchestration.timeline_plot import plot_timeline
 from tests.support.orchestration_cli import orchestration
 from workpool.runs import BatchRecord, Manifest, PoisonReport, ResultRow, RunStore
@@ -175,3 +175,19 @@ def test_wait_prints_the_cost_figures_beside_the_drain_report(settings: Settings
     data = json.loads(out.stdout)
     assert data["batches_done"] == 6 and data["missing_batches"] == []
     assert (data["node_seconds"], data["cost"], data["cost_per_1000_images"]) == (150.0, 0.15, 2.5)
+
+
+def test_preemptions_count_vms_not_their_consumers() -> None:
+    def notice(worker: str, event_id: str, vm: str, seconds: float) -> PoolEvent:
+        return PoolEvent(
+            kind="preempt", queue="q", at=at(seconds), node=worker, inputs={"event_id": event_id, "vm": vm}
+        )
+
+    events = [
+        notice("vm7-0", "E1", "vm7", 10),  # two GPU workers of one VM, one notice
+        notice("vm7-1", "E1", "vm7", 10.2),
+        notice("vm9-0", "E2", "vm9", 12),
+        notice("vm3-0", "E3", "vm3", 500),  # after the run
+        PoolEvent(kind="preempt", queue="q", at=at(20), node="old-consumer"),  # recorded without the fields
+    ]
+    assert preempted_vms(events, at(0), at(100)) == 3
