@@ -55,6 +55,8 @@ def settings_for(server: RecordingServer, **overrides: Any) -> Settings:
         "arm_endpoint": server.url,
         "cluster_poll_interval_s": 0,
         "vm_size": "STANDARD_NC24",
+        # No default package name (anyone could publish one): nodes install a pinned URL.
+        "node_package": "https://pkgs.example.com/wheels/workpool-0.1.0-py3-none-any.whl",
         "queue": "images",
         "results": "scores",
         "visibility_timeout_s": 300,
@@ -104,11 +106,13 @@ def test_launch_creates_workspace_experiment_cluster_and_one_single_node_job_per
     assert cluster["virtualMachineConfiguration"]["imageReference"] == {
         "publisher": "microsoft-dsvm",
         "offer": "ubuntu-hpc",
-        "sku": "2204",
+        "sku": "2404",
     }
     setup = cluster["nodeSetup"]["setupTask"]
     assert 'pip install "$WORKPOOL_NODE_PACKAGE"' in setup["commandLine"]
-    assert setup["environmentVariables"] == [{"name": "WORKPOOL_NODE_PACKAGE", "value": "workpool"}]
+    assert setup["environmentVariables"] == [
+        {"name": "WORKPOOL_NODE_PACKAGE", "value": "https://pkgs.example.com/wheels/workpool-0.1.0-py3-none-any.whl"}
+    ]
     assert cluster["userAccountSettings"] == {"adminUserName": "workpool"}
 
     for index, request in enumerate(job_puts(server), start=1):

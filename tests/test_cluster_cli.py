@@ -20,12 +20,14 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestration.cli import app
+from tests.conftest import unique
+from tests.support.azurite import Azurite
+from tests.support.fake_batch_pool import FakeBatchPool
 from tests.support.recording_server import (
     BATCH_KEY,
     CONNECTION_STRING,
     SAS_TOKEN,
     SECRETS,
-    FakeBatch,
     FakeBatchAI,
     FakeTokenCredential,
     RecordingServer,
@@ -43,7 +45,8 @@ def server() -> Iterator[RecordingServer]:
         yield s
 
 
-def batch_env(server: RecordingServer, home: Path, **extra: str) -> dict[str, str]:
+def batch_env(server: RecordingServer, home: Path, storage: str | None = None, **extra: str) -> dict[str, str]:
+    """A user's shell for the Azure Batch backend; `storage` (Azurite) where the wheel is uploaded."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WORKPOOL_", "AZURE_"))}
     env.update(
         PYTHONPATH=str(ROOT),
@@ -53,11 +56,17 @@ def batch_env(server: RecordingServer, home: Path, **extra: str) -> dict[str, st
         WORKPOOL_BATCH_ACCOUNT_NAME="scoring",
         WORKPOOL_BATCH_ACCOUNT_KEY=BATCH_KEY,
         WORKPOOL_POOL="gpu",
+        WORKPOOL_VM_SIZE="Standard_NC24ads_A100_v4",
         WORKPOOL_CLUSTER_POLL_INTERVAL_S="0",
-        AZURE_STORAGE_CONNECTION_STRING=CONNECTION_STRING,
-        WORKPOOL_SAS_TOKEN=SAS_TOKEN,
-        WORKPOOL_ACCOUNT_URL="https://imagesacct.blob.core.windows.net",
     )
+    if storage is None:
+        env.update(
+            AZURE_STORAGE_CONNECTION_STRING=CONNECTION_STRING,
+            WORKPOOL_SAS_TOKEN=SAS_TOKEN,
+            WORKPOOL_ACCOUNT_URL="https://imagesacct.blob.core.windows.net",
+        )
+    else:
+        env.update(AZURE_STORAGE_CONNECTION_STRING=storage, WORKPOOL_RESULTS=unique("results"))
     env.update(extra)
     return env
 
@@ -73,9 +82,12 @@ def assert_no_secret(*texts: str) -> None:
         assert not [s for s in SECRETS if s in text]
 
 
-def test_azure_batch_launch_scale_status_teardown_as_a_user_runs_them(server: RecordingServer, tmp_path: Path) -> None:
-    fake = FakeBatch(server)
-    env = batch_env(server, tmp_path / "home")
+@pytest.mark.azurite
+def test_azure_batch_launch_scale_status_teardown_as_a_user_runs_them(
+    server: RecordingServer, tmp_path: Path, azurite: Azurite
+) -> None:
+    fake = FakeBatchPool(server)
+    env = batch_env(server, tmp_path / "home", azurite.connection_string)
 
     launched = orchestration(env, "launch", "--backend", "azure-batch", "--nodes", "2")
     assert launched.returncode == 0, launched.stderr
@@ -89,8 +101,7 @@ def test_azure_batch_launch_scale_status_teardown_as_a_user_runs_them(server: Re
     assert sorted(fake.tasks["workpool"]) == ["consumer-0001", "consumer-0002", "consumer-0003"]
 
     # status reads the queue too: point it at the embedded queue of the same home.
-    status_env = {k: v for k, v in env.items() if k not in ("AZURE_STORAGE_CONNECTION_STRING", "WORKPOOL_SAS_TOKEN")}
-    status_env.pop("WORKPOOL_ACCOUNT_URL")
+    status_env = {k: v for k, v in env.items() if k not in ("AZURE_STORAGE_CONNECTION_STRING", "WORKPOOL_RESULTS")}
     (tmp_path / "home" / "results").mkdir(parents=True, exist_ok=True)
     status = orchestration(status_env, "status", "--json")
     assert status.returncode == 0, status.stderr
@@ -102,7 +113,9 @@ def test_azure_batch_launch_scale_status_teardown_as_a_user_runs_them(server: Re
     assert down.returncode == 0, down.stderr
     assert fake.pools == {} and fake.jobs == {}
 
-    assert_no_secret(launched.stdout, launched.stderr, scaled.stderr, status.stdout, status.stderr, down.stderr)
+    outputs = (launched.stdout, launched.stderr, scaled.stderr, status.stdout, status.stderr, down.stderr)
+    assert_no_secret(*outputs)
+    assert not [text for text in outputs if azurite.connection_string in text]
     for request in server.requests:
         body = request.body if isinstance(request.body, dict) else {}
         for task in body.get("value", []):
@@ -124,21 +137,87 @@ def test_azure_batch_dry_run_prints_the_requests_without_credentials_or_secrets(
         ("POST", "/jobs"),
         ("POST", "/jobs/workpool/addtaskcollection"),
     ]
+    pool = plan["requests"][0]["body"]
+    files = {f["filePath"]: f["httpUrl"] for f in pool["startTask"]["resourceFiles"]}
+    assert set(files) == {"workpool-bootstrap.sh", "workpool-0.1.0-py3-none-any.whl"}
+    assert all(url.endswith("?***") for url in files.values())  # the SAS is made at launch, never shown
+    assert pool["vmSize"] == "Standard_NC24ads_A100_v4"
+    assert pool["virtualMachineConfiguration"]["imageReference"]["sku"] == "2404"
+    assert "NC6" not in result.stdout and "WORKPOOL_NODE_PACKAGE" not in result.stdout
     assert "***" in result.stdout
     assert_no_secret(result.stdout, result.stderr)
     assert server.requests == []
 
 
-def test_azure_batch_refusal_exits_1_with_one_clear_line(server: RecordingServer, tmp_path: Path) -> None:
-    FakeBatch(server)
-    server.route("POST", "^/pools$", batch_error(403, "InsufficientAccountQuota", "Quota for NCv3 cores is 0."))
+def test_azure_batch_dry_run_of_a_container_pool_shows_the_image(server: RecordingServer, tmp_path: Path) -> None:
+    image = "scoringacr.azurecr.io/workpool:0.1.0"
+    env = batch_env(server, tmp_path / "home", WORKPOOL_NODE_IMAGE=image)
+    del env["WORKPOOL_BATCH_ACCOUNT_KEY"]
 
-    result = orchestration(batch_env(server, tmp_path / "home"), "launch", "--backend", "azure-batch", "--nodes", "2")
+    result = orchestration(env, "launch", "--backend", "azure-batch", "--nodes", "1", "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert f"nodes run the container image {image}" in result.stdout
+    assert '"containerConfiguration": {"type": "dockerCompatible", "containerImageNames": ["' + image in result.stdout
+    assert '"containerRunOptions": "--gpus all"' in result.stdout
+    assert "startTask" not in result.stdout and "WORKPOOL_NODE_PACKAGE" not in result.stdout
+    assert_no_secret(result.stdout, result.stderr)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("size", ["", "Standard_NC6s_v3"])
+def test_a_missing_or_retired_vm_size_exits_2_naming_the_variable(
+    server: RecordingServer, tmp_path: Path, size: str
+) -> None:
+    env = batch_env(server, tmp_path / "home", WORKPOOL_VM_SIZE=size)
+    if not size:
+        del env["WORKPOOL_VM_SIZE"]
+
+    result = orchestration(env, "launch", "--backend", "azure-batch", "--nodes", "2", "--dry-run")
+
+    assert result.returncode == 2
+    assert "WORKPOOL_VM_SIZE" in result.stderr and "Standard_NC24ads_A100_v4" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert server.requests == []
+
+
+@pytest.mark.azurite
+def test_launch_wait_stops_with_the_start_task_failure_instead_of_waiting_for_ever(
+    server: RecordingServer, tmp_path: Path, azurite: Azurite
+) -> None:
+    from azure.storage.queue import QueueClient
+
+    FakeBatchPool(server, start_task_stderr="workpool-bootstrap: FAILED: pip could not install the wheel\n")
+    env = batch_env(server, tmp_path / "home", azurite.connection_string, WORKPOOL_QUEUE="waitfail")
+    for name in ("waitfail", "waitfail-poison"):
+        QueueClient.from_connection_string(azurite.connection_string, name).create_queue()
+    # Work that no node will ever take keeps `launch --wait` waiting.
+    QueueClient.from_connection_string(azurite.connection_string, "waitfail").send_message("a batch")
+
+    result = orchestration(env, "launch", "--backend", "azure-batch", "--nodes", "2", "--wait")
+
+    assert result.returncode == 1, result.stderr
+    assert "the azure-batch nodes cannot run consumers: all 2 node(s) failed" in result.stderr
+    assert "FAILED: pip could not install the wheel" in result.stderr
+    assert "tore down the azure-batch pool" in result.stderr
+    assert server.sent("POST", "/resize$")[-1].body["targetDedicatedNodes"] == 0
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.azurite
+def test_azure_batch_refusal_exits_1_with_one_clear_line(
+    server: RecordingServer, tmp_path: Path, azurite: Azurite
+) -> None:
+    FakeBatchPool(server)
+    server.route("POST", "^/pools$", batch_error(403, "InsufficientAccountQuota", "Quota for NCadsA100v4 is 0."))
+    env = batch_env(server, tmp_path / "home", azurite.connection_string)
+
+    result = orchestration(env, "launch", "--backend", "azure-batch", "--nodes", "2")
 
     assert result.returncode == 1
     assert "error: creating Azure Batch pool gpu" in result.stderr
-    assert "403" in result.stderr and "InsufficientAccountQuota: Quota for NCv3 cores is 0." in result.stderr
-    assert "nothing was created" in result.stderr
+    assert "403" in result.stderr and "InsufficientAccountQuota: Quota for NCadsA100v4 is 0." in result.stderr
+    assert "already made: uploaded wheels/" in result.stderr
     assert "Traceback" not in result.stderr
     assert_no_secret(result.stderr)
 
@@ -167,6 +246,8 @@ def batchai_env(server: RecordingServer, tmp_path: Path, monkeypatch: pytest.Mon
         "WORKPOOL_LOCATION": "westeurope",
         "WORKPOOL_WORKSPACE": "ws",
         "WORKPOOL_CLUSTER": "gpu",
+        "WORKPOOL_VM_SIZE": "Standard_NC24ads_A100_v4",
+        "WORKPOOL_NODE_PACKAGE": "https://pkgs.example.com/wheels/workpool-0.1.0-py3-none-any.whl",
         "WORKPOOL_ARM_ENDPOINT": server.url,
         "WORKPOOL_CLUSTER_POLL_INTERVAL_S": "0",
         "AZURE_STORAGE_CONNECTION_STRING": CONNECTION_STRING,

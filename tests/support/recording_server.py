@@ -94,11 +94,12 @@ class RecordingServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode("utf-8") if length else ""
                 answer = server._dispatch(self.command, self.path, dict(self.headers.items()), raw)
-                payload = b"" if answer.body is None else json.dumps(answer.body).encode("utf-8")
+                raw_bytes = isinstance(answer.body, bytes)  # a file's content, sent as it is
+                payload = answer.body if raw_bytes else b"" if answer.body is None else json.dumps(answer.body).encode()
                 self.send_response(answer.status)
                 for key, value in answer.headers.items():
                     self.send_header(key, value)
-                if payload:
+                if payload and not raw_bytes:
                     self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
