@@ -143,7 +143,10 @@ def test_launch_autoscale_from_zero_to_a_drained_run_and_back_to_zero(
     log = log_path(settings).read_text()
     activate = re.search(r"scaled 0 → (\d): activate: backlog (\d+) .*\| backlog=\d+ in_flight=\d+", log)
     assert activate is not None, log
-    assert int(activate.group(1)) == 3
+    # (the first look may catch the producer mid-send: the size follows the backlog it saw)
+    assert int(activate.group(1)) == min(3, -(-int(activate.group(2)) // 2)), log
+    sizes = [int(to) for to in re.findall(r"scaled \d → (\d): ", log)]
+    assert max(sizes) <= 3 and sizes[-1] == 0, log
     assert re.search(r"scaled \d → 0: scale to zero: queue empty for \d+ s \| backlog=0 in_flight=0", log), log
     figures_line(
         f"autoscale[{backend}]",

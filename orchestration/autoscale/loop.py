@@ -88,7 +88,7 @@ class Autoscaler:
         self.last_change: dict[str, Any] | None = None
         self.started_at = clock()
         self._trackers: dict[str, RunTracker] = {}
-        self._other_queues: set[str] = set()
+        self._ignored: set[str] = set()
         self._first_listing = True
 
     def prepare(self) -> None:
@@ -107,7 +107,7 @@ class Autoscaler:
         except NotFoundError:
             run_ids = []
         for run_id in run_ids:
-            if run_id in self._trackers or run_id in self._other_queues:
+            if run_id in self._trackers or run_id in self._ignored:
                 continue
             try:
                 tracker = RunTracker(self.runs, run_id)
@@ -115,7 +115,7 @@ class Autoscaler:
                 continue  # listed before its manifest was readable: next tick
             if tracker.manifest.queue != self.queue.name or (self._first_listing and tracker.looks_complete()):
                 # Runs finished before the autoscaler started are history: not read at all.
-                self._other_queues.add(run_id)
+                self._ignored.add(run_id)
                 continue
             self._trackers[run_id] = tracker
         self._first_listing = False
@@ -127,7 +127,7 @@ class Autoscaler:
             recent = [r for r in tracker.records.values() if r.acked_at >= horizon]
             if not recent and tracker.progress(now).complete:
                 del self._trackers[run_id]  # finished and out of the window: never read again
-                self._other_queues.add(run_id)
+                self._ignored.add(run_id)
             records.extend(recent)
         return records
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from orchestration.autoscale.loop import Autoscaler
@@ -201,7 +201,3 @@ def autoscale_until_drained(
             say(f"waiting for run {run_id} to drain")
             reports.append(wait_for_drain(autoscaler.runs, autoscaler.queue, run_id, timeout_s=timeout_s))
     return reports
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
