@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return run(args)
 
 
+def say(line: str) -> None:
+    print(f"gpu_check: {line}", flush=True)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
@@ -186,7 +190,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from orchestration.samples import write_photos
     from workpool.settings import load_settings
 
-    say = lambda line: print(f"gpu_check: {line}", flush=True)  # noqa: E731
     sampler = GpuSampler()
     work = Path(tempfile.mkdtemp(prefix="workpool-gpu-check-"))
     try:
