@@ -1,0 +1,176 @@
+"""What an Azure Batch node runs before its consumer, executed for real: the bootstrap script
+(orchestration/node/bootstrap.sh) in a node-like folder with Batch's variables, installing the
+wheel `launch` builds, and the accelerator check of the bootstrap and of `consumer run`.
+
+Like the Batch emulator's nodes, these runs have no package index: the project's dependencies
+come from this environment's site-packages on PYTHONPATH, and pip installs only the wheel.
+A stub `nvidia-smi` on PATH plays a GPU machine whose TensorFlow cannot see the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from orchestration.node import BOOTSTRAP, BOOTSTRAP_FILE
+from orchestration.wheel import build_wheel, project, source_digest
+
+SITE_PACKAGES = sysconfig.get_paths()["purelib"]
+STUB_GPU = "GPU 0: NVIDIA A100 80GB PCIe (UUID: GPU-00000000-1111-2222-3333-444444444444)"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    proj = project()
+    return build_wheel(proj, source_digest(proj), cache=tmp_path_factory.mktemp("wheels"))
+
+
+def node(tmp_path: Path, wheel: Path | None, gpu: bool = False) -> tuple[Path, dict[str, str]]:
+    """A node's folders with the resource files downloaded, and the start task's environment."""
+    root = tmp_path / "node"
+    work = root / "startup" / "wd"
+    shared = root / "shared"
+    work.mkdir(parents=True)
+    shared.mkdir()
+    shutil.copy(BOOTSTRAP, work / BOOTSTRAP_FILE)
+    if wheel is not None:
+        shutil.copy(wheel, work / wheel.name)
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    if gpu:
+        smi = bin_dir / "nvidia-smi"
+        smi.write_text(f'#!/bin/sh\n[ "$1" = "-L" ] && echo "{STUB_GPU}"\nexit 0\n')
+        smi.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(root / "home"),
+        "AZ_BATCH_NODE_ROOT_DIR": str(root),
+        "AZ_BATCH_NODE_SHARED_DIR": str(shared),
+        "AZ_BATCH_NODE_STARTUP_DIR": str(root / "startup"),
+        "AZ_BATCH_TASK_WORKING_DIR": str(work),
+        "WORKPOOL_NODE_EXTRAS": "",  # no index here: tensorflow[and-cuda] cannot be fetched
+        "PIP_NO_INDEX": "1",
+        "PYTHONPATH": SITE_PACKAGES,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    if wheel is not None:
+        env["WORKPOOL_NODE_WHEEL"] = wheel.name
+    return work, env
+
+
+def start_task(work: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The start task's command line, exactly as the launcher sends it."""
+    from orchestration.backends.azure_batch import _bootstrap_command
+
+    return subprocess.run(
+        _bootstrap_command(), shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+@pytest.mark.slow
+def test_the_bootstrap_installs_the_wheel_into_the_shared_virtualenv(tmp_path: Path, wheel: Path) -> None:
+    work, env = node(tmp_path, wheel)
+
+    result = start_task(work, env)
+
+    assert result.returncode == 0, result.stderr
+    consumer = Path(env["AZ_BATCH_NODE_SHARED_DIR"]) / "workpool" / "venv" / "bin" / "consumer"
+    assert consumer.is_file()
+    assert f"installing {wheel.name}" in result.stderr and "ready:" in result.stderr
+    assert "accelerator: 0 GPU(s) listed by the driver; check passed" in result.stdout
+    # The consumer task's command line runs from there.
+    helped = subprocess.run(
+        ["/bin/bash", "-c", 'exec "$AZ_BATCH_NODE_SHARED_DIR/workpool/venv/bin/consumer" run --help'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "--allow-cpu" in helped.stdout
+
+
+@pytest.mark.slow
+def test_a_node_whose_gpus_tensorflow_cannot_see_fails_its_start_task_saying_so(tmp_path: Path, wheel: Path) -> None:
+    work, env = node(tmp_path, wheel, gpu=True)
+
+    result = start_task(work, env)
+
+    assert result.returncode == 1
+    assert "this machine has 1 GPU(s) (GPU 0: NVIDIA A100 80GB PCIe" in result.stderr
+    assert "TensorFlow sees none" in result.stderr and "tensorflow[and-cuda]" in result.stderr
+    assert result.stderr.rstrip().endswith("workpool-bootstrap: FAILED: accelerator check (see the line above)")
+
+
+@pytest.mark.slow
+def test_allow_cpu_lets_such_a_node_start(tmp_path: Path, wheel: Path) -> None:
+    work, env = node(tmp_path, wheel, gpu=True)
+    env["WORKPOOL_ALLOW_CPU"] = "true"
+
+    result = start_task(work, env)
+
+    assert result.returncode == 0, result.stderr
+    assert "TensorFlow sees none" in result.stderr and "scoring on the CPU as --allow-cpu asks" in result.stderr
+
+
+def test_a_package_that_cannot_be_installed_fails_the_start_task_with_pips_reason(tmp_path: Path) -> None:
+    work, env = node(tmp_path, None)
+    env["WORKPOOL_NODE_PACKAGE"] = "workpool-does-not-exist==9.9"
+
+    result = start_task(work, env)
+
+    assert result.returncode == 1
+    assert "No matching distribution found for workpool-does-not-exist==9.9" in result.stderr
+    assert "FAILED: pip could not install workpool-does-not-exist==9.9" in result.stderr
+
+
+def test_a_missing_wheel_is_named(tmp_path: Path) -> None:
+    work, env = node(tmp_path, None)
+    env["WORKPOOL_NODE_WHEEL"] = "workpool-0.1.0-py3-none-any.whl"
+
+    result = start_task(work, env)
+
+    assert result.returncode == 1
+    assert "the wheel workpool-0.1.0-py3-none-any.whl was not downloaded" in result.stderr
+
+
+@pytest.mark.slow
+def test_consumer_run_refuses_the_cpu_of_a_gpu_machine_unless_allowed(tmp_path: Path) -> None:
+    _, env = node(tmp_path, None, gpu=True)
+    env.update(
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        WORKPOOL_HOME=str(tmp_path / "home"),
+        CUDA_VISIBLE_DEVICES="0",  # one worker, pinned, as `--workers auto` starts it
+    )
+    command = [sys.executable, "-m", "consumer", "run", "--workers", "1", "--idle-exit-s", "0.5"]
+
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    allowed = subprocess.run(
+        [*command, "--allow-cpu"], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+    assert refused.returncode == 1
+    assert "TensorFlow sees none" in refused.stderr and "--allow-cpu" in refused.stderr
+    assert "Processed" not in refused.stdout
+    assert allowed.returncode == 0, allowed.stderr
+    assert "scoring on the CPU as --allow-cpu asks" in allowed.stderr
+    assert "Processed 0 images" in allowed.stdout
+
+
+def test_the_wheel_is_content_addressed_and_cached(tmp_path: Path) -> None:
+    proj = project()
+    digest = source_digest(proj)
+    assert digest == source_digest(proj)
+    cache = tmp_path / "cache"
+    first = build_wheel(proj, digest, cache=cache)
+    stamp = first.stat().st_mtime_ns
+    assert build_wheel(proj, digest, cache=cache) == first and first.stat().st_mtime_ns == stamp
+    assert first.parent.name == digest[:16] and first.name == "workpool-0.1.0-py3-none-any.whl"
+    assert os.access(first, os.R_OK)
