@@ -15,7 +15,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from consumer.images import dct_scale, decode_image, decode_with_pillow, jpeg_orientation
+from consumer.images import FAST_JPEG, _decode_jpeg_fast, dct_scale, decode_image, decode_with_pillow, jpeg_orientation
 from orchestration.samples import photo, photo_variant
 from tests.support.images import jpeg_bytes, sample_image
 from workpool.errors import ImageError
@@ -61,10 +61,13 @@ def test_every_exif_orientation_is_turned_as_pillow_turns_it(orientation: int) -
     assert all(o.shape != reference.shape or mad(o, reference) > 4 * CLOSE for o in others)
 
 
-def test_grayscale_and_progressive_jpegs_take_the_fast_path_with_the_same_picture() -> None:
+def test_baseline_grayscale_and_progressive_jpegs_take_the_fast_path_with_the_same_picture() -> None:
+    assert FAST_JPEG  # simplejpeg and OpenCV are dependencies: without them every JPEG is slow
+    baseline = encoded(photo("coffee"))
     gray = encoded(Image.fromarray(photo("coffee")).convert("L"))
     progressive = encoded(photo("coffee"), progressive=True)
-    for data in (gray, progressive):
+    for data in (baseline, gray, progressive):
+        assert _decode_jpeg_fast(data, (224, 224)) is not None  # not handed to Pillow
         fast, reference = decode_image(data, (224, 224)), decode_with_pillow(data, (224, 224))
         assert fast.shape == (224, 224, 3) and mad(fast, reference) < CLOSE
     gray_pixels = decode_image(gray, (224, 224))
