@@ -54,10 +54,21 @@ class LocalStore(ObjectStore):
         self.root.mkdir(parents=True, exist_ok=True)
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        return (info.name for info in self._walk(prefix, with_metadata=False))
+        return iter(sorted(name for _, _, name in self._walk(prefix)))
 
     def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self._walk(prefix, with_metadata=True)
+        infos = []
+        indexes: dict[str, dict[tuple[str, Fingerprint], dict[str, str]]] = {}
+        for dirpath, filename, name in self._walk(prefix):
+            if dirpath not in indexes:
+                indexes[dirpath] = _read_index(Path(dirpath))
+            metadata: Mapping[str, str] = {}
+            if indexes[dirpath]:
+                with contextlib.suppress(OSError):  # deleted meanwhile: listed without metadata
+                    fingerprint = _fingerprint(os.stat(os.path.join(dirpath, filename)))
+                    metadata = indexes[dirpath].get((filename, fingerprint), {})
+            infos.append(ObjectInfo(name, metadata))
+        return iter(sorted(infos, key=lambda info: info.name))
 
     def list_folders(self, prefix: str) -> Iterator[str]:
         self.check()
@@ -66,25 +77,19 @@ class LocalStore(ObjectStore):
             return iter(())
         return iter(sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith(".")))
 
-    def _walk(self, prefix: str, *, with_metadata: bool) -> Iterator[ObjectInfo]:
+    def _walk(self, prefix: str) -> Iterator[tuple[str, str, str]]:
+        """(directory, file name, object name) of every object under `prefix`."""
         self.check()
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():
-            return iter(())
-        infos = []
+            return
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = Path(dirpath).relative_to(self.root).as_posix()
-            index = _read_index(Path(dirpath)) if with_metadata and INDEX in filenames else {}
             for filename in filenames:
                 if filename.startswith("."):
                     continue  # temp files of in-progress writes, the metadata index, editor droppings
-                metadata: Mapping[str, str] = {}
-                if index:
-                    with contextlib.suppress(OSError):  # deleted meanwhile: listed without metadata
-                        metadata = index.get((filename, _fingerprint(os.stat(os.path.join(dirpath, filename)))), {})
-                infos.append(ObjectInfo(filename if rel == "." else f"{rel}/{filename}", metadata))
-        return iter(sorted(infos, key=lambda info: info.name))
+                yield dirpath, filename, (filename if rel == "." else f"{rel}/{filename}")
 
     def read(self, name: str) -> bytes:
         path = self._path(name)
