@@ -162,7 +162,7 @@ def _forget(runs: RunStore, manifest: Manifest) -> None:
             runs.delete_manifest(run_id)
     except NotFoundError:
         pass  # never written
-    except WorkpoolError as exc:
+    except (WorkpoolError, ValueError) as exc:
         # Keep the original failure in front of the user; this one only needs a hand later.
         log.warning("could not remove the manifest of run %s (%s): delete runs/%s/manifest.json", run_id, exc, run_id)
 
