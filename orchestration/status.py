@@ -55,7 +55,8 @@ def cluster_json(cluster: ClusterState) -> dict[str, Any]:
 
 
 class StatusReader:
-    """Builds snapshots; keeps run trackers between refreshes so `--watch` reads each record once."""
+    """Builds snapshots; keeps run trackers (manifests read once) between refreshes, each refresh
+    costing listings only (`RunStore.run_state`), so `--watch` stays cheap however long the run."""
 
     def __init__(self, runs: RunStore, queue: WorkQueue, launcher: Launcher | None, run_id: str | None) -> None:
         self.runs = runs
