@@ -9,11 +9,12 @@ the model call with its on-device scaling, top-5, result rows, write, ack, timin
 sets, each measured side by side in one run, in rounds (decoders, consumer, decoders again) so a
 drift in the machine's load cancels:
 
-1. real photos as shipped (scikit-image's sample photos and crops of them, 300–640 px wide),
+1. real photos as shipped (scikit-image's sample photos, mirror images and crops of them down to
+   ~60 %, 290–740 px wide, ~47 KB; `bench.common.photos`),
    model input 299×299: the consumer's steady images/s ÷ the raw decode rate of the same files
    (bytes already in memory) by the consumer's decoder (`decode_image`) on the same number of
    threads (goal ≥ 0.85), and ÷ Pillow with `draft` on those threads;
-2. the same photos re-encoded at 800×800 (~100–150 KB, like the seed's images): the same
+2. the same photos re-encoded at 800×800 (~110 KB, like the seed's ~125 KB images): the same
    ratios (goal for ÷ Pillow+draft: ≥ 1.5; it rests mostly on the decoder);
 3. 8×8 JPEGs, model input 8×8: decoding costs almost nothing, so this is the per-image cost of
    everything else, as images/s of one process (goal ≥ 5,000 on the 2-core CI machine).
@@ -35,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import CACHE, rate_line, ratio_line
+from bench.common import photos, rate_line, ratio_line, samples
 
 Decoder = Callable[[bytes, tuple[int, int]], Any]
 PHOTO_INPUT = (299, 299)
@@ -135,20 +136,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from orchestration.samples import write_photos, write_samples
-
-    photos = CACHE / f"photos-{args.images}"
-    seed_like = CACHE / f"photos-800x800-{args.images}"
-    tiny = CACHE / f"jpeg-8x8-{args.tiny_images}"
-    write_photos(photos, args.images)
-    write_photos(seed_like, args.images, (800, 800))
-    write_samples(tiny, args.tiny_images, TINY)
+    shipped, seed_like, tiny = photos(args.images), photos(args.images, (800, 800)), samples(args.tiny_images, TINY)
     print("Ceiling: one consumer, near-free model (GAP + dense 1000 softmax), embedded queue, local files", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as tmp:
         work = Path(tmp)
         photo_model, tiny_model = near_free_model(work, PHOTO_INPUT), near_free_model(work, TINY)
         results = {
-            "photos": measure_set(work, "photos", photos, photo_model, PHOTO_INPUT, args),
+            "photos": measure_set(work, "photos", shipped, photo_model, PHOTO_INPUT, args),
             "800x800": measure_set(work, "800x800", seed_like, photo_model, PHOTO_INPUT, args),
             "8x8": measure_set(work, "8x8", tiny, tiny_model, TINY, args),
         }

@@ -21,7 +21,7 @@ from typing import Any
 from orchestration.backends.local import LocalLauncher
 from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.local_state import read_pool
-from orchestration.samples import write_samples
+from orchestration.samples import write_photos, write_samples
 from producer.enqueue import EnqueueRequest, enqueue
 from workpool.queue import open_queue
 from workpool.runs import BatchRecord, RunStore
@@ -85,6 +85,28 @@ def samples(count: int, size: tuple[int, int]) -> Path:
     """A folder of exactly `count` photo-like JPEGs of `size` (width, height), cached between runs."""
     folder = CACHE / f"jpeg-{size[0]}x{size[1]}-{count}"
     write_samples(folder, count, size)
+    return folder
+
+
+# Distinct real photos `write_photos` makes (5 photos × mirror images and crops down to ~60 %).
+REAL_PHOTOS = 100
+
+
+def photos(count: int, size: tuple[int, int] | None = None) -> Path:
+    """A folder of `count` real-photo JPEGs (as shipped, or re-encoded at `size`), cached between runs.
+
+    Beyond the `REAL_PHOTOS` distinct ones, the files are links to them under other names: each
+    is still fetched and decoded on its own, and no crop is smaller than ~60 % of its photo.
+    """
+    label = "" if size is None else f"-{size[0]}x{size[1]}"
+    base = CACHE / f"photos{label}-{REAL_PHOTOS}"
+    names = write_photos(base, REAL_PHOTOS, size)
+    folder = CACHE / f"photo-links{label}-{count}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        link = folder / f"{i:05d}_{names[i % len(names)]}"
+        if not link.exists():
+            os.link(base / names[i % len(names)], link)
     return folder
 
 

@@ -32,9 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import CACHE, ROOT, bench_settings, ratio_line, scratch_home
+from bench.common import CACHE, ROOT, bench_settings, photos, ratio_line, scratch_home
 from orchestration.random_models import build_model
-from orchestration.samples import write_photos
 from producer.enqueue import EnqueueRequest, enqueue
 from workpool.handoff import child_env
 from workpool.runs import RunStore
@@ -107,15 +106,14 @@ def main(argv: list[str] | None = None) -> list[str]:
     if args.batches < 3:
         parser.error("--batches: at least 3 (a first batch and two steady intervals)")
     model = build_model(args.arch, CACHE / "models")
-    photos = CACHE / f"warm-start-photos-{args.batch_size * args.batches}"
-    write_photos(photos, args.batch_size * args.batches)
+    folder = photos(args.batch_size * args.batches)
     print(f"Warm start: fresh `consumer run`, {args.arch} (random weights), {args.batches} batches of "
           f"{args.batch_size} real photos, embedded queue", flush=True)  # fmt: skip
     ratios: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):
         for name in cases:  # interleaved, so a change in the machine's load falls on every case
             with scratch_home(f"warm-{name}") as home:
-                case = run_case(name, model, photos, home, args.batch_size)
+                case = run_case(name, model, folder, home, args.batch_size)
             ratios[name].append(case.ratio)
             print(f"  {name:8s} first batch {case.first_s:6.2f} s, steady batch {case.steady_s:6.2f} s (median "
                   f"of {case.batches - 1} intervals), first ÷ steady {case.ratio:.2f}", flush=True)  # fmt: skip
