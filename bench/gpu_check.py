@@ -255,6 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     figures = {
         "machine": machine_line(),
+        "devices": devices(args.backend),
         "keras_backend": args.backend,
         "precision": args.precision,
         "arch": args.arch,
@@ -269,8 +270,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cold_first_batch_s": round(first_batch_s, 3),
         "steady_batch_s": round(steady, 3),
     }
-    say(f"on {figures['machine']}: {args.arch}, {args.precision} precision, KERAS_BACKEND={args.backend}, "
-        f"batch {args.batch_size}, {figures['decode_threads']} decode threads")  # fmt: skip
+    say(
+        f"on {figures['machine']} (model on {figures['devices']}): {args.arch}, {args.precision} precision, "
+        f"KERAS_BACKEND={args.backend}, batch {args.batch_size}, {figures['decode_threads']} decode threads"
+    )
     print(f"RATE model_only = {model_rate:,.0f} images/s  (GPU busy {pct(model_util)})")
     print(f"RATE end_to_end = {e2e_rate:,.0f} images/s  (GPU busy {pct(e2e_util)})")
     print(f"RATIO end_to_end_over_model_only = {e2e_rate / model_rate:.3f}")
@@ -280,6 +283,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=2))
     return figures
+
+
+def devices(backend: str) -> str:
+    """Where the framework runs the model (a GPU check on a CPU would mean nothing)."""
+    if backend == "jax":
+        import jax
+
+        return ", ".join(str(d) for d in jax.devices())
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return ", ".join(d.name for d in tf.config.list_logical_devices()) or "cpu"
+    return backend
 
 
 def machine_line() -> str:
