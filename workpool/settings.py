@@ -420,10 +420,10 @@ def check_connection_string(conn: str) -> None:
         raise ValueError("names no account: expected AccountName=… (or a BlobEndpoint=…/QueueEndpoint=…)")
     if not parts.get("accountkey") and not parts.get("sharedaccesssignature"):
         raise ValueError("has no credential: expected AccountKey=… or SharedAccessSignature=…")
-    key = parts.get("accountkey")
-    if key:
+    account_key = parts.get("accountkey")
+    if account_key:
         try:
-            base64.b64decode(key, validate=True)
+            base64.b64decode(account_key, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("its AccountKey is not valid base64 (copy it again from the portal)") from None
 
