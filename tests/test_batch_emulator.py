@@ -10,6 +10,7 @@ node extras are empty (WORKPOOL_NODE_EXTRAS=""). The wheel is built once per ses
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from tests.conftest import unique
 from tests.support.azurite import Azurite
 from tests.support.batch_emulator import BatchEmulator
+from tests.support.batch_emulator.environment import nvidia_smi_stub
 from tests.support.cli import Outcome, run_cli
 from tests.support.images import stage_folder, write_sample_images
 from workpool.settings import Settings, load_settings
@@ -180,3 +182,134 @@ def test_launch_installs_the_wheel_drains_a_run_and_scales_in_and_out_without_lo
 
 def task_running(batch: BatchEmulator, task_id: str) -> bool:
     return any(t["id"] == task_id and t["state"] == "running" for t in batch.tasks(JOB))
+
+
+def test_teardown_right_after_launch_stops_the_resize_under_way(cluster: Cluster) -> None:
+    cluster.batch.state.timing.resize_s = 30  # the pool is still resizing when teardown comes
+
+    launched = cluster.cli("launch", "--backend", "azure-batch", "--nodes", "2")
+    assert launched.code == 0, launched.stderr
+    assert cluster.batch.pool(POOL)["allocationState"] == "resizing"  # type: ignore[index]
+
+    for _ in range(2):  # and once more at once: safe at any moment
+        torn = cluster.cli("teardown", "--backend", "azure-batch")
+        assert torn.code == 0, torn.stderr
+
+    pool = cluster.batch.pool(POOL)
+    assert pool is not None and (pool["targetDedicatedNodes"], pool["targetLowPriorityNodes"]) == (0, 0)
+    assert cluster.batch.job(JOB)["state"] == "completed"  # type: ignore[index]
+    assert [r.path for r in cluster.batch.requests if r.path.endswith("/stopresize")]
+    assert not [r for r in cluster.batch.requests if r.status == 409 and r.path.endswith("/resize")]
+    assert "409" not in torn.stderr
+
+
+def test_a_preempted_spot_node_loses_nothing_its_task_is_requeued_and_its_batches_finished_by_others(
+    cluster: Cluster,
+) -> None:
+    cluster.batch.set_node_env(WORKPOOL_EXAMPLE_SLEEP_S="0.25")
+    env = {"WORKPOOL_VM_PRIORITY": "spot", "WORKPOOL_VISIBILITY_TIMEOUT_S": "10"}
+    run_id, names = cluster.enqueue(48, "--task", SLEEP_TASK, "--batch-size", "4")
+
+    launched = cluster.cli("launch", "--backend", "azure-batch", "--nodes", "2", **env)
+    assert launched.code == 0, launched.stderr
+    (victim_task, _other) = cluster.batch.wait_for(
+        lambda: scoring_tasks(cluster.batch), 180, "both consumers scoring a batch"
+    )
+    victim = victim_task["nodeInfo"]["nodeId"]
+    assert cluster.batch.nodes(POOL)[0]["isDedicated"] is False
+
+    cluster.batch.preempt(POOL, victim)
+
+    report = cluster.drained(run_id)
+    assert report["images_ok"] == 48 and report["batches_poisoned"] == 0
+    one_row_per_image(cluster.rows(run_id), names)
+    requeued = next(t for t in cluster.batch.tasks(JOB) if t["id"] == victim_task["id"])
+    assert requeued["executionInfo"]["requeueCount"] == 1 and requeued["state"] in ("active", "running")
+    assert victim not in [n["id"] for n in cluster.batch.nodes(POOL) if n["state"] != "preempted"]
+    # What the killed consumer held came back after its lease and was scored elsewhere (attempt 2).
+    retried = {
+        node["id"]: redelivered(cluster.batch, node["id"]) for node in cluster.batch.nodes(POOL) if node["id"] != victim
+    }
+    assert any(retried.values()), retried
+    assert not redelivered(cluster.batch, victim)
+
+
+def scoring_tasks(batch: BatchEmulator) -> list[dict[str, Any]]:
+    """Both consumer tasks, once each has scored a batch (so each holds leases), else []."""
+    tasks = [t for t in batch.tasks(JOB) if t["state"] == "running"]
+    if len(tasks) < 2:
+        return []
+    for task in tasks:
+        if not consumer_log(batch, task["nodeInfo"]["nodeId"], task["id"]).count("images=4"):
+            return []
+    return tasks
+
+
+def consumer_log(batch: BatchEmulator, node_id: str, task_id: str) -> str:
+    return batch.node_file(POOL, node_id, f"workitems/{JOB}/job-1/{task_id}/stderr.txt")
+
+
+def redelivered(batch: BatchEmulator, node_id: str) -> set[str]:
+    """Batches that consumers on this node scored on a second or later delivery."""
+    logs = "".join(consumer_log(batch, node_id, f"consumer-{i:04d}") for i in range(1, 5))
+    return set(re.findall(r"batch=(\S+) worker=\S+ attempt=[2-9]", logs))
+
+
+# --- start-task failures ---------------------------------------------------------------------
+def test_failing_start_tasks_show_their_reason_in_status_and_stop_launch_wait(cluster: Cluster) -> None:
+    """Two pools of one account, side by side: `broken` cannot install its package; on `gpu`
+    the wheel installs but `nvidia-smi` (a stub on the node) lists a GPU TensorFlow cannot see."""
+    cluster.batch.put_command("nvidia-smi", nvidia_smi_stub(gpus=1))
+    cluster.enqueue(4, "--task", SLEEP_TASK)
+    broken = {"WORKPOOL_POOL": "broken", "WORKPOOL_BATCH_JOB": "broken", "WORKPOOL_NODE_PACKAGE": BAD_REQUIREMENT}
+
+    for env in ({}, broken):
+        launched = cluster.cli("launch", "--backend", "azure-batch", "--nodes", "1", **env)
+        assert launched.code == 0, launched.stderr
+    (bad,) = cluster.batch.wait_for_nodes("broken", "starttaskfailed", 1, timeout_s=120)
+    status = cluster.cli("status", "--backend", "azure-batch", "--json", **broken)
+    assert status.code == 0, status.stderr
+    shown = json.dumps(status.json())
+    assert bad["id"] in shown and "starttaskfailed" in shown
+    assert "pip could not install workpool-no-such-requirement" in shown, shown
+    waited = cluster.cli("launch", "--backend", "azure-batch", "--nodes", "1", "--wait", timeout_s=240, **broken)
+    assert waited.code == 1, waited.stdout + waited.stderr
+    assert (
+        "start task failed" in waited.stderr and "pip could not install workpool-no-such-requirement" in waited.stderr
+    )
+
+    # Batch would try the `gpu` start task twice more before `starttaskfailed`: the first try
+    # already shows the refusal (the later ones are the same install, ~30 s each here).
+    (gpu,) = cluster.batch.nodes(POOL)
+    (first, *_) = cluster.batch.wait_for(
+        lambda: cluster.batch.start_task_tries(POOL, gpu["id"]), 180, "the first try of the gpu start task"
+    )
+    assert first["exitCode"] == 1 and first["failureInfo"]["code"] == "FailureExitCode"
+    stderr = first["stderr"]
+    assert "1 GPU(s)" in stderr and "TensorFlow sees none" in stderr and "FAILED: accelerator check" in stderr
+    assert cluster.batch.nodes(POOL)[0]["state"] == "waitingforstarttask"  # never idle, never given a task
+
+
+BAD_REQUIREMENT = "workpool-no-such-requirement==9.9.9"
+
+
+# --- the benchmark on the cluster path -------------------------------------------------------
+def test_the_benchmark_runs_both_tiers_on_the_cluster_and_prints_the_drain_table(
+    cluster: Cluster, tiny_model: Path
+) -> None:
+    folder = cluster.work / "bench-images"
+    write_sample_images(folder, 32, (64, 48))
+    source = stage_folder(cluster.settings, folder)
+
+    out = cluster.cli(
+        "benchmark", "--backend", "azure-batch", "--tiers", "1,2", "--images", "32", "--source", source,
+        "--model", str(tiny_model), "--batch-size", "8", "--timeout-s", "240",
+        timeout_s=600,
+    )  # fmt: skip
+
+    assert out.code == 0, out.stdout + out.stderr
+    assert "| 1 node | 2 nodes |" in out.stdout and "Launch → drained (s)" in out.stdout, out.stdout
+    drain = re.search(r"\| Drain wall time \(s\)\s+\|\s+([\d.]+) \|\s+([\d.]+) \|", out.stdout)
+    assert drain is not None and all(float(v) > 0 for v in drain.groups()), out.stdout
+    pool = cluster.batch.pool(POOL)
+    assert pool is not None and (pool["targetDedicatedNodes"], pool["targetLowPriorityNodes"]) == (0, 0)

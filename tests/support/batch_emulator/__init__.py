@@ -134,6 +134,22 @@ class BatchEmulator:
             job = self.state.jobs.get(job_id)
             return None if job is None else wire.job_json(self.state, job)
 
+    def start_task_tries(self, pool_id: str, node_id: str) -> list[dict[str, Any]]:
+        """Every finished try of a node's start task: exitCode, failureInfo, its stderr (Batch shows only the last)."""
+        with self.state.lock:
+            pool = self.state.pools.get(pool_id)
+            node = pool.nodes.get(node_id) if pool else None
+            tries = list(node.start_history) if node else []
+        return [
+            {
+                "exitCode": t.exit_code,
+                "failureInfo": t.failure.as_json() if t.failure else None,
+                "retryCount": t.retry_count,
+                "stderr": t.stderr,
+            }
+            for t in tries
+        ]
+
     def node_root(self, pool_id: str, node_id: str) -> Path:
         return self.root / "nodes" / pool_id / node_id
 

@@ -107,7 +107,8 @@ class NodeHost:
         working_dir = task_dir / "wd"
         working_dir.mkdir(parents=True, exist_ok=True)
         argv = shlex.split(command_line)
-        with open(task_dir / "stdout.txt", "ab") as out, open(task_dir / "stderr.txt", "ab") as err:
+        # Each try starts with fresh output files, as on a node.
+        with open(task_dir / "stdout.txt", "wb") as out, open(task_dir / "stderr.txt", "wb") as err:
             return subprocess.Popen(
                 argv,
                 cwd=working_dir,

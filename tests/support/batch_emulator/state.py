@@ -127,6 +127,7 @@ class StartTaskRun:
     exit_code: int | None = None
     failure: Failure | None = None
     retry_count: int = 0
+    stderr: str = ""  # what the try wrote to startup/stderr.txt (the next try starts the file afresh)
 
 
 @dataclass
@@ -139,6 +140,7 @@ class Node:
     state: str = "creating"
     state_time: float = 0.0
     start: StartTaskRun | None = None
+    start_history: list[StartTaskRun] = field(default_factory=list)  # every finished try (tests read it)
     start_proc: Proc | None = None
     preparing: bool = False  # resource files being fetched in a thread
     task: Task | None = None
@@ -564,6 +566,7 @@ class Account:
         if code == 0:
             assert node.start is not None
             node.start.state, node.start.end_time, node.start.exit_code = "completed", time.time(), 0
+            node.start_history.append(node.start)
             if node.state == "waitingforstarttask":
                 node.set_state("idle")
             return
@@ -574,6 +577,9 @@ class Account:
         start = pool.start_task or {}
         run = node.start
         assert run is not None
+        node.start_history.append(
+            StartTaskRun("completed", run.start_time, time.time(), code, failure, run.retry_count, _stderr(node))
+        )
         if run.retry_count < int(start.get("maxTaskRetryCount", 0) or 0):
             self._begin_start_task(pool, node)  # the next try counts one more retry
             return
@@ -707,6 +713,11 @@ class Account:
             self._kill(proc)
         killed, self._orphans = self._orphans, []
         return killed
+
+
+def _stderr(node: Node) -> str:
+    path = node.host.startup_dir / "stderr.txt"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
