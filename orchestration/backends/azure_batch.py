@@ -60,7 +60,7 @@ from orchestration.backends.cluster_common import (
     service_error,
     text_of,
 )
-from orchestration.backends.vm_sizes import checked_vm_size, is_spot
+from orchestration.backends.vm_sizes import checked_vm_size, is_spot, warn_about_priority
 from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
 from orchestration.node import BOOTSTRAP_FILE
 from orchestration.wheel import NodeFiles, ShippedFile, planned_files, ship_node_files
@@ -84,6 +84,7 @@ NODE_SHARED_VENV = "$AZ_BATCH_NODE_SHARED_DIR/workpool/venv"
 SETTLE_TIMEOUT_S = 20 * 60.0
 PROGRESS_EVERY_S = 30.0
 STDERR_TAIL_CHARS = 1500
+MAX_STDERR_READS = 3  # per command: a pool of 32 failed nodes usually fails 32 times the same way
 FAILED_NODE_STATES = {"starttaskfailed", "unusable"}
 # Entra ID scope of the Batch data plane, per cloud (ARM host → Batch resource).
 _BATCH_SCOPES = {
@@ -102,6 +103,8 @@ class AzureBatchLauncher(Launcher):
         self._batch: BatchClient | None = None
         self._pool = settings.pool or ""
         self._job = settings.batch_job
+        self._stderr_reads = 0  # start-task stderr files read by this command (a few are enough)
+        warn_about_priority(settings)
 
     # --- the Launcher interface -----------------------------------------------------------
     def launch(self, nodes: int) -> None:
@@ -584,7 +587,10 @@ class AzureBatchLauncher(Launcher):
             if failure is not None:
                 reason += f", {text_of(failure.category)} error {failure.code}: {failure.message}"
             parts.append(f"start task failed ({reason})")
-            tail = self._start_task_stderr(node.id) if text_of(node.state) in FAILED_NODE_STATES else ""
+            tail = ""
+            if text_of(node.state) in FAILED_NODE_STATES and self._stderr_reads < MAX_STDERR_READS:
+                self._stderr_reads += 1
+                tail = self._start_task_stderr(node.id)
             if tail:
                 parts.append(f"its stderr ends: {tail}")
         return ", ".join(parts)

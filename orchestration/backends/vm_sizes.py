@@ -56,7 +56,12 @@ def checked_vm_size(settings: Settings, backend: str) -> str:
 
 
 def is_spot(settings: Settings) -> bool:
-    """Whether nodes are Spot (preemptible); `lowpriority`, the retired name, still means Spot with a warning."""
+    """Whether nodes are Spot (preemptible); `lowpriority`, the retired name, still means Spot."""
+    return settings.vm_priority in ("spot", "lowpriority")
+
+
+def warn_about_priority(settings: Settings) -> None:
+    """`lowpriority` still works, with a warning naming its replacement."""
     if settings.vm_priority == "lowpriority":
         log.warning(
             "%s=lowpriority: Azure retired low-priority VMs on 30 Sep 2025; asking for Spot nodes instead "
@@ -64,4 +69,3 @@ def is_spot(settings: Settings) -> bool:
             env_name("vm_priority"),
             env_name("vm_priority"),
         )
-    return settings.vm_priority in ("spot", "lowpriority")
