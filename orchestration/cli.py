@@ -21,7 +21,7 @@ from orchestration.autoscale.loop import PoolGoneError
 from orchestration.autoscale.policy import Limits, parse_range
 from orchestration.backends import BACKENDS, open_launcher
 from orchestration.benchmark import BenchmarkPlan, parse_tiers, render_table, run_benchmark
-from orchestration.deployment import forget_backend, record_backend, resolve_backend
+from orchestration.deployment import resolve_backend
 from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.export import export_results
 from orchestration.launcher import Launcher
@@ -55,6 +55,10 @@ BackendOption = Annotated[
 ]
 RunOption = Annotated[str, typer.Option("--run", help="Run id (as given to or printed by `producer enqueue`).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+ForceOption = Annotated[
+    bool,
+    typer.Option("--force", help="Start more nodes than the backend runs well (local: more than 4 per CPU core)."),
+]
 
 
 def _runs(settings: Settings) -> RunStore:
@@ -82,6 +86,7 @@ def _check_backend(backend: str | None) -> None:
 @handle_errors
 def launch(
     nodes: Annotated[int | None, typer.Option("--nodes", min=0, help="How many nodes to start.")] = None,
+    force: ForceOption = False,
     backend: Annotated[str, typer.Option("--backend", help=f"Where nodes run: {' | '.join(BACKENDS)}.")] = "local",
     autoscale_range: Annotated[
         str | None,
@@ -125,7 +130,8 @@ def launch(
     nodes = nodes if nodes is not None else parse_range(autoscale_range or "")[0]
     if dry_run:
         planned = [
-            {"method": r.method, "path": r.path, "body": r.body, "note": r.note} for r in launcher.describe(nodes)
+            {"method": r.method, "path": r.path, "body": r.body, "note": r.note}
+            for r in launcher.describe(nodes, force=force)
         ]
         if json_out:
             _echo_json({"backend": backend, "nodes": nodes, "requests": planned})
@@ -138,14 +144,13 @@ def launch(
         return
     if not wait:
         requested_at = utcnow()
-        launcher.launch(nodes)
-        record_backend(settings, backend)
+        launcher.launch(nodes, force=force)
         record_size_change(settings, "launch", backend, nodes, at=requested_at, reason="launch --nodes")
         typer.echo(f"launched {nodes} node(s) on {backend} for queue {settings.queue}", err=True)
         if json_out:
             _echo_json(cluster_json(launcher.state()))
         return
-    reports = launch_until_drained(settings, launcher, nodes, say=lambda line: typer.echo(line, err=True))
+    reports = launch_until_drained(settings, launcher, nodes, force=force, say=lambda line: typer.echo(line, err=True))
     _print_reports(reports, json_out, settings)
     if not all(r.ok for r in reports):
         raise typer.Exit(EXIT_FAILURE)
@@ -166,11 +171,9 @@ def _launch_autoscaled(
     if wait:
         runs = pending_runs(settings, scaler.runs)
         try:
-            record_backend(settings, launcher.name)
             reports = autoscale_process.autoscale_until_drained(scaler, runs, say=say)
         finally:
             launcher.teardown()
-            forget_backend(settings)
             record_size_change(settings, "teardown", launcher.name, 0, reason="drained (launch --autoscale --wait)")
             say(f"tore down the {launcher.name} pool")
         _print_reports(reports, json_out, settings)
@@ -179,7 +182,6 @@ def _launch_autoscaled(
         return
     requested_at = utcnow()
     size = autoscale_process.launch_with_autoscaler(scaler)
-    record_backend(settings, launcher.name)
     record_size_change(settings, "launch", launcher.name, size, at=requested_at, reason=f"launch --autoscale {text}")
     pid = autoscale_process.start_detached(settings, launcher.name, low, high, None, config)
     say(
@@ -213,6 +215,7 @@ def _with_cost(settings: Settings, drain: DrainReport) -> DrainReport | RunRepor
 @handle_errors
 def scale(
     nodes: Annotated[int, typer.Option("--nodes", min=0, help="The new number of nodes.")],
+    force: ForceOption = False,
     backend: BackendOption = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = "INFO",
@@ -226,7 +229,7 @@ def scale(
     settings = settings_for(config, log_level)
     name = resolve_backend(settings, backend)
     requested_at = utcnow()
-    open_launcher(name, settings).scale(nodes)
+    open_launcher(name, settings).scale(nodes, force=force)
     record_size_change(settings, "scale", name, nodes, at=requested_at, reason="scale --nodes")
     typer.echo(f"scaled the {name} pool of queue {settings.queue} to {nodes} node(s)", err=True)
 
@@ -339,7 +342,6 @@ def teardown(
     if (stopped := autoscale_process.stop_detached(settings)) is not None:
         typer.echo(f"stopped the autoscaler (pid {stopped})", err=True)
     open_launcher(name, settings).teardown(delete=delete)
-    forget_backend(settings)
     record_size_change(settings, "teardown", name, 0, reason="teardown")
     typer.echo(f"tore down the {name} pool of queue {settings.queue}", err=True)
 

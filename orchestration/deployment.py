@@ -1,6 +1,7 @@
 """Which backend runs the pool of a queue, so `scale`, `status` and `teardown` need no `--backend`.
 
-`launch` records it in `<home>/deployments/<queue>.json`; `teardown` forgets it.
+A successful `Launcher.launch` records it in `<home>/deployments/<queue>.json`;
+`Launcher.teardown` forgets it (orchestration/launcher.py: the seam does it, not each caller).
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from orchestration.deployment import forget_backend, record_backend
 from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.launcher import Launcher
 from orchestration.pool_events import record_size_change, utcnow
@@ -55,6 +54,7 @@ def launch_until_drained(
     run_ids: list[str] | None = None,
     *,
     timeout_s: float | None = None,
+    force: bool = False,
     say: Callable[[str], None] = lambda _: None,
 ) -> list[DrainReport]:
     """Launch `nodes`, wait for `run_ids` (default: the queue's pending runs) to drain, tear down.
@@ -69,8 +69,7 @@ def launch_until_drained(
     watch = _failure_watch(launcher, settings.cluster_poll_interval_s)
     try:
         requested_at = utcnow()
-        launcher.launch(nodes)
-        record_backend(settings, launcher.name)
+        launcher.launch(nodes, force=force)
         record_size_change(settings, "launch", launcher.name, nodes, at=requested_at, reason="launch --wait")
         say(f"launched {nodes} node(s) on {launcher.name} for queue {settings.queue}")
         if not waiting_for:
@@ -83,7 +82,6 @@ def launch_until_drained(
             reports.append(wait_for_drain(runs, queue, run_id, timeout_s=timeout_s, on_progress=watch))
     finally:
         launcher.teardown()
-        forget_backend(settings)
         record_size_change(settings, "teardown", launcher.name, 0, reason="drained (launch --wait)")
         say(f"tore down the {launcher.name} pool")
     return reports

@@ -254,3 +254,31 @@ def test_nodes_added_from_another_shell_join_a_launch_wait(tmp_path: Path) -> No
     report = json.loads(out)
     assert report["images_ok"] == 60 and len(report["workers"]) == 3
     assert live_node_pids(settings) == []
+
+
+@pytest.mark.embedded
+def test_a_local_pool_far_beyond_the_machine_needs_force(tmp_path: Path) -> None:
+    from orchestration.deployment import active_backend
+    from orchestration.local_state import state_dir
+    from workpool.settings import load_settings
+
+    settings = load_settings(home=tmp_path / "home", queue="bigq")
+    most = 4 * (os.cpu_count() or 1)
+    with torn_down(settings):
+        # When a user asks for 100,000 local nodes, for real, as a dry run, or as a scale
+        for args in (["launch", "--nodes", "100000"], ["launch", "--nodes", "100000", "--dry-run"],
+                     ["launch", "--nodes", "100000", "--wait"], ["scale", "--nodes", str(most + 1)]):  # fmt: skip
+            out = orchestration(settings, *args)
+
+            # Then each is refused with exit 2 and one line that names the limit and --force
+            assert out.code == 2, (args, out.stderr)
+            assert "pass --force" in out.stderr and f"at most {most}" in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr
+            # and nothing was started or recorded
+            assert pool(settings) is None and not state_dir(settings).exists()
+            assert active_backend(settings) is None
+
+        # And --force lets it through (planned here: starting that many processes is the point)
+        forced = orchestration(settings, "launch", "--nodes", str(most + 1), "--dry-run", "--force", "--json")
+        assert forced.code == 0, forced.stderr
+        assert len(forced.json()["requests"]) == most + 2  # the supervisor and every node

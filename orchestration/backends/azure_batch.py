@@ -96,6 +96,7 @@ _BATCH_SCOPES = {
 
 class AzureBatchLauncher(Launcher):
     name = "azure-batch"
+    min_launch_nodes = 1  # node counts are checked by the seam (orchestration/launcher.py)
 
     def __init__(self, settings: Settings, credential: Any = None) -> None:
         self.settings = settings
@@ -107,8 +108,7 @@ class AzureBatchLauncher(Launcher):
         warn_about_priority(settings)
 
     # --- the Launcher interface -----------------------------------------------------------
-    def launch(self, nodes: int) -> None:
-        _check_nodes(nodes)
+    def _launch(self, nodes: int) -> None:
         self._require()
         require_azure_storage(self.settings, "azure-batch")
         self._warn_about_keys()
@@ -128,8 +128,7 @@ class AzureBatchLauncher(Launcher):
         self._ensure_job(made)
         self._converge_tasks(nodes, made)
 
-    def scale(self, nodes: int) -> None:
-        _check_nodes(nodes, allow_zero=True)
+    def _scale(self, nodes: int) -> None:
         self._require()
         made = Made(self.name)
         pool = self._get_pool(made)
@@ -187,7 +186,7 @@ class AzureBatchLauncher(Launcher):
             return f"pool {self._pool} has no nodes: {errors}{self._spot_hint(errors)}"
         return None
 
-    def teardown(self, delete: bool = False) -> None:
+    def _teardown(self, delete: bool) -> None:
         self._require()
         s = self.settings
         made = Made(self.name)
@@ -217,8 +216,7 @@ class AzureBatchLauncher(Launcher):
             log.warning("could not resize pool %s to 0 (%s): deleting the pool instead", self._pool, exc)
             self._delete_pool(made)
 
-    def describe(self, nodes: int) -> list[PlannedRequest]:
-        _check_nodes(nodes)
+    def _describe(self, nodes: int) -> list[PlannedRequest]:
         self._require()
         s = self.settings
         files = None if self._container_image() else planned_files(s, with_wheel=s.node_package is None)
@@ -882,11 +880,6 @@ def _registry_server(image: str) -> str | None:
     """The registry host of `registry/image:tag` (None for a Docker Hub name)."""
     first = image.split("/", 1)[0] if "/" in image else ""
     return first if ("." in first or ":" in first or first == "localhost") else None
-
-
-def _check_nodes(nodes: int, allow_zero: bool = False) -> None:
-    if nodes < (0 if allow_zero else 1):
-        raise UsageError(f"--nodes must be {'0 or more' if allow_zero else 'at least 1'}, got {nodes}")
 
 
 def _poll_seconds(settings: Settings) -> int:

@@ -38,7 +38,7 @@ from orchestration.backends.cluster_common import (
     text_of,
 )
 from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
-from workpool.errors import NotFoundError, SettingsError, UsageError, WorkpoolError
+from workpool.errors import NotFoundError, SettingsError, WorkpoolError
 from workpool.handoff import node_environment
 from workpool.logs import REDACTED
 from workpool.settings import Settings
@@ -53,6 +53,7 @@ _serializer: Any = Serializer({k: v for k, v in m.__dict__.items() if isinstance
 
 class BatchAILauncher(Launcher):
     name = "batchai"
+    min_launch_nodes = 1  # node counts are checked by the seam (orchestration/launcher.py)
 
     def __init__(self, settings: Settings, credential: Any = None) -> None:
         self.settings = settings
@@ -65,8 +66,7 @@ class BatchAILauncher(Launcher):
         self._cluster = settings.cluster or ""
 
     # --- the Launcher interface -----------------------------------------------------------
-    def launch(self, nodes: int) -> None:
-        _check_nodes(nodes)
+    def _launch(self, nodes: int) -> None:
         self._require()
         require_azure_storage(self.settings, "batchai")
         made = Made(self.name)
@@ -75,8 +75,7 @@ class BatchAILauncher(Launcher):
         self._ensure_cluster(nodes, made)
         self._converge_jobs(nodes, made)
 
-    def scale(self, nodes: int) -> None:
-        _check_nodes(nodes, allow_zero=True)
+    def _scale(self, nodes: int) -> None:
         self._require()
         made = Made(self.name)
         cluster = self._get_cluster()
@@ -113,7 +112,7 @@ class BatchAILauncher(Launcher):
         nodes = [NodeInfo(job.name, text_of(job.execution_state), _job_detail(job)) for job in self._jobs()]
         return ClusterState(self.name, self._target_of(cluster), nodes, detail)
 
-    def teardown(self, delete: bool = False) -> None:
+    def _teardown(self, delete: bool) -> None:
         self._require()
         s = self.settings
         made = Made(self.name)
@@ -130,8 +129,7 @@ class BatchAILauncher(Launcher):
         else:
             self._set_target(0, made)
 
-    def describe(self, nodes: int) -> list[PlannedRequest]:
-        _check_nodes(nodes)
+    def _describe(self, nodes: int) -> list[PlannedRequest]:
         self._require()
         s = self.settings
         plan = [
@@ -338,11 +336,6 @@ class BatchAILauncher(Launcher):
                 credential, self._subscription, base_url=s.arm_endpoint, **arm_client_options(s, credential)
             )
         return self._client_instance
-
-
-def _check_nodes(nodes: int, allow_zero: bool = False) -> None:
-    if nodes < (0 if allow_zero else 1):
-        raise UsageError(f"--nodes must be {'0 or more' if allow_zero else 'at least 1'}, got {nodes}")
 
 
 def _scale_settings(nodes: int) -> Any:

@@ -36,6 +36,15 @@ from workpool.errors import UsageError, WorkpoolError
 from workpool.handoff import child_env, secret_env_names
 from workpool.settings import Settings
 
+# A local node is a whole `consumer run` process (a Python interpreter, its imports, its own
+# decode threads): far more of them than cores only thrashes the machine (or exhausts its
+# memory), so a pool beyond this many per core needs --force.
+NODES_PER_CORE = 4
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
 
 class LocalLauncher(Launcher):
     name = "local"
@@ -106,8 +115,13 @@ class LocalLauncher(Launcher):
             time.sleep(0.1)
 
     # --- Launcher ----------------------------------------------------------------------------
-    def launch(self, nodes: int) -> None:
-        _check_nodes(nodes)
+    def max_nodes(self) -> int:
+        return NODES_PER_CORE * _cores()
+
+    def max_nodes_reason(self) -> str:
+        return f"{NODES_PER_CORE} nodes per CPU core, {_cores()} core(s)"
+
+    def _launch(self, nodes: int) -> None:
         if self.supervisor_pid() is not None:
             pool = read_pool(self.directory)
             size = pool.target if pool else "?"
@@ -139,8 +153,7 @@ class LocalLauncher(Launcher):
             self.teardown()  # a pool whose nodes cannot start would only crash-loop
             raise
 
-    def scale(self, nodes: int) -> None:
-        _check_nodes(nodes)
+    def _scale(self, nodes: int) -> None:
         if self.supervisor_pid() is None:
             raise UsageError(f"no local pool is running for queue {self.settings.queue}: use `orchestration launch`")
         before = read_pool(self.directory)
@@ -175,7 +188,7 @@ class LocalLauncher(Launcher):
             detail=f"supervisor pid {pid}, logs in {self.log_dir}",
         )
 
-    def teardown(self, delete: bool = False) -> None:
+    def _teardown(self, delete: bool) -> None:
         pid = self.supervisor_pid()
         if pid is not None:
             _signal(pid, signal.SIGTERM)
@@ -190,8 +203,7 @@ class LocalLauncher(Launcher):
         if delete and self.directory.exists():
             shutil.rmtree(self.directory)
 
-    def describe(self, nodes: int) -> list[PlannedRequest]:
-        _check_nodes(nodes)
+    def _describe(self, nodes: int) -> list[PlannedRequest]:
         env = child_env(self.settings, base={})
         secrets = secret_env_names()
         shown = {
@@ -243,8 +255,3 @@ def _signal(pid: int, signum: int) -> None:
     """Send a signal to a process that may have exited a moment ago."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-
-
-def _check_nodes(nodes: int) -> None:
-    if nodes < 0:
-        raise UsageError(f"--nodes must be 0 or more, got {nodes}")
