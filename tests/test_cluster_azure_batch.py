@@ -436,6 +436,26 @@ def test_a_failed_start_task_shows_in_status_with_its_stderr_and_is_the_pools_fa
 
 
 @pytest.mark.azurite
+def test_a_pool_that_settled_empty_with_a_resize_error_is_the_pools_failure_in_plain_words(
+    server: RecordingServer, fake: FakeBatchPool, storage: str
+) -> None:
+    settings = settings_for(server, storage, vm_priority="spot")
+    AzureBatchLauncher(settings).launch(2)
+    fake.nodes["gpu"] = []
+    fake.pools["gpu"]["resizeErrors"] = [
+        {"code": "AccountLowPriorityCoreQuotaReached", "message": "The Batch account's low-priority core quota is 0."}
+    ]
+
+    reason = AzureBatchLauncher(settings).failure()
+    detail = AzureBatchLauncher(settings).state().detail
+
+    assert reason is not None and reason.startswith("pool gpu has no nodes: AccountLowPriorityCoreQuotaReached")
+    assert "Spot nodes need a Batch account whose pool allocation mode is user subscription" in reason
+    assert "resize error AccountLowPriorityCoreQuotaReached: The Batch account's low-priority core" in detail
+    assert "Spot nodes need" in detail
+
+
+@pytest.mark.azurite
 def test_teardown_terminates_the_job_and_resizes_to_zero(
     server: RecordingServer, fake: FakeBatchPool, storage: str
 ) -> None:
