@@ -1,8 +1,8 @@
 """What both cluster backends (Batch AI, Azure Batch) share.
 
-- what runs on a node: the command that installs the project and the one that starts
-  `consumer run`, and the environment that hands the queue and storage settings to it, split
-  into plain values and secrets so each backend can send secrets its safest way;
+- consumer naming (consumer-0001…) and, for Batch AI, the setup task's install line and the
+  `consumer run` line (Azure Batch ships a wheel and orchestration/node/bootstrap.sh instead,
+  see orchestration/wheel.py); the node environment itself is workpool/handoff.py's;
 - Azure credentials and the management-plane client options (sovereign-cloud scopes, plain
   http only for loopback test servers, fast polling);
 - turning Azure errors into one clear message naming what failed, plus what was already made.
@@ -36,7 +36,8 @@ from workpool.settings import CONNECTION_STRING_ENV, Settings, env_name, is_loop
 
 log = logging.getLogger(__name__)
 
-# Where the setup/start task installs the project on a node; the consumer runs from there.
+# Where the Batch AI setup task installs the project, and where the container image (Dockerfile)
+# has it; the consumer runs from there. (Azure Batch start-task pools: $AZ_BATCH_NODE_SHARED_DIR.)
 NODE_VENV = "/opt/workpool/venv"
 
 # Consumer jobs (Batch AI) and tasks (Azure Batch) are named consumer-0001, consumer-0002, …:
@@ -66,7 +67,7 @@ def require(settings: Settings, backend: str, *fields: str) -> None:
 
 # --- what runs on a node --------------------------------------------------------------------
 def install_command() -> str:
-    """Shell line for the node setup/start task: a virtualenv with the project in it.
+    """Shell line for the Batch AI node setup task: a virtualenv with the project in it.
 
     The package comes from $WORKPOOL_NODE_PACKAGE, never from the command line itself, so a
     wheel URL carrying a SAS token is not shown wherever command lines are (portal, logs).
