@@ -24,7 +24,7 @@ from tests.support.images import stage_folder, write_sample_images
 from tests.support.waiting import wait_for
 from workpool.messages import BatchMessage
 from workpool.queue import open_queue
-from workpool.runs import RunStore
+from workpool.runs import Manifest, RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
 
@@ -253,6 +253,8 @@ MOMENTS = {
     "workers importing": workers_catch,
     # a worker holds a batch and is loading its model (30 s)
     "worker loading the model": lambda pool: "loading the model" in pool.stderr,
+    # both workers are warming up a pending run's model (30 s) before their first lease
+    "workers warming up": lambda pool: pool.stderr.count("loading the model") == 2,
     # both workers are polling an empty queue
     "workers idle": lambda pool: pool.stderr.count("consuming queue") == 2,
 }
@@ -266,6 +268,7 @@ MOMENTS = {
         ("worker just spawned", signal.SIGTERM),
         ("workers importing", signal.SIGINT),
         ("worker loading the model", signal.SIGTERM),
+        ("workers warming up", signal.SIGTERM),
         ("workers idle", signal.SIGINT),
     ],
 )
@@ -284,6 +287,13 @@ def test_a_worker_pool_told_to_stop_during_start_up_stops_cleanly(
         source = stage_folder(settings, tmp_path / "images")
         slow = BatchMessage(run_id="r1", batch_id="b1", task=SLOW_LOAD_TASK, source=source, images=names)
         queue.send([slow.encode()])
+    if moment == "workers warming up":
+        # a pending run whose model every consumer warms before it takes a batch
+        store = RunStore(open_result_store(settings))
+        store.store.ensure()
+        manifest = Manifest(run_id="r1", source="unused", task=SLOW_LOAD_TASK, model="slow-model", batch_size=1,
+                            queue=settings.queue, images=1, batches={"b1": ["a.jpg"]})  # fmt: skip
+        store.create_manifest(manifest)
 
     # and a pool of two workers starting up
     pool = ConsumerProcess(settings, tmp_path / "pool", "--workers", "2", "--worker-id", "node",
