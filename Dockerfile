@@ -3,10 +3,14 @@
 #   az acr build -r <registry> -t workpool:0.1.0 .      # builds in Azure: no local docker needed
 #   docker build -t <registry>.azurecr.io/workpool:0.1.0 .
 #
-# GPU base: CUDA 12 runtime with cuDNN 9 on Ubuntu 24.04; TensorFlow comes with its own CUDA
-# user-space libraries through the `gpu` extra (tensorflow[and-cuda]); the node's NVIDIA driver
-# is mounted by the container runtime (Batch runs each consumer task with `--gpus all`).
-FROM nvidia/cuda:12.5.1-cudnn-runtime-ubuntu24.04
+# GPU base: plain Ubuntu 24.04. TensorFlow brings its own CUDA and cuDNN user-space libraries
+# through the `gpu` extra (tensorflow[and-cuda]), so the image needs no CUDA base (and no CUDA
+# base's minimum-driver check); the NVIDIA container runtime mounts the node's driver when Batch
+# runs each consumer task with `--gpus all`, for the capabilities named here.
+FROM ubuntu:24.04
+
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
