@@ -319,6 +319,23 @@ def test_scale_up_resizes_the_pool_then_adds_tasks(server: RecordingServer, fake
 
 
 @pytest.mark.azurite
+def test_scale_to_the_same_size_renews_the_start_tasks_links(
+    server: RecordingServer, fake: FakeBatchPool, storage: str
+) -> None:
+    settings = settings_for(server, storage)
+    AzureBatchLauncher(settings).launch(2)
+    first = server.sent("POST", "^/pools$")[0].body["startTask"]["resourceFiles"]
+    server.requests.clear()
+
+    AzureBatchLauncher(settings).scale(2)
+
+    assert non_get(server) == [("PATCH", "/pools/gpu")]
+    renewed = server.sent("PATCH", "/pools/gpu$")[0].body["startTask"]["resourceFiles"]
+    assert [urlparse(f["httpUrl"]).path for f in renewed] == [urlparse(f["httpUrl"]).path for f in first]
+    assert all(fetch(f["httpUrl"]) for f in renewed)
+
+
+@pytest.mark.azurite
 def test_scale_in_stops_the_newest_consumers_then_removes_exactly_their_nodes(
     server: RecordingServer, fake: FakeBatchPool, storage: str
 ) -> None:

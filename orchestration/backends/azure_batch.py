@@ -139,6 +139,9 @@ class AzureBatchLauncher(Launcher):
             return
         if _target_of(pool) != nodes:
             self._grow(nodes, made)
+        else:
+            # Same size: renew the links anyway, for nodes Batch adds on its own (Spot replacements).
+            self._refresh_start_task(made)
         self._ensure_job(made)
         self._converge_tasks(nodes, made)
 
