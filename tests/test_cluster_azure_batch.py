@@ -551,6 +551,23 @@ def test_a_launch_after_teardown_replaces_the_finished_job(
 
 
 @pytest.mark.azurite
+def test_a_launch_right_after_teardown_delete_waits_for_the_old_pool_to_go(
+    server: RecordingServer, fake: FakeBatchPool, storage: str
+) -> None:
+    settings = settings_for(server, storage)
+    AzureBatchLauncher(settings).launch(2)
+    fake.delete_reads = 3  # deleting a pool takes a while
+    AzureBatchLauncher(settings).teardown(delete=True)
+    assert fake.pools["gpu"]["state"] == "deleting"
+    server.requests.clear()
+
+    AzureBatchLauncher(settings).launch(2)
+
+    assert [p for m, p in non_get(server)] == ["/pools", "/jobs", "/jobs/workpool/addtaskcollection"]
+    assert fake.pools["gpu"]["state"] == "active" and len(fake.nodes["gpu"]) == 2
+
+
+@pytest.mark.azurite
 def test_teardown_with_delete_removes_job_and_pool(server: RecordingServer, fake: FakeBatchPool, storage: str) -> None:
     settings = settings_for(server, storage)
     AzureBatchLauncher(settings).launch(2)

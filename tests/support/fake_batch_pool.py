@@ -29,11 +29,14 @@ class FakeBatchPool(FakeBatch):
         self.nodes: dict[str, list[dict[str, Any]]] = {}
         self.stderr: dict[str, str] = {}
         self._resizing: dict[str, int] = {}
+        self.delete_reads = 0  # reads of a deleted pool that still see it `deleting`
+        self._deleting: dict[str, int] = {}
         self._counter = 0
         s = server
         s.route("POST", r"^/pools$", self._add_pool_with_nodes)
         s.route("GET", r"^/pools/(?P<pool>[^/]+)$", self._get_pool_settling)
         s.route("PATCH", r"^/pools/(?P<pool>[^/]+)$", self._patch_pool)
+        s.route("DELETE", r"^/pools/(?P<pool>[^/]+)$", self._delete_pool_slowly)
         s.route("POST", r"^/pools/(?P<pool>[^/]+)/resize$", self._resize_nodes)
         s.route("POST", r"^/pools/(?P<pool>[^/]+)/stopresize$", self._stop_resize)
         s.route("POST", r"^/pools/(?P<pool>[^/]+)/removenodes$", self._remove_nodes)
@@ -46,6 +49,8 @@ class FakeBatchPool(FakeBatch):
 
     # --- pools and their nodes ------------------------------------------------------------------
     def _add_pool_with_nodes(self, request: Recorded, m: re.Match[str]) -> Reply:
+        if request.body["id"] in self._deleting:
+            return batch_error(409, "PoolBeingDeleted", "The specified pool has been marked for deletion.")
         answer = self._add_pool(request, m)
         if answer.status == 201:
             self._follow_target(request.body["id"])
@@ -71,7 +76,21 @@ class FakeBatchPool(FakeBatch):
         pool["currentLowPriorityNodes"] = 0
         self._schedule()
 
+    def _delete_pool_slowly(self, request: Recorded, m: re.Match[str]) -> Reply:
+        if m["pool"] in self.pools and self.delete_reads:
+            self.pools[m["pool"]]["state"] = "deleting"
+            self._deleting[m["pool"]] = self.delete_reads
+            return reply(202)
+        self.nodes.pop(m["pool"], None)
+        return self._delete_pool(request, m)
+
     def _get_pool_settling(self, _r: Recorded, m: re.Match[str]) -> Reply:
+        if self._deleting.get(m["pool"]) is not None:
+            self._deleting[m["pool"]] -= 1
+            if self._deleting[m["pool"]] < 0:
+                del self._deleting[m["pool"]]
+                self.pools.pop(m["pool"], None)
+                self.nodes.pop(m["pool"], None)
         pool = self.pools.get(m["pool"])
         if pool is None:
             return batch_error(404, "PoolNotFound", "The specified pool does not exist.")
