@@ -9,16 +9,22 @@ Every image of the manifest yields exactly one row, whatever happened to its bat
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import multiprocessing
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from workpool.errors import NotFoundError, UsageError
 from workpool.runs import RunStore, read_concurrently
+from workpool.storage.base import ObjectStore
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 COLUMNS = ["image", "status", "error", "top_label", "top_score", "predictions", "batch_id", "worker"]
@@ -69,23 +75,15 @@ def export_rows(
     With `flat`, predictions come as JSON text (for CSV and Parquet).
     """
     state = runs.run_state(run_id, timing=False)
-    done = list(state.done)
-
-    def rows_of(batch_id: str) -> dict[str, dict[str, Any]]:
-        try:
-            return {row["image"]: _row(row, flat) for row in runs.read_result_dicts(run_id, batch_id)}
-        except NotFoundError:
-            return {}  # deleted since the listing: reported like a batch without results
-
-    scored = read_concurrently(rows_of, done)
+    scored = scored_batches(runs, run_id, list(state.done), flat)
     for batch_id, images in state.manifest.batches.items():
         status = state.batches[batch_id]
-        by_image = next(scored) if status.state == "done" else {}
+        by_image = {row[0]: row for row in next(scored)} if status.state == "done" else {}
         report = status.poison
         for image in images:
             row = by_image.get(image)
             if row is not None:
-                yield row
+                yield dict(zip(COLUMNS, row, strict=True))
             elif report is not None:
                 yield _error(
                     image, batch_id, f"poisoned after {report.attempts} attempts: {report.reason}", report.worker
@@ -98,22 +96,79 @@ def export_rows(
                 yield _error(image, batch_id, "not scored yet: its batch has no result", None)
 
 
-def _row(row: dict[str, Any], flat: bool) -> dict[str, Any]:
-    """The output row of a result row (a dict from `RunStore.read_result_dicts`)."""
+# Reading a large run's rows is CPU work (a storage request and JSON per batch, a row per image)
+# that one process does at one core's pace. From this many done batches on, forked worker
+# processes share it, each with a store of its own (`ObjectStore.reopened`: no inherited
+# connection is ever used) reading its chunks several batches at a time; below it, or where
+# processes cannot be forked or the store cannot be opened again, threads in this process.
+PROCESS_MIN_BATCHES = 512
+READ_PROCESSES = 4
+CHUNK_BATCHES = 32
+
+Row = tuple[Any, ...]  # an output row's values, in COLUMNS order
+
+
+def scored_batches(runs: RunStore, run_id: str, done: list[str], flat: bool) -> Iterator[list[Row]]:
+    """Each done batch's output rows, in the order of `done` (an empty list when its results vanished)."""
+    processes = min(READ_PROCESSES, os.cpu_count() or 1)
+    if len(done) >= PROCESS_MIN_BATCHES and processes > 1 and "fork" in multiprocessing.get_all_start_methods():
+        try:
+            store = runs.store.reopened()
+        except NotImplementedError:
+            pass
+        else:
+            return _scored_in_processes(store, run_id, done, flat, processes)
+    return read_concurrently(functools.partial(_rows_of, runs, run_id, flat), done)
+
+
+def _rows_of(runs: RunStore, run_id: str, flat: bool, batch_id: str) -> list[Row]:
+    try:
+        return [_row(row, flat) for row in runs.read_result_dicts(run_id, batch_id)]
+    except NotFoundError:
+        return []  # deleted since the listing: reported like a batch without results
+
+
+def _scored_in_processes(
+    store: ObjectStore, run_id: str, done: list[str], flat: bool, processes: int
+) -> Iterator[list[Row]]:
+    chunks = [done[i : i + CHUNK_BATCHES] for i in range(0, len(done), CHUNK_BATCHES)]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_open_worker, initargs=(store,)) as pool:
+        todo = iter(chunks)
+        ahead = deque(pool.submit(_read_chunk, run_id, chunk, flat) for chunk in islice(todo, processes * 2))
+        try:
+            while ahead:
+                future = ahead.popleft()
+                for chunk in islice(todo, 1):
+                    ahead.append(pool.submit(_read_chunk, run_id, chunk, flat))
+                yield from future.result()
+        finally:
+            for future in ahead:
+                future.cancel()
+
+
+_worker_runs: RunStore | None = None
+
+
+def _open_worker(store: ObjectStore) -> None:
+    """In a worker process: its own store, opened anew (never the parent's connections)."""
+    global _worker_runs
+    _worker_runs = RunStore(store.reopened())
+
+
+def _read_chunk(run_id: str, batch_ids: list[str], flat: bool) -> list[list[Row]]:
+    """In a worker process: a chunk of batches' rows, several batches at a time."""
+    assert _worker_runs is not None
+    return list(read_concurrently(functools.partial(_rows_of, _worker_runs, run_id, flat), batch_ids))
+
+
+def _row(row: dict[str, Any], flat: bool) -> Row:
+    """The output row of a result row (a dict from `RunStore.read_result_dicts`), in COLUMNS order."""
     predictions = row.get("predictions")
     label, score = top_prediction(predictions) if row["status"] == "ok" else (None, None)
     if flat and predictions is not None:
         predictions = _JSON_TEXT.encode(predictions)  # nested predictions as JSON text
-    return {
-        "image": row["image"],
-        "status": row["status"],
-        "error": row.get("error"),
-        "top_label": label,
-        "top_score": score,
-        "predictions": predictions,
-        "batch_id": row["batch_id"],
-        "worker": row["worker"],
-    }
+    return (row["image"], row["status"], row.get("error"), label, score, predictions, row["batch_id"], row["worker"])
 
 
 def _error(image: str, batch_id: str, reason: str, worker: str | None) -> dict[str, Any]:

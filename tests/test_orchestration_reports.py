@@ -270,3 +270,35 @@ def test_status_shows_the_runs_still_going_else_the_latest(settings: Settings, r
     queue_fields = {key: snap["queue"][key] for key in ("name", "messages", "poison")}  # status adds more
     assert queue_fields == {"name": settings.queue, "messages": 1, "poison": 0}
     assert snap["cluster"] is None
+
+
+def test_export_from_worker_processes_equals_the_export_from_threads(
+    runs: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orchestration.export as export
+
+    # Given a run with scored, partly failed, poisoned and unscored batches
+    manifest = make_run(runs, batches=9, per_batch=3)
+    for i in range(6):
+        score(runs, manifest, f"b{i}", f"w{i % 2}", start=i, end=i + 1, fail=i % 3)
+    runs.write_poison(PoisonReport(run_id="r", batch_id="b6", reason="decoder crashed", attempts=5))
+
+    # When it is exported by threads in this process, and by forked worker processes
+    monkeypatch.setattr(export, "PROCESS_MIN_BATCHES", 10**9)
+    by_threads = {suffix: export_results(runs, "r", tmp_path / f"threads{suffix}") for suffix in (".csv", ".jsonl")}
+    monkeypatch.setattr(export, "PROCESS_MIN_BATCHES", 1)
+    monkeypatch.setattr(export, "CHUNK_BATCHES", 2)
+    monkeypatch.setattr(export.os, "cpu_count", lambda: 4)  # a worker pool even on a 1-core machine
+    pools = []
+    in_processes = export._scored_in_processes
+    monkeypatch.setattr(
+        export, "_scored_in_processes", lambda *args: pools.append(args[-1]) or in_processes(*args)
+    )  # the real pool, counted
+    by_processes = {suffix: export_results(runs, "r", tmp_path / f"procs{suffix}") for suffix in (".csv", ".jsonl")}
+    assert len(pools) == 2 and all(processes > 1 for processes in pools)
+
+    # Then the files are the same, byte for byte
+    for suffix in (".csv", ".jsonl"):
+        assert (tmp_path / f"procs{suffix}").read_bytes() == (tmp_path / f"threads{suffix}").read_bytes()
+        assert (by_processes[suffix].rows, by_processes[suffix].pending) == (27, 6)
+        assert by_threads[suffix].ok == by_processes[suffix].ok == 12

@@ -7,6 +7,7 @@ Source URIs, used for image sources and model or label files:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def blob_store(settings: Settings, container: str) -> ObjectStore:
     from workpool.azure_clients import blob_service
     from workpool.storage.blob import BlobStore
 
-    return BlobStore(blob_service(settings), container)
+    return BlobStore(blob_service(settings), container, functools.partial(blob_service, settings))
 
 
 def open_location(settings: Settings, uri: str) -> tuple[ObjectStore, str]:

@@ -91,6 +91,12 @@ class ObjectStore(ABC):
     @abstractmethod
     def exists(self, name: str) -> bool: ...
 
+    def reopened(self) -> ObjectStore:
+        """An equal store with clients and connections of its own: what a forked worker process
+        uses (never the connections it inherited). `NotImplementedError` when it cannot be opened
+        again; then the work stays in this process."""
+        raise NotImplementedError(f"{self.location} cannot be opened again")
+
     @abstractmethod
     def delete(self, name: str) -> None:
         """Remove `name`; no error when it is already gone."""

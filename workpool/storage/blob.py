@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import unquote
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -16,10 +16,20 @@ from workpool.storage.base import ObjectExistsError, ObjectInfo, ObjectStore, ch
 
 
 class BlobStore(ObjectStore):
-    def __init__(self, service: BlobServiceClient, container: str) -> None:
+    """`reopen`, when given, builds an equal service client (for `reopened`)."""
+
+    def __init__(
+        self, service: BlobServiceClient, container: str, reopen: Callable[[], BlobServiceClient] | None = None
+    ) -> None:
         self.container = container
         self.location = f"az://{container}"
         self._client: ContainerClient = service.get_container_client(container)
+        self._reopen = reopen
+
+    def reopened(self) -> BlobStore:
+        if self._reopen is None:
+            raise NotImplementedError(f"{self.location} was opened without a way to open it again")
+        return BlobStore(self._reopen(), self.container, self._reopen)
 
     def check(self) -> None:
         with azure_errors(f"container {self.container}"):

@@ -142,6 +142,9 @@ class LocalStore(ObjectStore):
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
+    def reopened(self) -> LocalStore:
+        return LocalStore(self.root)
+
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 
