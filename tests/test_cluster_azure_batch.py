@@ -362,10 +362,11 @@ def test_scale_in_stops_the_newest_consumers_then_removes_exactly_their_nodes(
 def test_scale_in_while_the_pool_is_resizing_stops_that_resize_first_and_no_409_escapes(
     server: RecordingServer, storage: str
 ) -> None:
-    fake = FakeBatchPool(server, resize_reads=3)  # every resize reads as `resizing` three times
+    fake = FakeBatchPool(server)
     settings = settings_for(server, storage)
     AzureBatchLauncher(settings).launch(3)
-    AzureBatchLauncher(settings).scale(4)  # still resizing when the next command comes
+    AzureBatchLauncher(settings).scale(4)
+    fake.start_resizing("gpu", reads=1000)  # still resizing when the next command comes
     server.requests.clear()
 
     AzureBatchLauncher(settings).scale(2)
@@ -556,7 +557,7 @@ def test_a_launch_right_after_teardown_delete_waits_for_the_old_pool_to_go(
 ) -> None:
     settings = settings_for(server, storage)
     AzureBatchLauncher(settings).launch(2)
-    fake.delete_reads = 3  # deleting a pool takes a while
+    fake.delete_reads = 20  # deleting a pool takes a while (the SDK's poller reads it too, once a second)
     AzureBatchLauncher(settings).teardown(delete=True)
     assert fake.pools["gpu"]["state"] == "deleting"
     server.requests.clear()
