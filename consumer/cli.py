@@ -136,7 +136,16 @@ def run(
             write_totals(totals_file, consumer.worker_id, consumer.images_processed, final=final)
 
     log.info("worker %s: consuming queue %s (%s)", consumer.worker_id, settings.queue, settings.storage_mode.value)
-    consumer.run(stop_when=_stop_reason, tick=report)
+    parent = os.getppid()
+
+    def stop_reason() -> str | None:
+        # A worker of `--workers N` whose parent is gone (killed outright) stops too: nobody
+        # would stop it otherwise.
+        if totals_file is not None and os.getppid() != parent:
+            return "its --workers parent is gone"
+        return _stop_reason()
+
+    consumer.run(stop_when=stop_reason, tick=report)
     report(final=True)
     print(consumer.summary_line(), flush=True)
     if isinstance(consumer.error, WorkpoolError):

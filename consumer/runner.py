@@ -231,7 +231,9 @@ class Consumer:
         worker.join(finish_s)
 
     def run(self, stop_when: Callable[[], str | None] = lambda: None, tick: Callable[[], None] = lambda: None) -> None:
-        if stop_when() is not None:  # told to stop before it began: start nothing
+        reason = stop_when()
+        if reason is not None:  # told to stop before it began: start nothing
+            log.info("worker %s: %s before start-up, stopping", self.worker_id, reason)
             self.started = time.monotonic()
             return
         self.start()

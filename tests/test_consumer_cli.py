@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from consumer.gpu_fanout import visible_gpus, worker_count
+from orchestration.local_state import pid_alive
 from tests.conftest import backend_env
 from tests.support.azurite import ACCOUNT_KEY
 from tests.support.images import stage_folder, write_sample_images
@@ -350,3 +351,22 @@ def test_a_killed_worker_is_respawned_and_the_pool_finishes_the_run(
     assert LAST_LINE.match(lines[-1]).groups() == ("node", "4")  # type: ignore[union-attr]
     # and the respawned node-1 ended with its own summary line, as node-0 did
     assert sorted(LAST_LINE.match(line).group(1) for line in lines[:-1]) == ["node-0", "node-1"]  # type: ignore[union-attr]
+
+
+def test_workers_whose_parent_is_killed_outright_stop_and_release_their_batch(
+    settings: Settings, one_batch: BatchMessage, processes: list[ConsumerProcess], tmp_path: Path
+) -> None:
+    # Given a pool of two workers, one of them scoring a slow batch under a 60 s lease
+    pool = ConsumerProcess(settings, tmp_path / "pool", "--workers", "2", "--worker-id", "node",
+                           "--visibility-timeout-s", "60", sleep_s=30)  # fmt: skip
+    processes.append(pool)
+    wait_for(pool.scoring, timeout_s=60, what="a worker to start scoring")
+    workers = list(worker_pids(pool).values())
+
+    # When the parent is killed outright (SIGKILL: it cannot pass anything on)
+    pool.kill()
+
+    # Then its workers notice, stop, and the batch is visible again at once
+    wait_for(lambda: not any(pid_alive(p) for p in workers), timeout_s=30, what="the orphaned workers to stop")
+    [message] = open_queue(settings).receive(1, visibility_timeout_s=30)
+    assert message.dequeue_count == 2
