@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workpool.errors import NotFoundError, WorkpoolError
+from workpool.errors import NotFoundError, StorageUnavailableError, WorkpoolError
 from workpool.settings import Settings
 from workpool.storage import ObjectStore, open_result_store
 
 log = logging.getLogger(__name__)
 
 POOLS = "pools"
+RECORD_WAIT_S = 3.0  # the most a launch, scale or teardown waits for its event to be recorded
 _STAMP = "%Y%m%dT%H%M%S.%fZ"
 
 EventKind = Literal["launch", "scale", "autoscale", "teardown", "preempt"]
@@ -141,21 +143,25 @@ def last_recorded_size(target: Settings | ObjectStore, queue: str) -> int | None
 
     Reads from the newest event backwards, so a long history costs one listing and a read or two.
     """
-    store = _store(target)
     try:
-        names = list(store.list(events_prefix(queue)))
-        for name in reversed(names):
-            try:
-                event = PoolEvent.model_validate_json(store.read(name))
-            except (NotFoundError, ValidationError, ValueError):
-                continue
-            if event.nodes_after is not None:
-                return event.nodes_after
-    except NotFoundError:
-        return 0
+        return _last_size(_store(target), queue)
     except WorkpoolError as exc:
         log.warning("pool events of queue %s unreadable: %s", queue, exc)
         return None
+
+
+def _last_size(store: ObjectStore, queue: str) -> int:
+    try:
+        names = list(store.list(events_prefix(queue)))
+    except NotFoundError:
+        return 0  # no result store yet
+    for name in reversed(names):
+        try:
+            event = PoolEvent.model_validate_json(store.read(name))
+        except (NotFoundError, ValidationError, ValueError):
+            continue
+        if event.nodes_after is not None:
+            return event.nodes_after
     return 0
 
 
@@ -173,18 +179,48 @@ def record_size_change(
 
     `nodes_before` is read from the log itself; `at` defaults to now (give the time the
     request was made when recording after it succeeded: nodes bill from the request).
+
+    Waits at most `RECORD_WAIT_S`: the pool's change is done, and a command must not hang on
+    its bookkeeping while storage is slow or unreachable (the SDK's own retries would take
+    many seconds). An unreachable store is not written to after the read already failed.
     """
-    event = PoolEvent(
-        kind=kind,
-        queue=settings.queue,
-        at=at or utcnow(),
-        backend=backend,
-        nodes_before=last_recorded_size(settings, settings.queue),
-        nodes_after=nodes,
-        reason=reason,
-        inputs=inputs or {},
-    )
-    return record_pool_event(settings, event)
+    at = at or utcnow()
+
+    def record() -> bool:
+        store = open_result_store(settings)
+        try:
+            before: int | None = _last_size(store, settings.queue)
+        except StorageUnavailableError as exc:
+            log.warning("pool event %s of queue %s not recorded: %s", kind, settings.queue, exc)
+            return False
+        except WorkpoolError as exc:  # e.g. credentials that may write but not list
+            log.warning("pool events of queue %s unreadable: %s", settings.queue, exc)
+            before = None
+        event = PoolEvent(
+            kind=kind,
+            queue=settings.queue,
+            at=at,
+            backend=backend,
+            nodes_before=before,
+            nodes_after=nodes,
+            reason=reason,
+            inputs=inputs or {},
+        )
+        return record_pool_event(store, event)
+
+    done: list[bool] = []
+    thread = threading.Thread(target=lambda: done.append(record()), name="pool-event", daemon=True)
+    thread.start()
+    thread.join(RECORD_WAIT_S)
+    if not done:
+        log.warning(
+            "pool event %s of queue %s not recorded within %.0f s (storage slow or unreachable)",
+            kind,
+            settings.queue,
+            RECORD_WAIT_S,
+        )
+        return False
+    return done[0]
 
 
 def pool_size_steps(events: Iterable[PoolEvent]) -> list[tuple[datetime, int]]:

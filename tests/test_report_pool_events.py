@@ -5,12 +5,17 @@ Runs on both result stores (a local directory and Azurite's blob container).
 
 from __future__ import annotations
 
+import base64
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from orchestration.pool_events import (
+    RECORD_WAIT_S,
     PoolEvent,
     events_prefix,
     last_recorded_size,
@@ -19,7 +24,7 @@ from orchestration.pool_events import (
     record_pool_event,
     record_size_change,
 )
-from workpool.settings import Settings
+from workpool.settings import Settings, load_settings
 from workpool.storage import open_result_store
 
 T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
@@ -114,3 +119,20 @@ def test_node_seconds_integrate_the_size_over_the_window(
     events = [PoolEvent(kind="scale", queue="q", at=at(t), nodes_after=n) for t, n in steps]
     events.insert(0, PoolEvent(kind="preempt", queue="q", at=at(-1), node="ignored"))  # changes no size
     assert node_seconds(events, at(start), at(end)) == pytest.approx(expected)
+
+
+def test_an_unreachable_store_delays_a_size_change_by_at_most_a_few_seconds(tmp_path: Path) -> None:
+    # Given storage that nothing answers (a closed port: the SDK would retry for many seconds)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key = base64.b64encode(b"k" * 32).decode()
+    settings = load_settings(
+        home=tmp_path,
+        connection_string=f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;",
+    )
+    # When a launch records its event, the record gives up instead of holding the command
+    started = time.monotonic()
+    assert record_size_change(settings, "launch", "local", 2) is False
+    assert time.monotonic() - started < RECORD_WAIT_S + 5
