@@ -26,7 +26,8 @@ from tests.support.cli import Outcome, run_cli
 from tests.support.images import stage_folder, write_sample_images
 from workpool.settings import Settings, load_settings
 
-pytestmark = [pytest.mark.batch_emulator, pytest.mark.azurite, pytest.mark.slow]
+# Node installs take tens of seconds each on a loaded 2-core machine: room beyond the 300 s default.
+pytestmark = [pytest.mark.batch_emulator, pytest.mark.azurite, pytest.mark.slow, pytest.mark.timeout(600)]
 
 POOL = "gpu"
 JOB = "workpool"
@@ -177,7 +178,7 @@ def test_launch_installs_the_wheel_drains_a_run_and_scales_in_and_out_without_lo
         node_id = tasks[task_id]["nodeInfo"]["nodeId"]
         log = cluster.batch.node_file(POOL, node_id, f"workitems/{JOB}/job-1/{task_id}/stderr.txt")
         assert "SIGTERM received, releasing held batches" in log
-    assert "409" not in grown.stderr + shrunk.stderr
+    assert not re.search(r"(?im)^error", grown.stderr + shrunk.stderr)  # no 409 (or other) reached the user
 
 
 def task_running(batch: BatchEmulator, task_id: str) -> bool:
@@ -200,7 +201,7 @@ def test_teardown_right_after_launch_stops_the_resize_under_way(cluster: Cluster
     assert cluster.batch.job(JOB)["state"] == "completed"  # type: ignore[index]
     assert [r.path for r in cluster.batch.requests if r.path.endswith("/stopresize")]
     assert not [r for r in cluster.batch.requests if r.status == 409 and r.path.endswith("/resize")]
-    assert "409" not in torn.stderr
+    assert not re.search(r"(?im)^error", torn.stderr)
 
 
 def test_a_preempted_spot_node_loses_nothing_its_task_is_requeued_and_its_batches_finished_by_others(

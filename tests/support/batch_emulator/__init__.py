@@ -29,6 +29,7 @@ import base64
 import subprocess
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -83,7 +84,15 @@ class BatchEmulator:
     def _tick_forever(self) -> None:
         while not self._stop.wait(self.state.timing.tick_s):
             with self.state.lock:
-                self.state.tick()
+                try:
+                    self.state.tick()
+                except Exception:  # keep time moving; the test fails on it at the end
+                    self.service.errors.append(f"clock: {traceback.format_exc()}")
+
+    @property
+    def errors(self) -> list[str]:
+        """Exceptions inside the emulator (its clock or a request handler): a test must see none."""
+        return list(self.service.errors)
 
     # --- what a test controls ---------------------------------------------------------------
     def put_command(self, name: str, script: str) -> Path:
@@ -206,3 +215,5 @@ def batch_emulator(
         yield emulator
     finally:
         emulator.stop()
+    if emulator.errors:
+        raise AssertionError("the Batch emulator failed inside:\n" + "\n".join(emulator.errors))

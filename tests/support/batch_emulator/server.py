@@ -23,6 +23,7 @@ import json
 import re
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -88,6 +89,7 @@ class BatchService:
         self.account = account
         self.key = key
         self.log: list[Logged] = []
+        self.errors: list[str] = []  # exceptions of the emulator itself (the fixture fails on them)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         a = self
         P = r"/pools/(?P<pool>[^/]+)"
@@ -141,6 +143,9 @@ class BatchService:
                 raise BatchError(404, "InvalidUri", f"No resource at {request.method} {request.path}.")
         except BatchError as exc:
             answer = error_answer(exc)
+        except Exception as exc:  # a bug of the emulator: a 500 for the client, an error for the test
+            self.errors.append(f"{request.method} {request.path}: {traceback.format_exc()}")
+            answer = error_answer(BatchError(500, "InternalError", f"emulator error: {exc!r}"))
         code = answer.body.get("code") if isinstance(answer.body, dict) and answer.status >= 400 else None
         self.log.append(Logged(request.method, request.path, answer.status, code, request.body))
         return answer

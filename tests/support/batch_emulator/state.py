@@ -309,7 +309,7 @@ class Account:
             return
         pool.state, pool.state_time = "deleting", time.time()
         pool.gone_at = time.time() + self.timing.delete_s
-        for node in pool.nodes.values():
+        for node in list(pool.nodes.values()):
             self._remove_node(pool, node, "requeue")
 
     # --- jobs and tasks ---------------------------------------------------------------------
@@ -448,7 +448,8 @@ class Account:
             resize.applied = True
             if resize.remove_ids is not None:
                 for node_id in resize.remove_ids:
-                    self._remove_node(pool, pool.nodes[node_id], resize.deallocation)
+                    if node_id in pool.nodes:  # (a preempted node may have been replaced meanwhile)
+                        self._remove_node(pool, pool.nodes[node_id], resize.deallocation)
             else:
                 self._reach_target(pool, resize.deallocation)
         if resize.applied and not any(n.leaving and not n.removed for n in pool.nodes.values()):
