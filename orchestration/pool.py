@@ -67,6 +67,8 @@ def launch_until_drained(
     waiting_for = pending_runs(settings, runs) if run_ids is None else run_ids
     reports = []
     watch = _failure_watch(launcher, settings.cluster_poll_interval_s)
+    # A refused node count launches nothing, so there is nothing to tear down or record either.
+    launcher.check_node_count(nodes, launching=True, force=force)
     try:
         requested_at = utcnow()
         launcher.launch(nodes, force=force)
