@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support.batch_emulator.state import Account, Job, Node, Pool, Task, _etag, now_iso
+from tests.support.batch_emulator.model import Job, Node, Pool, Task, etag, now_iso
+from tests.support.batch_emulator.state import Account
 
 
 def pool_json(account: Account, pool: Pool) -> dict[str, Any]:
@@ -14,7 +15,7 @@ def pool_json(account: Account, pool: Pool) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": pool.id,
         "url": f"{account.url}/pools/{pool.id}",
-        "eTag": _etag(pool.allocation_time),
+        "eTag": etag(pool.allocation_time),
         "lastModified": now_iso(pool.allocation_time),
         "creationTime": now_iso(pool.created),
         "state": pool.state,
@@ -94,7 +95,7 @@ def job_json(account: Account, job: Job) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": job.id,
         "url": f"{account.url}/jobs/{job.id}",
-        "eTag": _etag(job.state_time),
+        "eTag": etag(job.state_time),
         "lastModified": now_iso(job.state_time),
         "creationTime": now_iso(job.created),
         "state": job.state,
@@ -127,7 +128,7 @@ def task_json(account: Account, task: Task) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": task.id,
         "url": f"{account.url}/jobs/{task.job_id}/tasks/{task.id}",
-        "eTag": _etag(task.state_time),
+        "eTag": etag(task.state_time),
         "creationTime": now_iso(task.created),
         "lastModified": now_iso(task.state_time),
         "state": task.state,
