@@ -359,6 +359,31 @@ def test_remove_nodes_removes_exactly_the_named_nodes_and_requeues_their_tasks(
     assert {t["id"] for t in batch_emulator.tasks(JOB)} == set(ids)
 
 
+@pytest.mark.parametrize(
+    ("option", "state", "exit_code", "requeued"),
+    [("taskcompletion", "completed", 0, 0), ("terminate", "completed", None, 0), ("requeue", "active", None, 1)],
+)
+def test_a_removed_node_treats_its_running_task_by_the_deallocation_option(
+    batch_emulator: BatchEmulator, client: BatchClient, option: str, state: str, exit_code: int | None, requeued: int
+) -> None:
+    make_pool(client, nodes=1)
+    make_job(client)
+    (node,) = batch_emulator.wait_for_nodes(POOL, "idle", 1)
+    (task_id,) = add_tasks(client, sh("echo started; sleep 2"))
+    batch_emulator.wait_for(lambda: "started" in task_output(client, task_id), 15, "the task to start")
+
+    options = bm.BatchNodeRemoveOptions(node_ids=[node["id"]], node_deallocation_option=option)
+    client.begin_remove_nodes(POOL, options, polling_interval=0)
+    if option == "taskcompletion":
+        batch_emulator.wait_for(lambda: batch_emulator.nodes(POOL)[0]["state"] == "leavingpool", 5, "leavingpool")
+        assert task_state(batch_emulator, task_id)["state"] == "running"
+    batch_emulator.wait_for(lambda: not batch_emulator.nodes(POOL), 15, "the node to leave")
+
+    task = task_state(batch_emulator, task_id)
+    assert task["state"] == state and task["executionInfo"].get("exitCode") == exit_code
+    assert task["executionInfo"]["requeueCount"] == requeued
+
+
 def test_remove_nodes_while_resizing_is_a_409(batch_emulator: BatchEmulator, client: BatchClient) -> None:
     make_pool(client, nodes=1)
     batch_emulator.wait_for_nodes(POOL, "idle", 1)
