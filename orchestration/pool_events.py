@@ -88,7 +88,14 @@ def _store(target: Settings | ObjectStore) -> ObjectStore:
 
 def record_pool_event(target: Settings | ObjectStore, event: PoolEvent) -> bool:
     """Append `event` to its queue's log; False (and a warning) when the store refused it."""
-    store = _store(target)
+    problem = _write_event(_store(target), event)
+    if problem is not None:
+        log.warning("pool event %s of queue %s not recorded: %s", event.kind, event.queue, problem)
+    return problem is None
+
+
+def _write_event(store: ObjectStore, event: PoolEvent) -> str | None:
+    """Write `event`; None when done, else why not (logged by the caller)."""
     name, data = event_name(event), event.model_dump_json().encode("utf-8")
     try:
         try:
@@ -97,9 +104,8 @@ def record_pool_event(target: Settings | ObjectStore, event: PoolEvent) -> bool:
             store.ensure()
             store.write(name, data)
     except (WorkpoolError, OSError) as exc:
-        log.warning("pool event %s of queue %s not recorded: %s", event.kind, event.queue, exc)
-        return False
-    return True
+        return str(exc)
+    return None
 
 
 def read_pool_events(target: Settings | ObjectStore, queue: str, since: datetime | None = None) -> list[PoolEvent]:
@@ -186,15 +192,14 @@ def record_size_change(
     """
     at = at or utcnow()
 
-    def record() -> bool:
+    def record() -> str | None:
+        """None when recorded, else why not. Logs nothing: it may outlive the wait (and its logger's stream)."""
         store = open_result_store(settings)
         try:
             before: int | None = _last_size(store, settings.queue)
         except StorageUnavailableError as exc:
-            log.warning("pool event %s of queue %s not recorded: %s", kind, settings.queue, exc)
-            return False
-        except WorkpoolError as exc:  # e.g. credentials that may write but not list
-            log.warning("pool events of queue %s unreadable: %s", settings.queue, exc)
+            return str(exc)
+        except WorkpoolError:  # e.g. credentials that may write but not list: the size before is unknown
             before = None
         event = PoolEvent(
             kind=kind,
@@ -206,21 +211,23 @@ def record_size_change(
             reason=reason,
             inputs=inputs or {},
         )
-        return record_pool_event(store, event)
+        return _write_event(store, event)
 
-    done: list[bool] = []
-    thread = threading.Thread(target=lambda: done.append(record()), name="pool-event", daemon=True)
+    outcome: list[str | None] = []
+
+    def run() -> None:
+        try:
+            outcome.append(record())
+        except Exception as exc:  # bookkeeping: reported below, never raised
+            outcome.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=run, name="pool-event", daemon=True)
     thread.start()
     thread.join(RECORD_WAIT_S)
-    if not done:
-        log.warning(
-            "pool event %s of queue %s not recorded within %.0f s (storage slow or unreachable)",
-            kind,
-            settings.queue,
-            RECORD_WAIT_S,
-        )
-        return False
-    return done[0]
+    problem = outcome[0] if outcome else f"no answer within {RECORD_WAIT_S:.0f} s (storage slow or unreachable)"
+    if problem is not None:
+        log.warning("pool event %s of queue %s not recorded: %s", kind, settings.queue, problem)
+    return problem is None
 
 
 def pool_size_steps(events: Iterable[PoolEvent]) -> list[tuple[datetime, int]]:
