@@ -16,8 +16,9 @@ Two kinds of pool:
 
 Shape: pool of N nodes (one task slot each) → job `WORKPOOL_BATCH_JOB` whose common environment
 carries the queue and storage settings → tasks `consumer-0001…` running `consumer run
---workers auto`, one per node. Spot nodes: when one is preempted Batch requeues its task, and the
-batches it leased come back to the queue when their visibility timeout passes.
+--workers auto`, one per node. Spot nodes: when one is preempted Batch requeues its task; its
+consumers release their batches at once on the preemption notice (consumer/preemption.py),
+else the batches come back to the queue when their visibility timeout passes.
 
 Resizes never race: a pool still resizing is stopped (stop-resize) and awaited before the next
 resize or node removal, and a 409 is retried after that. Scale-in terminates the surplus
