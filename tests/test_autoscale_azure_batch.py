@@ -61,7 +61,8 @@ def test_autoscale_on_azure_batch_grows_for_a_run_and_returns_to_zero(cluster: C
         scaler = status.json()["autoscaler"]
         assert scaler["running"] and scaler["backend"] == "azure-batch"
         change = scaler["last_change"]
-        assert (change["from"], change["to"]) == (2, 0) and change["reason"].startswith("scale to zero")
+        # (from 2, or from 1 when the tail of the run let one node go first)
+        assert change["from"] in (1, 2) and change["to"] == 0 and change["reason"].startswith("scale to zero")
         # The consumers of the emptied pool were stopped through the job's tasks, as `scale` does
         assert {t["state"] for t in cluster.batch.tasks(JOB)} == {"completed"}
     finally:
