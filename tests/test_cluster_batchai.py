@@ -29,7 +29,7 @@ from tests.support.recording_server import (
     reply,
 )
 from workpool.errors import NotFoundError, SettingsError, WorkpoolError
-from workpool.settings import Settings, load_settings
+from workpool.settings import SCHEDULED_EVENTS_URL, Settings, load_settings
 
 WS_PATH = "/subscriptions/sub-1/resourceGroups/rg-pool/providers/Microsoft.BatchAI/workspaces/ws"
 
@@ -126,6 +126,7 @@ def test_launch_creates_workspace_experiment_cluster_and_one_single_node_job_per
             "WORKPOOL_RESULTS": "scores",
             "WORKPOOL_VISIBILITY_TIMEOUT_S": "300",
             "WORKPOOL_ACCOUNT_URL": "https://imagesacct.blob.core.windows.net",
+            "WORKPOOL_SCHEDULED_EVENTS_URL": SCHEDULED_EVENTS_URL,  # nodes watch for their preemption
         }
         # Secrets travel only as Batch AI secret environment variables.
         assert env_of(request.body, "secrets") == {
