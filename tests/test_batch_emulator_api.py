@@ -384,6 +384,27 @@ def test_a_removed_node_treats_its_running_task_by_the_deallocation_option(
     assert task["executionInfo"]["requeueCount"] == requeued
 
 
+def test_a_node_removed_while_its_task_is_terminating_lets_the_task_finish_its_grace(
+    batch_emulator: BatchEmulator, client: BatchClient
+) -> None:
+    make_pool(client, nodes=1)
+    make_job(client)
+    (node,) = batch_emulator.wait_for_nodes(POOL, "idle", 1)
+    slow_release = sh("trap 'sleep 1; echo released; exit 143' TERM; echo started; while :; do sleep 0.1; done")
+    (task_id,) = add_tasks(client, slow_release)
+    batch_emulator.wait_for(lambda: "started" in task_output(client, task_id), 15, "the task to start")
+
+    client.terminate_task(JOB, task_id)
+    options = bm.BatchNodeRemoveOptions(node_ids=[node["id"]], node_deallocation_option="requeue")
+    client.begin_remove_nodes(POOL, options, polling_interval=0).result()
+
+    task = task_state(batch_emulator, task_id)
+    assert task["state"] == "completed" and task["executionInfo"]["exitCode"] == 143
+    assert task["executionInfo"]["requeueCount"] == 0
+    assert "released" in batch_emulator.node_file(POOL, node["id"], f"workitems/{JOB}/job-1/{task_id}/stdout.txt")
+    assert batch_emulator.nodes(POOL) == []
+
+
 def test_remove_nodes_while_resizing_is_a_409(batch_emulator: BatchEmulator, client: BatchClient) -> None:
     make_pool(client, nodes=1)
     batch_emulator.wait_for_nodes(POOL, "idle", 1)

@@ -334,7 +334,9 @@ class Account:
             return
         node.leaving = deallocation
         node.set_state("leavingpool")
-        if node.task is not None and deallocation in ("requeue", "terminate"):
+        terminating = node.task is not None and node.task.proc is not None and node.task.proc.kill_at is not None
+        if node.task is not None and deallocation in ("requeue", "terminate") and not terminating:
+            # (a task already being terminated keeps its grace: the node leaves once it has ended)
             task = node.task
             self._kill(task.proc)
             node.task = None
