@@ -196,7 +196,7 @@ class Settings(BaseSettings):
     )
     vm_priority: Literal["dedicated", "spot", "lowpriority"] = Field(
         "dedicated",
-        description="dedicated, or spot (preemptible, discounted; `lowpriority` is the retired name, kept as an alias).",
+        description="dedicated, or spot (preemptible, discounted; `lowpriority`, the retired name, is an alias).",
     )
     arm_endpoint: str = "https://management.azure.com"
     # What the cluster backends put on each node (docs/azure.md explains each one).
