@@ -23,6 +23,9 @@ from workpool.runs import RunStore, read_concurrently
 # before calling them lost: covers a producer still sending and Azure's approximate message
 # count catching up.
 SETTLE_S = 15.0
+# Once the queue is empty the acks are made, and each consumer writes its timing record right
+# after its ack: this long for the last records before reporting the run without them.
+RECORD_GRACE_S = 3.0
 
 
 @dataclass
@@ -186,25 +189,31 @@ def wait_for_drain(
     after `settle_s`, instead of waiting forever.
 
     A batch is done once its results are written, a moment before its ack and timing record:
-    when the last batches are done without a record, the report waits for their records while
-    the queue still holds messages (at most `settle_s`), then goes without them (a consumer
-    that died between its ack and its record leaves a batch without timing, not unfinished).
+    when the last batches are done without a record, the report waits for their records (for
+    `RECORD_GRACE_S` once the queue is empty, at most `settle_s` in all), then goes without them
+    (a consumer that died between its ack and its record leaves a batch without timing, not
+    unfinished).
     """
     tracker = RunTracker(runs, run_id)
     started = time.monotonic()
     empty_since: float | None = None
-    complete_since: float | None = None
+    complete_since: float | None = None  # every batch done or poisoned, some done without a record
+    drained_since: float | None = None  # ... and the queue empty: the acks are all made
     while True:
         progress = tracker.refresh()
         if on_progress is not None:
             on_progress(progress)
         if progress.complete:
-            complete_since = complete_since if complete_since is not None else time.monotonic()
-            untimed = len(tracker.state.done) - len(tracker.state.records)
-            if (
-                not untimed
-                or time.monotonic() - complete_since >= settle_s
-                or (queue.depth().messages == 0 and time.monotonic() - complete_since >= poll_s)
+            if len(tracker.state.done) == len(tracker.state.records):
+                return drain_report(tracker)
+            now = time.monotonic()
+            complete_since = complete_since if complete_since is not None else now
+            if queue.depth().messages:
+                drained_since = None
+            elif drained_since is None:
+                drained_since = now
+            if now - complete_since >= settle_s or (
+                drained_since is not None and now - drained_since >= min(RECORD_GRACE_S, settle_s)
             ):
                 return drain_report(tracker)
         elif queue.depth().messages == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -302,3 +303,43 @@ def test_export_from_worker_processes_equals_the_export_from_threads(
         assert (tmp_path / f"procs{suffix}").read_bytes() == (tmp_path / f"threads{suffix}").read_bytes()
         assert (by_processes[suffix].rows, by_processes[suffix].pending) == (27, 6)
         assert by_threads[suffix].ok == by_processes[suffix].ok == 12
+
+
+def test_wait_gives_the_last_timing_records_a_moment_then_counts_a_batch_without_one_as_done(
+    settings: Settings, runs: RunStore
+) -> None:
+    import threading
+
+    # Given a run whose batches all have results, the last one's record still to come
+    manifest = make_run(runs, batches=3)
+    score(runs, manifest, "b0", "w1", start=0, end=1)
+    score(runs, manifest, "b1", "w1", start=1, end=2)
+    rows = [ResultRow(image=image, status="ok", batch_id="b2", worker="w2") for image in manifest.batches["b2"]]
+    runs.write_results("r", "b2", rows)
+    queue = open_queue(settings)
+    queue.create()
+
+    # When its record is written half a second into `wait`
+    def record_b2() -> None:
+        time.sleep(0.5)
+        runs.write_batch_record(
+            BatchRecord(run_id="r", batch_id="b2", worker="w2", attempt=1, images=2, images_ok=2, images_failed=0,
+                        dequeued_at=at(2), scored_at=at(2.5), acked_at=at(3), images_per_s=2.0)
+        )  # fmt: skip
+
+    writer = threading.Thread(target=record_b2)
+    writer.start()
+    report = wait_for_drain(runs, queue, "r", poll_s=0.05, settle_s=30)
+    writer.join()
+
+    # Then the report has it: the drain runs to its ack
+    assert report.ok and report.batches_done == 3 and report.drain_wall_s == pytest.approx(3.0)
+    assert report.worker_batches == {"w1": 2, "w2": 1}
+
+    # And once a record never comes (its consumer died after the ack), the batch is done all the same
+    runs.store.delete("runs/r/batches/b2.json")
+    started = time.monotonic()
+    report = wait_for_drain(runs, queue, "r", poll_s=0.05, settle_s=30)
+    assert time.monotonic() - started < 20  # the record grace, not the 30 s settle time
+    assert report.ok and report.batches_done == 3 and report.drain_wall_s == pytest.approx(2.0)
+    assert report.workers == {"w1": 4, "w2": 2}  # credited from its results
