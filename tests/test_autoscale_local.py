@@ -135,7 +135,8 @@ def test_launch_autoscale_from_zero_to_a_drained_run_and_back_to_zero(
         assert isinstance(scaler, dict) and scaler["target"] == 0
         assert scaler["reason"] == "queue empty: at --min"
         change = scaler["last_change"]
-        assert isinstance(change, dict) and (change["from"], change["to"]) == (3, 0)
+        # (from the run's size, or from fewer when its tail let nodes go first)
+        assert isinstance(change, dict) and 1 <= change["from"] <= 3 and change["to"] == 0
         assert str(change["reason"]).startswith("scale to zero: queue empty for")
         pid = int(scaler["pid"])
 
