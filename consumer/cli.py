@@ -97,6 +97,10 @@ def run(
         Path | None,
         typer.Option("--totals-file", hidden=True, help="Where a worker of `--workers N` keeps its totals (JSON)."),
     ] = None,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option("--parent-pid", hidden=True, help="A worker of `--workers N`: stop when this parent is gone."),
+    ] = None,
 ) -> None:
     """Dequeue, score and ack batches. Last line: 'Worker <id> Processed <n> images, took <H:MM:SS.ffffff>'."""
     flags = {
@@ -136,12 +140,11 @@ def run(
             write_totals(totals_file, consumer.worker_id, consumer.images_processed, final=final)
 
     log.info("worker %s: consuming queue %s (%s)", consumer.worker_id, settings.queue, settings.storage_mode.value)
-    parent = os.getppid()
 
     def stop_reason() -> str | None:
         # A worker of `--workers N` whose parent is gone (killed outright) stops too: nobody
-        # would stop it otherwise.
-        if totals_file is not None and os.getppid() != parent:
+        # would stop it otherwise. (The parent says who it is: it may be gone before we look.)
+        if parent_pid is not None and os.getppid() != parent_pid:
             return "its --workers parent is gone"
         return _stop_reason()
 

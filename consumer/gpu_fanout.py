@@ -11,7 +11,8 @@ The parent:
 - respawns a worker that dies (killed, crashed, exit 1) in its slot, with the local pool's
   crash-loop backoff (workpool/restarts.py). A worker that exits 0 (idle, or told to stop) is
   done; one that exits 2 (bad settings) would only fail the same way again and is not respawned;
-- on SIGTERM/SIGINT passes the signal on to every worker and respawns nothing more;
+- on SIGTERM/SIGINT passes the signal on to every worker and respawns nothing more; a worker
+  whose parent is killed outright (SIGKILL) stops by itself (`--parent-pid`), releasing its batch;
 - adds up the images of every worker, respawned ones included, from the totals file each one
   keeps current while it runs (`--totals-file`, see `write_totals`), and prints the sum as its
   own last line: 'Worker <id> Processed <n> images, took <H:MM:SS.ffffff>'.
@@ -151,7 +152,8 @@ class GpuFanout:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
         slot.lives += 1
         args = [sys.executable, "-m", "consumer", "run", "--workers", "1", "--worker-id", slot.worker_id,
-                "--totals-file", str(self.totals_dir / slot.totals_name), *self.child_args]  # fmt: skip
+                "--totals-file", str(self.totals_dir / slot.totals_name), "--parent-pid", str(os.getpid()),
+                *self.child_args]  # fmt: skip
         with signals.held():  # the child inherits them held until its handlers are in place
             slot.proc = subprocess.Popen(args, env=env)
         slot.started_at = time.monotonic()

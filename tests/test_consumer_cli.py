@@ -248,8 +248,8 @@ def workers_catch(pool: ConsumerProcess) -> bool:
 MOMENTS = {
     # the parent itself, in its first moments: its handlers are in, its imports are not done
     "parent importing": lambda pool: catches(pool.proc.pid, signal.SIGTERM),
-    # a worker process exists, but its interpreter may not have run a line of ours yet
-    "worker just spawned": lambda pool: bool(worker_pids(pool)),
+    # both worker processes exist, but their interpreters may not have run a line of ours yet
+    "workers just spawned": lambda pool: len(worker_pids(pool)) == 2,
     # both workers have their handlers, and are importing
     "workers importing": workers_catch,
     # a worker holds a batch and is loading its model (30 s)
@@ -266,7 +266,7 @@ MOMENTS = {
     ("moment", "signum"),
     [
         ("parent importing", signal.SIGTERM),
-        ("worker just spawned", signal.SIGTERM),
+        ("workers just spawned", signal.SIGTERM),
         ("workers importing", signal.SIGINT),
         ("worker loading the model", signal.SIGTERM),
         ("workers warming up", signal.SIGTERM),
