@@ -114,12 +114,17 @@ def test_no_secret_reaches_outputs_logs_files_or_messages(azurite: Azurite, tmp_
     # and every launcher describes itself in a dry run
     leaks.run(env, "orchestration", "launch", "--nodes", "2", "--dry-run")
     leaks.run(env, "orchestration", "launch", "--nodes", "2", "--dry-run", "--json")
-    batch = env | {"WORKPOOL_BATCH_ACCOUNT_URL": "https://acct.westeurope.batch.azure.com", "WORKPOOL_POOL": "gpu"}
+    batch = env | {
+        "WORKPOOL_BATCH_ACCOUNT_URL": "https://acct.westeurope.batch.azure.com",
+        "WORKPOOL_POOL": "gpu",
+        "WORKPOOL_VM_SIZE": "Standard_NC24ads_A100_v4",
+    }
     leaks.run(batch, "orchestration", "launch", "--backend", "azure-batch", "--nodes", "2", "--dry-run")
     leaks.run(batch, "orchestration", "launch", "--backend", "azure-batch", "--nodes", "2", "--dry-run", "--json")
     batchai = env | {"WORKPOOL_SUBSCRIPTION_ID": "sub", "WORKPOOL_RESOURCE_GROUP": "rg",
                      "WORKPOOL_LOCATION": "westeurope", "WORKPOOL_WORKSPACE": "ws",
-                     "WORKPOOL_CLUSTER": "gpu"}  # fmt: skip
+                     "WORKPOOL_CLUSTER": "gpu", "WORKPOOL_VM_SIZE": "Standard_NC24ads_A100_v4",
+                     "WORKPOOL_NODE_PACKAGE": "https://example.org/workpool-0.1.0-py3-none-any.whl"}  # fmt: skip
     leaks.run(batchai, "orchestration", "launch", "--backend", "batchai", "--nodes", "2", "--dry-run", "--json")
 
     # and the usual mistakes and failures happen, with the secrets still configured
@@ -142,6 +147,7 @@ def test_no_secret_reaches_outputs_logs_files_or_messages(azurite: Azurite, tmp_
               expect=1)  # fmt: skip
     unreachable_batch = env | {"WORKPOOL_BATCH_ACCOUNT_URL": f"http://127.0.0.1:{free_port()}",
                                "WORKPOOL_POOL": "gpu", "WORKPOOL_BATCH_ACCOUNT_NAME": "acct",
+                               "WORKPOOL_VM_SIZE": "Standard_NC24ads_A100_v4",
                                "WORKPOOL_CLUSTER_POLL_INTERVAL_S": "0"}  # fmt: skip
     leaks.run(unreachable_batch, "orchestration", "launch", "--backend", "azure-batch", "--nodes", "1", expect=1,
               timeout_s=240)  # fmt: skip
