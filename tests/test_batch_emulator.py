@@ -294,6 +294,22 @@ def test_failing_start_tasks_show_their_reason_in_status_and_stop_launch_wait(cl
 BAD_REQUIREMENT = "workpool-no-such-requirement==9.9.9"
 
 
+def test_spot_nodes_the_account_has_no_quota_for_stop_launch_wait_in_plain_words(cluster: Cluster) -> None:
+    cluster.batch.refuse_nodes(
+        spot=True, code="AccountSpotCoreQuotaReached", message="The specified account has reached spot core quota"
+    )
+    cluster.enqueue(4, "--task", SLEEP_TASK)
+
+    waited = cluster.cli(
+        "launch", "--backend", "azure-batch", "--nodes", "2", "--wait", timeout_s=240, WORKPOOL_VM_PRIORITY="spot"
+    )
+
+    assert waited.code == 1, waited.stdout + waited.stderr
+    assert "AccountSpotCoreQuotaReached: The specified account has reached spot core quota" in waited.stderr
+    assert "user subscription" in waited.stderr  # which Batch account mode Spot nodes need
+    assert cluster.batch.nodes(POOL) == []
+
+
 # --- the benchmark on the cluster path -------------------------------------------------------
 def test_the_benchmark_runs_both_tiers_on_the_cluster_and_prints_the_drain_table(
     cluster: Cluster, tiny_model: Path

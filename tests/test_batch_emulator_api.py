@@ -164,6 +164,31 @@ def test_a_resize_polled_to_the_end_adds_and_removes_nodes(batch_emulator: Batch
     assert len(list(client.list_nodes(POOL))) == 1
 
 
+def test_a_refused_allocation_settles_below_target_with_the_resize_error(
+    batch_emulator: BatchEmulator, client: BatchClient
+) -> None:
+    batch_emulator.refuse_nodes(spot=True, code="AccountSpotCoreQuotaReached", message="no Spot cores in this account")
+    make_pool(client, nodes=2, spot=True)
+
+    batch_emulator.wait_for(lambda: client.get_pool(POOL).allocation_state == "steady", 10, "a steady pool")
+
+    pool = client.get_pool(POOL)
+    assert (pool.current_low_priority_nodes, pool.target_low_priority_nodes) == (0, 2)
+    assert [(e.code, e.message) for e in pool.resize_errors or []] == [
+        ("AccountSpotCoreQuotaReached", "no Spot cores in this account")
+    ]
+
+
+def test_a_stopped_resize_says_so_in_its_resize_errors(batch_emulator: BatchEmulator, client: BatchClient) -> None:
+    make_pool(client, nodes=2)
+
+    client.begin_stop_pool_resize(POOL, polling_interval=0).result()
+
+    pool = client.get_pool(POOL)
+    assert (pool.current_dedicated_nodes, pool.target_dedicated_nodes) == (0, 0)
+    assert [e.code for e in pool.resize_errors or []] == ["ResizeStopped"]
+
+
 def test_deleting_a_pool_kills_its_processes_and_the_pool_goes(
     batch_emulator: BatchEmulator, client: BatchClient
 ) -> None:

@@ -108,6 +108,12 @@ class BatchEmulator:
         with self.state.lock:
             self.state.base_env.update(values)
 
+    def refuse_nodes(self, spot: bool, code: str, message: str) -> None:
+        """From now on, resizes get no nodes of that kind and settle with this resize error
+        (e.g. AccountSpotCoreQuotaReached: the account has no Spot quota)."""
+        with self.state.lock:
+            self.state.refusals[not spot] = (code, message)
+
     def preempt(self, pool_id: str, node_id: str) -> None:
         """Preempt a Spot node: its processes get SIGKILL, its task is requeued."""
         with self.state.lock:

@@ -60,6 +60,8 @@ class Account:
         self._node_numbers = itertools.count(1)
         self._threads: list[threading.Thread] = []
         self._orphans: list[subprocess.Popen[bytes]] = []  # killed, not yet reaped
+        # Test control: node kinds (dedicated: True, Spot: False) the region refuses, with the resize error.
+        self.refusals: dict[bool, tuple[str, str]] = {}
 
     def _kill(self, proc: Proc | None) -> None:
         if proc is not None:
@@ -290,6 +292,11 @@ class Account:
                 for node in pool.nodes.values():
                     if node.leaving in ("taskcompletion", "retaineddata") and not node.removed:
                         node.leaving = None  # not gone yet: it stays
+                        node.set_state("running" if node.task else "idle")
+                if pool.counts() != (pool.target_dedicated, pool.target_low):
+                    pool.resize_errors = [
+                        _resize_error("ResizeStopped", "The resize of the pool was stopped by a stop resize request")
+                    ]
                 pool.target_dedicated, pool.target_low = pool.counts()
                 self._settle(pool)
             return
@@ -311,6 +318,10 @@ class Account:
     def _reach_target(self, pool: Pool, deallocation: str) -> None:
         for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_low)):
             live = [n for n in pool.nodes.values() if n.dedicated == dedicated and not n.removed and not n.leaving]
+            refusal = self.refusals.get(dedicated)
+            if refusal is not None and target > len(live):
+                pool.resize_errors.append(_resize_error(*refusal))  # steady below its target, as on Batch
+                continue
             for _ in range(target - len(live)):
                 self._add_node(pool, dedicated)
             # Batch chooses which nodes go: those doing nothing first, then the newest.
@@ -565,6 +576,10 @@ class Account:
             self._kill(proc)
         killed, self._orphans = self._orphans, []
         return killed
+
+
+def _resize_error(code: str, message: str) -> dict[str, Any]:
+    return {"code": code, "message": message, "values": []}
 
 
 def _stderr(node: Node) -> str:
