@@ -61,8 +61,8 @@ class Finisher:
 
     `submit` waits while the previous batch is still being finished. An unexpected error there
     (the expected ones are handled by the worker's own retry, release and poison paths) is
-    raised again in the worker thread, at the next `submit` or when the block ends; leaving the
-    block waits for the batch in progress.
+    raised again in the worker thread, by `raise_if_failed` (every turn of the loop), the next
+    `submit` or the end of the block; leaving the block waits for the batch in progress.
     """
 
     def __init__(self) -> None:
@@ -72,6 +72,11 @@ class Finisher:
     def submit(self, work: Callable[[], None]) -> None:
         self.wait()
         self._pending = self._pool.submit(work)
+
+    def raise_if_failed(self) -> None:
+        """Raise now the error of a batch that has finished with one (not waiting for the next)."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
 
     def wait(self) -> None:
         if self._pending is not None:
@@ -133,6 +138,7 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         with Finisher() as finisher:
             while not stop.is_set():
+                finisher.raise_if_failed()
                 if self.step(stop, finish=finisher.submit) is None and self.idle_expired():
                     log.info("worker %s: queue empty for %.0f s, exiting", self.worker_id, self.idle_exit_s)
                     return

@@ -428,3 +428,28 @@ def test_the_next_batch_is_scored_while_the_previous_one_is_written_and_acked(
     assert runs(settings).result_batch_ids("r1") == {"b1", "b2"}
     assert {r.batch_id for r in runs(settings).read_batch_records("r1")} == {"b1", "b2"}
     assert queue.depth().messages == 0
+
+
+def test_an_unexpected_error_while_finishing_a_batch_stops_the_consumer_with_it(
+    settings: Settings, images: tuple[str, list[str]]
+) -> None:
+    # Given a batch, and a result store whose timing-record write fails with a bug, not an outage
+    source, names = images
+    queue = queue_of(settings, batch(source, names))
+    consumer = consumer_for(settings, idle_exit_s=30)
+
+    def broken_record(record: Any) -> None:
+        raise RuntimeError("bug in the record writer")
+
+    consumer.runs.write_batch_record = broken_record  # type: ignore[method-assign]
+
+    # When the consumer runs (it would wait 30 s for more work)
+    started = time.monotonic()
+    consumer.run()
+
+    # Then the error raised on the finisher thread ends the worker at once and is reported, as one raised
+    # while scoring would be (the CLI exits 1); the batch itself was written and acked before it
+    assert isinstance(consumer.error, RuntimeError) and "bug in the record writer" in str(consumer.error)
+    assert time.monotonic() - started < 25
+    assert runs(settings).result_batch_ids("r1") == {"b1"}
+    assert queue.depth().messages == 0
