@@ -2,10 +2,10 @@
 
 A `Job` is one received message on its way through the consumer. `Preparer.prepare` turns a
 message into a ready job: validate it, load its task (model cached), download its images
-concurrently and decode/resize/preprocess them in a thread pool. `Prefetcher` runs that in a
-background thread up to `prefetch_batches` jobs ahead, so the accelerator never waits for I/O
-or decoding. The bound keeps memory flat: at most `prefetch_batches` prepared batches wait,
-however long the run.
+concurrently, decode/resize/preprocess them in a thread pool and stack them into the batch the
+model will see. `Prefetcher` runs that in a background thread up to `prefetch_batches` jobs
+ahead, so the accelerator never waits for I/O, decoding or that copy. The bound keeps memory
+flat: at most `prefetch_batches` prepared batches wait, however long the run.
 
 Failures are sorted here, never raised past a job:
 - a message that can never succeed (not JSON, wrong schema, unknown task, or disagreeing with its
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from consumer.images import decode_image
@@ -70,6 +71,9 @@ class Job:
     images: list[ImageInput] = field(default_factory=list)
     failure: Exception | None = None
     prepare_s: float = 0.0
+    # The readable images' inputs stacked into one batch array, in message order: the copy is
+    # made here, on the prefetch thread, not on the scoring thread while the accelerator waits.
+    stacked: npt.NDArray[Any] | None = None
 
     @property
     def message_id(self) -> str:
@@ -111,6 +115,7 @@ class Preparer:
             job.batch = batch
             job.task = self.tasks.get(job.batch.task, job.batch.model, job.batch.labels)
             job.images = self._load_images(job.batch, job.task)
+            job.stacked = stack_readable(job.images)
         except Exception as exc:  # sorted by the worker: poison, retry or give up
             job.failure = exc
         job.prepare_s = time.perf_counter() - started
@@ -182,6 +187,23 @@ class Preparer:
         return retry_transient(
             lambda: store.read(key), f"fetch {key}", FETCH_POLICY, log_level=logging.DEBUG, sleep=self._sleep
         )
+
+
+def stack_readable(images: list[ImageInput]) -> npt.NDArray[Any] | None:
+    """The readable images' arrays as one batch (their `array`s become views of its rows).
+
+    None when there is nothing to stack, or the arrays differ in shape (a custom task keeping
+    decoded sizes): the worker then stacks them itself and fails the batch with the reason.
+    """
+    readable = [image for image in images if image.array is not None]
+    try:
+        stacked = np.stack([image.array for image in readable if image.array is not None]) if readable else None
+    except ValueError:
+        return None
+    if stacked is not None:
+        for image, row in zip(readable, stacked, strict=True):
+            image.array = row  # drop the per-image copy: the batch holds the pixels
+    return stacked
 
 
 def lower_thread_priority() -> None:

@@ -284,7 +284,9 @@ class Worker:
         readable = [image for image in job.images if image.array is not None]
         predictions: list[Any] = []
         if readable:
-            batch = np.stack([image.array for image in readable if image.array is not None])
+            batch = job.stacked  # stacked on the prefetch thread
+            if batch is None:
+                batch = np.stack([image.array for image in readable if image.array is not None])
             predictions = job.task.postprocess(job.task.predict(batch), len(readable))
             if len(predictions) != len(readable):
                 raise WorkpoolError(f"task returned {len(predictions)} predictions for {len(readable)} images")

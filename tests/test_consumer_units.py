@@ -176,3 +176,22 @@ def test_cloth_heads_for_the_whole_batch_equal_the_per_image_selection() -> None
         kept = [j for j in np.argsort(-attributes[i], kind="stable") if attributes[i, j] >= np.float32(0.3)]
         assert row["attributes"] == [{"label": "xyz"[j], "score": float(attributes[i, j])} for j in kept]
     assert {"label": "y", "score": float(np.float32(0.3))} in rows[0]["attributes"]
+
+
+def test_the_readable_images_are_stacked_ahead_and_keep_their_rows() -> None:
+    from consumer.pipeline import ImageInput, stack_readable
+
+    # Given a batch with an unreadable image between two readable ones
+    a, b = np.full((2, 2, 3), 1, np.uint8), np.full((2, 2, 3), 2, np.uint8)
+    images = [ImageInput("a", a), ImageInput("bad", error="corrupt"), ImageInput("b", b)]
+
+    # When it is stacked on the prefetch thread
+    stacked = stack_readable(images)
+
+    # Then the batch holds the readable ones in order, and each image's array is its row
+    assert stacked is not None and stacked.shape == (2, 2, 2, 3)
+    assert images[0].array is not None and np.shares_memory(images[0].array, stacked)
+    np.testing.assert_array_equal(stacked[1], b)
+    # And images of different shapes are left for the worker to refuse, with its reason
+    assert stack_readable([ImageInput("x", a), ImageInput("y", np.zeros((3, 3, 3), np.uint8))]) is None
+    assert stack_readable([ImageInput("bad", error="corrupt")]) is None
