@@ -165,17 +165,17 @@ def test_launch_installs_the_wheel_drains_a_run_and_scales_in_and_out_without_lo
     report = cluster.drained(run_id)
     assert report["images_ok"] == 64 and report["images_failed"] == 0 and report["batches_poisoned"] == 0
     one_row_per_image(cluster.rows(run_id), names)
-    tasks = {t["id"]: t for t in cluster.batch.tasks(JOB)}
-    stopped = {tasks[i]["nodeInfo"]["nodeId"] for i in ("consumer-0002", "consumer-0003")}
-    assert {tasks[i]["state"] for i in ("consumer-0002", "consumer-0003")} == {"completed"}
+    by_id = {t["id"]: t for t in cluster.batch.tasks(JOB)}
+    stopped = {by_id[i]["nodeInfo"]["nodeId"] for i in ("consumer-0002", "consumer-0003")}
+    assert {by_id[i]["state"] for i in ("consumer-0002", "consumer-0003")} == {"completed"}
     removed = [n for r in cluster.batch.requests if r.path.endswith("/removenodes") for n in r.body["nodeList"]]
     assert sorted(removed) == sorted(stopped)
     cluster.batch.wait_for(lambda: len(cluster.batch.nodes(POOL)) == 1, 30, "the pool to shrink to one node")
     (kept,) = cluster.batch.nodes(POOL)
-    assert kept["id"] == tasks["consumer-0001"]["nodeInfo"]["nodeId"] and kept["id"] in first_nodes
-    assert tasks["consumer-0001"]["state"] == "running"
+    assert kept["id"] == by_id["consumer-0001"]["nodeInfo"]["nodeId"] and kept["id"] in first_nodes
+    assert by_id["consumer-0001"]["state"] == "running"
     for task_id in ("consumer-0002", "consumer-0003"):  # stopped gracefully: SIGTERM, batches released
-        node_id = tasks[task_id]["nodeInfo"]["nodeId"]
+        node_id = by_id[task_id]["nodeInfo"]["nodeId"]
         log = cluster.batch.node_file(POOL, node_id, f"workitems/{JOB}/job-1/{task_id}/stderr.txt")
         assert "SIGTERM received, releasing held batches" in log
     assert not re.search(r"(?im)^error", grown.stderr + shrunk.stderr)  # no 409 (or other) reached the user

@@ -207,8 +207,8 @@ def test_deleting_a_pool_kills_its_processes_and_the_pool_goes(
 def test_the_start_task_gets_its_resource_files_from_azurite_and_batch_variables(
     batch_emulator: BatchEmulator, client: BatchClient, azurite: Azurite
 ) -> None:
-    script = b'#!/bin/sh\necho "hello from $AZ_BATCH_NODE_ID in $PWD"\necho "x=$STARTUP_SETTING" >&2\n'
-    url = blob_with_sas(azurite, "tools/hello.sh", script)
+    hello = b'#!/bin/sh\necho "hello from $AZ_BATCH_NODE_ID in $PWD"\necho "x=$STARTUP_SETTING" >&2\n'
+    url = blob_with_sas(azurite, "tools/hello.sh", hello)
     files = [bm.ResourceFile(http_url=url, file_path="hello.sh", file_mode="0755")]
     env = [bm.EnvironmentSetting(name="STARTUP_SETTING", value="from the pool")]
     script = "./hello.sh && env | grep ^AZ_BATCH_ | sort > $AZ_BATCH_NODE_SHARED_DIR/batch-env.txt"
@@ -479,10 +479,9 @@ def test_terminating_a_job_ends_its_tasks_and_a_new_job_needs_a_delete_first(
     running, waiting = add_tasks(client, sh("sleep 600"), sh("sleep 600"))
     batch_emulator.wait_for(lambda: batch_emulator.node_pids(), 15, "a running task")
 
-    client.begin_terminate_job(
-        JOB,
-        options={"terminateReason": "done"},  # type: ignore[arg-type], polling_interval=0
-    ).result()
+    # azure-batch 15.1 needs options here; its model is not exported, the JSON form is accepted.
+    options: Any = {"terminateReason": "done"}
+    client.begin_terminate_job(JOB, options=options, polling_interval=0).result()
 
     job = client.get_job(JOB)
     assert job.state == "completed" and job.execution_info is not None
