@@ -462,6 +462,45 @@ def test_a_preempted_spot_node_loses_its_processes_and_its_task_runs_elsewhere(
     assert client.get_pool(POOL).current_low_priority_nodes == 1
 
 
+def test_a_preemption_notice_names_the_node_its_processes_ask_about_then_the_kill_follows(
+    batch_emulator: BatchEmulator, client: BatchClient
+) -> None:
+    batch_emulator.state.timing.replace_preempted_s = None  # the preempted node stays to be looked at
+    make_pool(client, nodes=2, spot=True)
+    make_job(client, METADATA=f"{batch_emulator.url}/metadata")
+    batch_emulator.wait_for_nodes(POOL, "idle", 2)
+    ask = (
+        "import os, time, urllib.request as u\n"
+        "def get(path):\n"
+        "    req = u.Request(os.environ['METADATA'] + path, headers={'Metadata': 'true'})\n"
+        "    return u.urlopen(req).read().decode()\n"
+        "print(get('/instance/compute/name?api-version=2021-02-01&format=text'), flush=True)\n"
+        "while True:\n"
+        "    print(get('/scheduledevents?api-version=2020-07-01'), flush=True)\n"
+        "    time.sleep(0.2)\n"
+    )
+    ids = add_tasks(client, *[shlex.join(["python3", "-c", ask])] * 2)
+    batch_emulator.wait_for(lambda: all(task_output(client, t) for t in ids), 20, "both tasks to ask")
+    names = {t: task_output(client, t).splitlines()[0] for t in ids}
+    nodes = {t: client.get_task(JOB, t).node_info.node_id for t in ids}  # type: ignore[union-attr]
+    assert names == nodes  # each process learns its own node's VM name
+    victim_task, other_task = ids
+
+    batch_emulator.preempt(POOL, nodes[victim_task], notice_s=1.5)
+
+    batch_emulator.wait_for(lambda: '"Preempt"' in task_output(client, other_task), 5, "the notice to show")
+    assert client.get_node(POOL, nodes[victim_task]).state == "running"  # the notice comes first
+    notice = next(line for line in task_output(client, other_task).splitlines() if "Preempt" in line)
+    assert nodes[victim_task] in notice and nodes[other_task] not in notice
+    batch_emulator.wait_for(
+        lambda: task_state(batch_emulator, victim_task)["executionInfo"]["requeueCount"], 10, "the kill"
+    )
+    batch_emulator.wait_for(
+        lambda: '"Events": []' in task_output(client, other_task).splitlines()[-1], 5, "the notice to go"
+    )
+    assert client.get_node(POOL, nodes[victim_task]).state == "preempted"
+
+
 def test_a_dedicated_node_cannot_be_preempted(batch_emulator: BatchEmulator, client: BatchClient) -> None:
     make_pool(client, nodes=1)
     (node,) = batch_emulator.wait_for_nodes(POOL, "idle", 1)

@@ -114,10 +114,17 @@ class BatchEmulator:
         with self.state.lock:
             self.state.refusals[not spot] = (code, message)
 
-    def preempt(self, pool_id: str, node_id: str) -> None:
-        """Preempt a Spot node: its processes get SIGKILL, its task is requeued."""
+    def preempt(self, pool_id: str, node_id: str, notice_s: float | None = None) -> None:
+        """Preempt a Spot node: its processes get SIGKILL, its task is requeued.
+
+        With `notice_s`, Azure's way: a Scheduled Events `Preempt` notice naming the node first
+        (served at `/metadata/scheduledevents`), the kill `notice_s` later.
+        """
         with self.state.lock:
-            self.state.preempt(pool_id, node_id)
+            if notice_s is None:
+                self.state.preempt(pool_id, node_id)
+            else:
+                self.state.announce_preemption(pool_id, node_id, notice_s)
 
     @property
     def requests(self) -> list[Logged]:

@@ -128,6 +128,7 @@ class Node:
     task: Task | None = None
     leaving: str | None = None  # nodeDeallocationOption once chosen to leave the pool
     preempted_at: float | None = None
+    preempt_at: float | None = None  # announced through Scheduled Events; killed then
     removed: bool = False
     total_tasks_run: int = 0
     total_tasks_succeeded: int = 0

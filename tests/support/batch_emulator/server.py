@@ -9,7 +9,7 @@ HttpResponseError / ResourceNotFoundError / ResourceExistsError.
 Supported: pools (add, list, get, exists, update, delete, resize, stopresize, removenodes),
 nodes (list, get, files: get and properties), jobs (add, list, get, terminate, delete), tasks
 (add, addtaskcollection, list, get, terminate, delete, files). `/metadata/scheduledevents`
-stands in for the instance metadata service (an empty Scheduled Events document). `$filter`
+stands in for the instance metadata service (Scheduled Events, the VM's name). `$filter`
 understands `<prop> eq '<value>'` clauses joined by `and` or `or` over top-level properties;
 anything else is a 400.
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from tests.support.batch_emulator import wire
+from tests.support.batch_emulator import peers, wire
 from tests.support.batch_emulator.state import Account, BatchError
 
 _SIGNED_HEADERS = (
@@ -58,6 +58,8 @@ class Request:
     headers: dict[str, str]  # lower-case names
     body: Any
     raw_path: str = ""  # as sent (percent-encoded): what the Shared Key signature covers
+    client_port: int = 0  # the caller's loopback port (which node asks the metadata service)
+    server_port: int = 0
 
 
 @dataclass
@@ -151,17 +153,30 @@ class BatchService:
         return answer
 
     def _metadata(self, request: Request) -> Answer:
-        """A stand-in for the instance metadata service's Scheduled Events (no events, ever).
+        """A stand-in for the instance metadata service: Scheduled Events and the VM's name.
 
         Point WORKPOOL_SCHEDULED_EVENTS_URL here (`scheduled_events_url`) so the consumers on the
-        emulated nodes poll this instead of this machine's own 169.254.169.254.
+        emulated nodes poll this instead of this machine's own 169.254.169.254. The events list
+        the preemption notices a test announced (`BatchEmulator.preempt(..., notice_s=...)`),
+        naming the node's VM by its node id, which is also the name `compute/name` gives the
+        node that asks (found through /proc: see peers.py).
         """
         if request.headers.get("metadata", "").lower() != "true":
             return Answer(400, {"error": "Bad request. Required metadata header not specified"})
         if request.path == "/metadata/scheduledevents":
-            return Answer(200, {"DocumentIncarnation": 0, "Events": []})
+            with self.account.lock:
+                document = {"DocumentIncarnation": self.account.incarnation, "Events": list(self.account.events)}
+            return Answer(200, document)
         if request.path == "/metadata/instance/compute/name":
-            return Answer(200, None, {"Content-Type": "text/plain"}, b"emulated-batch-node")
+            inode = peers.socket_inode(request.client_port, request.server_port)
+            with self.account.lock:
+                groups = self.account.process_groups()
+            group = peers.group_holding(inode, groups) if inode else None
+            with self.account.lock:
+                node_id = self.account.node_of_group(group) if group is not None else None
+            if node_id is None:
+                return Answer(404, {"error": "Not found: the caller is no emulated node"})
+            return Answer(200, None, {"Content-Type": "text/plain"}, node_id.encode())
         return Answer(404, {"error": "Not found"})
 
     def _authenticate(self, request: Request) -> None:
@@ -402,6 +417,8 @@ class HttpFront:
                     {k.lower(): v for k, v in self.headers.items()},
                     body,
                     parsed.path,
+                    self.client_address[1],
+                    front.port,
                 )
                 if front.service is None:
                     raise RuntimeError("HttpFront started without a service")
@@ -427,7 +444,8 @@ class HttpFront:
 
         self._httpd = _QuietServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self.port = int(self._httpd.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     def start(self) -> None:

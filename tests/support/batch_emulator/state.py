@@ -25,6 +25,7 @@ import signal
 import subprocess
 import threading
 import time
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,9 @@ class Account:
         self._node_numbers = itertools.count(1)
         self._threads: list[threading.Thread] = []
         self._orphans: list[subprocess.Popen[bytes]] = []  # killed, not yet reaped
+        # Scheduled Events (instance metadata): preemption notices of Spot nodes.
+        self.events: list[dict[str, Any]] = []
+        self.incarnation = 0
         # Test control: node kinds (dedicated: True, Spot: False) the region refuses, with the resize error.
         self.refusals: dict[bool, tuple[str, str]] = {}
 
@@ -250,13 +254,32 @@ class Account:
         self._complete(task, None, Failure("usererror", "TaskEnded", "Task Was Ended by User Request"))
 
     # --- test control ------------------------------------------------------------------------
+    def announce_preemption(self, pool_id: str, node_id: str, notice_s: float) -> None:
+        """A Scheduled Events `Preempt` notice naming the node's VM; the preemption follows after `notice_s`."""
+        node = self._spot_node(pool_id, node_id)
+        not_before = time.time() + notice_s
+        self.events.append(
+            {
+                "EventId": f"emulated-{node_id}-{self.incarnation + 1}",
+                "EventType": "Preempt",
+                "ResourceType": "VirtualMachine",
+                "Resources": [node_id],
+                "EventStatus": "Scheduled",
+                "NotBefore": formatdate(not_before, usegmt=True),
+                "Description": "The Spot VM is being evicted",
+                "EventSource": "Platform",
+                "DurationInSeconds": -1,
+            }
+        )
+        self.incarnation += 1
+        node.preempt_at = not_before
+
     def preempt(self, pool_id: str, node_id: str) -> None:
-        pool = self.pool(pool_id)
-        node = pool.nodes.get(node_id)
-        if node is None or node.removed:
-            raise KeyError(f"no node {node_id} in pool {pool_id}")
-        if node.dedicated:
-            raise ValueError(f"{node_id} is a dedicated node: Batch preempts Spot nodes only")
+        node = self._spot_node(pool_id, node_id)
+        node.preempt_at = None
+        if any(node_id in e["Resources"] for e in self.events):
+            self.events = [e for e in self.events if node_id not in e["Resources"]]
+            self.incarnation += 1
         self._kill(node.start_proc)
         node.start_proc = None
         if node.task is not None:
@@ -265,6 +288,32 @@ class Account:
             node.task = None
         node.preempted_at = time.time()
         node.set_state("preempted")
+
+    def _spot_node(self, pool_id: str, node_id: str) -> Node:
+        node = self.pool(pool_id).nodes.get(node_id)
+        if node is None or node.removed:
+            raise KeyError(f"no node {node_id} in pool {pool_id}")
+        if node.dedicated:
+            raise ValueError(f"{node_id} is a dedicated node: Batch preempts Spot nodes only")
+        return node
+
+    def node_of_group(self, group: int) -> str | None:
+        """The node one of whose processes leads process group `group`."""
+        for pool in self.pools.values():
+            for node in pool.nodes.values():
+                procs = [node.start_proc, node.task.proc if node.task else None]
+                if any(p is not None and p.popen.pid == group for p in procs):
+                    return node.id
+        return None
+
+    def process_groups(self) -> set[int]:
+        groups = set()
+        for pool in self.pools.values():
+            for node in pool.nodes.values():
+                for proc in (node.start_proc, node.task.proc if node.task else None):
+                    if proc is not None:
+                        groups.add(proc.popen.pid)
+        return groups
 
     # --- time -------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -365,6 +414,8 @@ class Account:
         pool.nodes.pop(node.id, None)
 
     def _advance_node(self, pool: Pool, node: Node, now: float) -> None:
+        if node.preempt_at is not None and now >= node.preempt_at and node.state != "preempted":
+            self.preempt(pool.id, node.id)
         if node.state == "preempted":
             if (
                 self.timing.replace_preempted_s is not None
