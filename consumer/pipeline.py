@@ -71,8 +71,8 @@ class Job:
     images: list[ImageInput] = field(default_factory=list)
     failure: Exception | None = None
     prepare_s: float = 0.0
-    # The readable images' inputs stacked into one batch array, in message order: the copy is
-    # made here, on the prefetch thread, not on the scoring thread while the accelerator waits.
+    # The readable images' inputs as one batch array, in message order, filled while they decode
+    # (`BatchRows`), not copied together on the scoring thread while the accelerator waits.
     stacked: npt.NDArray[Any] | None = None
 
     @property
@@ -114,8 +114,7 @@ class Preparer:
             self._check_against_manifest(batch)
             job.batch = batch
             job.task = self.tasks.get(job.batch.task, job.batch.model, job.batch.labels)
-            job.images = self._load_images(job.batch, job.task)
-            job.stacked = stack_readable(job.images)
+            job.images, job.stacked = self._load_images(job.batch, job.task)
         except Exception as exc:  # sorted by the worker: poison, retry or give up
             job.failure = exc
         job.prepare_s = time.perf_counter() - started
@@ -158,11 +157,12 @@ class Preparer:
             self._sources[uri] = open_location(self.settings, uri)
         return self._sources[uri]
 
-    def _load_images(self, batch: BatchMessage, task: ScoringTask) -> list[ImageInput]:
+    def _load_images(self, batch: BatchMessage, task: ScoringTask) -> tuple[list[ImageInput], npt.NDArray[Any] | None]:
+        """Each image's input (or error), and the readable ones stacked (see `BatchRows`)."""
         store, prefix = self._source(batch.source)
         keys = [f"{prefix.rstrip('/')}/{name}" if prefix else name for name in batch.images]
         fetches = {self.fetch_pool.submit(self._fetch, store, key): i for i, key in enumerate(keys)}
-        decodes: dict[int, Future[npt.NDArray[Any]]] = {}
+        decodes: dict[Future[npt.NDArray[Any]], int] = {}
         inputs = [ImageInput(name) for name in batch.images]
         # Decode each image as soon as its bytes arrive, while the others still download.
         for done in as_completed(fetches):
@@ -172,15 +172,18 @@ class Preparer:
             except NotFoundError:
                 inputs[i].error = "not found"
                 continue
-            decodes[i] = self.decode_pool.submit(_decode, data, task)
-        for i, future in decodes.items():
+            decodes[self.decode_pool.submit(_decode, data, task)] = i
+        # Each decoded image goes into its row of the batch as it completes, while others decode.
+        rows = BatchRows(sorted(decodes.values()))
+        for future in as_completed(decodes):
+            i = decodes[future]
             try:
-                inputs[i].array = future.result()
+                inputs[i].array = rows.put(i, future.result())
             except ImageError as exc:
                 inputs[i].error = str(exc)
             except Exception as exc:  # a task's preprocess failing on one image
                 inputs[i].error = f"preprocessing failed: {type(exc).__name__}: {exc}"
-        return inputs
+        return inputs, rows.stacked(inputs)
 
     def _fetch(self, store: ObjectStore, key: str) -> bytes:
         # Quietly: sixteen fetch threads would otherwise log every blink of an outage sixteen times.
@@ -189,21 +192,42 @@ class Preparer:
         )
 
 
-def stack_readable(images: list[ImageInput]) -> npt.NDArray[Any] | None:
-    """The readable images' arrays as one batch (their `array`s become views of its rows).
+class BatchRows:
+    """The batch array, filled row by row as images are decoded (in message order of `indexes`).
 
-    None when there is nothing to stack, or the arrays differ in shape (a custom task keeping
-    decoded sizes): the worker then stacks them itself and fails the batch with the reason.
+    Copying each image into the batch as it completes overlaps the copy with the decoding of
+    the others, instead of one copy of the whole batch after the last (on the scoring thread, it
+    would keep the accelerator waiting). `put` returns the image's row, a view into the batch.
+    Images of another shape or type than the first (a custom task keeping decoded sizes) stop
+    the filling: the worker then stacks the arrays itself, and refuses differing shapes.
     """
-    readable = [image for image in images if image.array is not None]
-    try:
-        stacked = np.stack([image.array for image in readable if image.array is not None]) if readable else None
-    except ValueError:
-        return None
-    if stacked is not None:
-        for image, row in zip(readable, stacked, strict=True):
-            image.array = row  # drop the per-image copy: the batch holds the pixels
-    return stacked
+
+    def __init__(self, indexes: list[int]) -> None:
+        self._row_of = {index: row for row, index in enumerate(indexes)}
+        self._batch: npt.NDArray[Any] | None = None
+        self._filling = True
+
+    def put(self, index: int, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        if self._batch is None:
+            self._batch = np.empty((len(self._row_of), *array.shape), dtype=array.dtype)
+        if not (self._filling and array.shape == self._batch.shape[1:] and array.dtype == self._batch.dtype):
+            self._filling = False
+            return array
+        row: npt.NDArray[Any] = self._batch[self._row_of[index]]
+        row[...] = array
+        return row
+
+    def stacked(self, inputs: list[ImageInput]) -> npt.NDArray[Any] | None:
+        """The readable images' rows, in message order; None when not filled (see above)."""
+        if self._batch is None or not self._filling:
+            return None
+        readable = [self._row_of[i] for i, image in enumerate(inputs) if image.array is not None]
+        if len(readable) == len(self._row_of):
+            return self._batch
+        compact = self._batch[readable]  # some failed to decode: their rows are left out (a copy)
+        for image, row in zip((image for image in inputs if image.array is not None), compact, strict=True):
+            image.array = row
+        return compact
 
 
 def lower_thread_priority() -> None:

@@ -178,20 +178,26 @@ def test_cloth_heads_for_the_whole_batch_equal_the_per_image_selection() -> None
     assert {"label": "y", "score": float(np.float32(0.3))} in rows[0]["attributes"]
 
 
-def test_the_readable_images_are_stacked_ahead_and_keep_their_rows() -> None:
-    from consumer.pipeline import ImageInput, stack_readable
+def test_decoded_images_fill_their_rows_of_the_batch_in_message_order() -> None:
+    from consumer.pipeline import BatchRows, ImageInput
 
-    # Given a batch with an unreadable image between two readable ones
-    a, b = np.full((2, 2, 3), 1, np.uint8), np.full((2, 2, 3), 2, np.uint8)
-    images = [ImageInput("a", a), ImageInput("bad", error="corrupt"), ImageInput("b", b)]
+    # Given four decoded images (message positions 0, 1, 3, 4; 2 was missing), arriving out of
+    # order, one of them (3) failing to decode
+    pixels = {i: np.full((2, 2, 3), i, np.uint8) for i in (0, 1, 3, 4)}
+    images = [ImageInput(f"i{i}") for i in range(5)]
+    rows = BatchRows([0, 1, 3, 4])
+    for i in (4, 0, 1):
+        images[i].array = rows.put(i, pixels[i])
 
-    # When it is stacked on the prefetch thread
-    stacked = stack_readable(images)
+    # When the batch is taken
+    stacked = rows.stacked(images)
 
-    # Then the batch holds the readable ones in order, and each image's array is its row
-    assert stacked is not None and stacked.shape == (2, 2, 2, 3)
-    assert images[0].array is not None and np.shares_memory(images[0].array, stacked)
-    np.testing.assert_array_equal(stacked[1], b)
-    # And images of different shapes are left for the worker to refuse, with its reason
-    assert stack_readable([ImageInput("x", a), ImageInput("y", np.zeros((3, 3, 3), np.uint8))]) is None
-    assert stack_readable([ImageInput("bad", error="corrupt")]) is None
+    # Then it holds the readable images in message order, and each image's array is its row
+    assert stacked is not None and stacked.shape == (3, 2, 2, 3)
+    assert [int(row[0, 0, 0]) for row in stacked] == [0, 1, 4]
+    assert all(image.array is None or np.shares_memory(image.array, stacked) for image in images)
+    # And images of another shape leave the stacking to the worker (which refuses them)
+    odd = BatchRows([0, 1])
+    odd.put(0, np.zeros((2, 2, 3), np.uint8))
+    kept = odd.put(1, np.zeros((3, 3, 3), np.uint8))
+    assert kept.shape == (3, 3, 3) and odd.stacked([ImageInput("a", kept), ImageInput("b", kept)]) is None
