@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,38 @@ def test_a_preempted_spot_node_loses_nothing_its_task_is_requeued_and_its_batche
     }
     assert any(retried.values()), retried
     assert not redelivered(cluster.batch, victim)
+
+
+def test_a_preemption_notice_makes_the_consumer_give_its_batches_back_before_the_kill(cluster: Cluster) -> None:
+    cluster.batch.set_node_env(WORKPOOL_EXAMPLE_SLEEP_S="0.25")
+    run_id, names = cluster.enqueue(48, "--task", SLEEP_TASK, "--batch-size", "4")
+
+    launched = cluster.cli("launch", "--backend", "azure-batch", "--nodes", "2", WORKPOOL_VM_PRIORITY="spot")
+    assert launched.code == 0, launched.stderr
+    (victim_task, _other) = cluster.batch.wait_for(
+        lambda: scoring_tasks(cluster.batch), 180, "both consumers scoring a batch"
+    )
+    victim = victim_task["nodeInfo"]["nodeId"]
+
+    noticed = time.monotonic()
+    cluster.batch.preempt(POOL, victim, notice_s=5)  # Scheduled Events first, the kill 5 s later
+
+    released = cluster.batch.wait_for(
+        lambda: re.search(
+            r"VM preempted \(Preempt \S+\): released (\d+) held batch",
+            consumer_log(cluster.batch, victim, victim_task["id"]),
+        ),
+        30,
+        "the consumer to act on the notice",
+    )
+    assert int(released.group(1)) >= 1
+    report = cluster.drained(run_id)
+    # The released batches were free at once: no waiting out their 120 s lease (the default).
+    assert time.monotonic() - noticed < 90
+    assert report["images_ok"] == 48 and report["batches_poisoned"] == 0
+    one_row_per_image(cluster.rows(run_id), names)
+    requeued = next(t for t in cluster.batch.tasks(JOB) if t["id"] == victim_task["id"])
+    assert requeued["executionInfo"]["requeueCount"] == 1
 
 
 def scoring_tasks(batch: BatchEmulator) -> list[dict[str, Any]]:
