@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bench.common import efficiency, ratio_line
-from bench.projection import OLD_RECIPE_MIN, Projection, old_recipe_images_per_s
+from bench.projection import OLD_RECIPE_MIN, Projection, old_recipe_images_per_s, storage_images_per_s
 from bench.scaling import EMBEDDED, ScalingPlan, fixed_loss_s
 from bench.stragglers import ideal_time, node_speeds, static_shard_time
 from workpool.runs import BatchRecord
@@ -87,6 +87,22 @@ def test_projection_divides_the_work_and_adds_the_fixed_loss_beyond_one_node() -
     # 32 nodes: 312.5 / 32 s of work plus the fixed loss
     assert p.minutes(32) == pytest.approx((312.5 / 32 + 6.0) / 60)
     assert p.minutes(4, images=1_600) == pytest.approx((1_600 / 1_280 + 6.0) / 60)
+
+
+def test_projection_takes_the_slowest_of_model_process_decode_and_storage() -> None:
+    # One account: 20,000 requests/s, each image one GET plus 4 requests per batch of 64
+    assert storage_images_per_s(1) == pytest.approx(20_000 / (1 + 4 / 64))
+    assert storage_images_per_s(3, batch_size=32) == pytest.approx(3 * 20_000 / (1 + 4 / 32))
+    # An A100 node (2,400 model images/s) whose one consumer process carries 1,000 images/s
+    p = Projection(2_400.0, 1.0, 0.0, process_images_per_s=1_000.0, node_decode_images_per_s=24 * 150.0)
+    assert (p.node_rate, p.limit(1)) == (1_000.0, "process")
+    # Decode on 6 cores at 150/s bounds a node before a 1,000/s process does
+    q = Projection(2_400.0, 1.0, 0.0, process_images_per_s=1_000.0, node_decode_images_per_s=6 * 150.0)
+    assert (q.node_rate, q.limit(1)) == (900.0, "decode")
+    # 32 such nodes want 28,800 images/s: one account's ~18,800 bounds the pool
+    r = Projection(2_400.0, 1.0, 0.0, 1_000.0, 6 * 150.0, storage_images_per_s(1))
+    assert r.limit(32) == "storage"
+    assert r.minutes(32, images=366_111) == pytest.approx(366_111 / storage_images_per_s(1) / 60)
 
 
 def test_the_old_recipe_table_and_its_node_rate() -> None:
