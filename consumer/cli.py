@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,6 +23,7 @@ from consumer.gpu_fanout import run_workers, visible_gpus, worker_count, write_t
 from consumer.runner import Consumer, default_worker_id
 from workpool.cli import EXIT_FAILURE, ConfigOption, LogLevelOption, handle_errors, settings_for
 from workpool.errors import UsageError, WorkpoolError
+from workpool.handoff import child_env
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Score image batches from the work queue.")
 log = logging.getLogger("consumer")
@@ -32,23 +32,6 @@ log = logging.getLogger("consumer")
 @app.callback()
 def main() -> None:
     """Score image batches from the work queue."""
-
-
-def flags_for_child(flags: Mapping[str, object]) -> list[str]:
-    """The given flags again, as command-line arguments for a worker child."""
-    args = []
-    for name, value in flags.items():
-        option = "--" + name.replace("_", "-")
-        if value is None:
-            continue
-        if name == "xla":
-            args.append("--xla" if value else "--no-xla")
-        elif isinstance(value, bool):
-            if value:
-                args.append(option)
-        else:
-            args.append(f"{option}={value}")
-    return args
 
 
 @app.command()
@@ -121,10 +104,11 @@ def run(
     count = worker_count(workers, gpus)
     if count > 1 or (gpus and "CUDA_VISIBLE_DEVICES" not in os.environ):
         # One worker process per GPU (or per --workers), kept running; children inherit the environment.
-        child_args = [*flags_for_child(flags), f"--log-level={log_level}"]
-        if config is not None:
-            child_args.append(f"--config={config}")
-        raise typer.Exit(run_workers(worker_id or default_worker_id(), count, gpus, child_args, stop_when=_stop_reason))
+        # Workers get the settings this process resolved (config file, environment, flags) through
+        # the one hand-off every child gets, derived from the settings' tags.
+        base_id, extra_args = worker_id or default_worker_id(), [f"--log-level={log_level}"]
+        code = run_workers(base_id, count, gpus, extra_args, env=child_env(settings), stop_when=_stop_reason)
+        raise typer.Exit(code)
 
     check_accelerator(settings.allow_cpu)  # GPUs the framework cannot see: refuse rather than crawl on the CPU
     # Refuse decompression bombs between Pillow's limit and twice it (Pillow only warns there).

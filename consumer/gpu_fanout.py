@@ -117,11 +117,13 @@ class GpuFanout:
         child_args: list[str],
         totals_dir: Path,
         *,
+        env: dict[str, str],
         stop_when: Callable[[], str | None],
         poll_s: float = 0.1,
     ) -> None:
         self.slots = [Slot(f"{base_id}-{i}", gpus[i % len(gpus)] if gpus else None) for i in range(count)]
         self.child_args = child_args
+        self.env = env  # the parent's settings, handed off (workpool/handoff.py)
         self.totals_dir = totals_dir
         self.stop_when = stop_when
         self.poll_s = poll_s
@@ -147,7 +149,7 @@ class GpuFanout:
         if self.stopping is not None or self.stop_when() is not None:
             slot.outcome = 0  # told to stop before this worker began: nothing to stop
             return
-        env = dict(os.environ)
+        env = dict(self.env)
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
         slot.lives += 1
@@ -213,12 +215,16 @@ def run_workers(
     gpus: list[str],
     child_args: list[str],
     *,
+    env: dict[str, str],
     stop_when: Callable[[], str | None],
 ) -> int:
-    """Run `count` worker processes until they are done or told to stop; returns the exit code."""
+    """Run `count` worker processes until they are done or told to stop; returns the exit code.
+
+    `env` is each worker's environment (the parent's settings as `child_env` hands them off);
+    `child_args` are extra `consumer run` arguments (the log level)."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="workpool-totals-") as folder:
-        fanout = GpuFanout(base_id, count, gpus, child_args, Path(folder), stop_when=stop_when)
+        fanout = GpuFanout(base_id, count, gpus, child_args, Path(folder), env=env, stop_when=stop_when)
         code = fanout.run()
         images = fanout.images()
     print(f"Worker {base_id} Processed {images} images, took {format_took(time.monotonic() - started)}", flush=True)

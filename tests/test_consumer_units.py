@@ -115,10 +115,16 @@ def test_the_summary_line_always_shows_microseconds() -> None:
 
 
 def test_worker_children_get_the_flags_their_parent_was_given() -> None:
-    from consumer.cli import flags_for_child
+    from workpool.handoff import child_env
+    from workpool.settings import load_settings
 
+    # `consumer run --workers N` hands its resolved settings (flags included) to its workers
     flags = {"idle_exit_s": 5.0, "max_attempts": None, "xla": False, "allow_unsafe_models": True, "precision": "mixed"}
-    assert flags_for_child(flags) == ["--idle-exit-s=5.0", "--no-xla", "--allow-unsafe-models", "--precision=mixed"]
+    env = child_env(load_settings(**flags), base={})
+    assert env["WORKPOOL_IDLE_EXIT_S"] == "5.0"
+    assert env["WORKPOOL_ALLOW_UNSAFE_MODELS"] == "true"
+    assert env["WORKPOOL_PRECISION"] == "mixed"
+    assert "WORKPOOL_MAX_ATTEMPTS" not in env  # not given: the child resolves the same default
 
 
 def per_image_top_k(scores: np.ndarray, k: int, names: list[str]) -> list[list[dict[str, object]]]:
