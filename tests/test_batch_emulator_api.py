@@ -43,7 +43,8 @@ def make_pool(
 ) -> None:
     start_task = None
     if start is not None:
-        start_task = bm.BatchStartTask(command_line=start, wait_for_success=True, **start_options)
+        start_options.setdefault("wait_for_success", True)
+        start_task = bm.BatchStartTask(command_line=start, **start_options)
     client.create_pool(
         bm.BatchPoolCreateOptions(
             id=POOL,
@@ -545,11 +546,29 @@ def test_a_request_signed_with_another_key_is_refused(batch_emulator: BatchEmula
 def test_stopping_the_emulator_kills_every_node_process(tmp_path: Path, batch_dependencies: Path) -> None:
     with batch_emulator(tmp_path, Timing(resize_s=0.1), batch_dependencies) as batch:
         client = BatchClient(batch.url, AzureNamedKeyCredential(batch.account, batch.key))
-        make_pool(client, nodes=2, start=sh("sleep 600 & sleep 600"))
+        make_pool(client, nodes=2, start=sh("sleep 600 & sleep 600"), wait_for_success=False)
         pids = batch.wait_for(lambda: len(batch.node_pids()) == 2 and batch.node_pids(), 10, "two start tasks")
         children = batch.wait_for(lambda: children_of(pids), 5, "the start tasks' children")
+        add_tasks_later = sh("sleep 600 &")  # a task that ends at once but leaves a process behind
+        make_job(client)
+        add_tasks(client, add_tasks_later)
+        leftover = batch.wait_for(lambda: daemons(batch, pids + children), 10, "the task's leftover process")
 
-    assert not [p for p in [*pids, *children] if pid_alive(p)]
+    assert not [p for p in [*pids, *children, *leftover] if pid_alive(p)]
+
+
+def daemons(batch: BatchEmulator, known: list[int]) -> list[int]:
+    """Live processes of the emulator's process groups other than `known`."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(status.parent.name)
+        if int(fields[2]) in batch.state.groups and pid not in known and fields[0] != "Z":
+            found.append(pid)
+    return found
 
 
 def children_of(pids: list[int]) -> list[int]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.batch_emulator import environment, wire
+from tests.support.batch_emulator.node import group_alive
 from tests.support.batch_emulator.server import BatchService, HttpFront, Logged
 from tests.support.batch_emulator.state import Account, Timing
 
@@ -80,6 +81,10 @@ class BatchEmulator:
         for proc in procs:
             with suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
+        # SIGKILL reaches the rest of each group asynchronously: wait (briefly) until it has.
+        deadline = time.monotonic() + 10
+        while any(group_alive(g) for g in self.state.groups) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _tick_forever(self) -> None:
         while not self._stop.wait(self.state.timing.tick_s):

@@ -21,10 +21,12 @@ What follows the Batch documentation (and the azure-batch 15 docstrings):
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import threading
 import time
+from contextlib import suppress
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from tests.support.batch_emulator.model import (
     Timing,
     etag,
 )
-from tests.support.batch_emulator.node import Failure, NodeHost, signal_group
+from tests.support.batch_emulator.node import Failure, NodeHost, group_alive, signal_group
 
 __all__ = ["Account", "BatchError", "Timing"]
 
@@ -61,6 +63,7 @@ class Account:
         self._node_numbers = itertools.count(1)
         self._threads: list[threading.Thread] = []
         self._orphans: list[subprocess.Popen[bytes]] = []  # killed, not yet reaped
+        self.groups: set[int] = set()  # every process group a node started (a start task may leave a daemon)
         # Scheduled Events (instance metadata): preemption notices of Spot nodes.
         self.events: list[dict[str, Any]] = []
         self.incarnation = 0
@@ -474,6 +477,7 @@ class Account:
                 self._start_task_failed(pool, node, None, failure)
                 return
             node.start_proc = Proc(popen)
+            self.groups.add(popen.pid)
 
     def _start_task_exited(self, pool: Pool, node: Node, code: int) -> None:
         node.start_proc = None
@@ -533,6 +537,7 @@ class Account:
             env = self._env(pool, node, task.body, task_dir, job)
             try:
                 task.proc = Proc(node.host.spawn(task.body["commandLine"], task_dir, env))
+                self.groups.add(task.proc.popen.pid)
                 return
             except (OSError, ValueError) as exc:
                 failure = Failure("usererror", "CommandProgramNotFound", str(exc))
@@ -625,6 +630,10 @@ class Account:
         procs += [t.proc for j in self.jobs.values() for t in j.tasks.values()]
         for proc in procs:
             self._kill(proc)
+        for group in self.groups:  # what finished tasks left running in their groups
+            if group_alive(group):
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, signal.SIGKILL)
         killed, self._orphans = self._orphans, []
         return killed
 
