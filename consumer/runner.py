@@ -20,7 +20,9 @@ scale-in abandons nothing mid-score (a preemption notice still releases everythi
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -35,6 +37,7 @@ from consumer.warmup import warm_up
 from consumer.worker import Backoff, Worker
 from workpool.errors import StorageUnavailableError, WorkpoolError
 from workpool.queue import WorkQueue, open_queue
+from workpool.retry import RetryPolicy, retry_transient
 from workpool.runs import RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
@@ -57,6 +60,10 @@ def format_took(seconds: float) -> str:
     minutes, rest = divmod(rest, 60_000_000)
     secs, micros = divmod(rest, 1_000_000)
     return f"{hours}:{minutes:02d}:{secs:02d}.{micros:06d}"
+
+
+# Start-up waits out an unreachable account without giving up: there is nothing else to do.
+STARTUP_POLICY = RetryPolicy(first_delay_s=1.0, max_delay_s=30.0, give_up_after_s=math.inf)
 
 
 class Consumer:
@@ -115,24 +122,26 @@ class Consumer:
         them, so a refusal is logged and the consumer goes on (a missing queue then fails the
         first receive, with its own clear error).
         """
-        delay = 1.0
-        while True:
-            try:
-                for create in (self.queue.create, self.runs.store.ensure):
-                    try:
-                        create()
-                    except StorageUnavailableError:
-                        raise
-                    except WorkpoolError as exc:
-                        log.warning("could not create the queue or result store (%s); assuming it exists", exc)
-                return
-            except StorageUnavailableError as exc:
-                if self.stop_event.is_set():
-                    return
-                log.warning("storage unreachable at start, retrying in %.0f s: %s", delay, exc)
-                if self.stop_event.wait(delay):  # a signal during the wait stops at once
-                    return
-                delay = min(delay * 2, 30.0)
+
+        def create_both() -> None:
+            for create in (self.queue.create, self.runs.store.ensure):
+                try:
+                    create()
+                except StorageUnavailableError:
+                    raise  # retried below
+                except WorkpoolError as exc:
+                    log.warning("could not create the queue or result store (%s); assuming it exists", exc)
+
+        # An unreachable account at start is waited out for as long as it takes (a node may boot
+        # before its network or storage is ready); a stop during the wait ends it at once.
+        with contextlib.suppress(StorageUnavailableError):  # raised only once a stop was asked for
+            retry_transient(
+                create_both,
+                "creating the queue and result store",
+                STARTUP_POLICY,
+                stop=self.stop_event,
+                sleep=self.stop_event.wait,
+            )
 
     def start(self) -> None:
         """Start the worker thread; start-up (storage, warm-up) happens there, not here."""

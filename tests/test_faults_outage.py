@@ -176,3 +176,44 @@ def test_embedded_database_locked_for_15_s_mid_run(tmp_path: Path) -> None:
         batches_scored_twice=scored.batches_scored_twice,
         **figures,
     )
+
+
+@pytest.mark.azurite
+@pytest.mark.faults
+def test_a_consumer_started_while_storage_is_down_waits_it_out_and_a_stop_ends_the_wait(
+    own_azurite: Azurite, tmp_path: Path
+) -> None:
+    settings = load_settings(home=tmp_path / "home", queue="late", results="late-results",
+                             connection_string=own_azurite.connection_string)  # fmt: skip
+    env = env_for(settings, WORKPOOL_IDLE_EXIT_S="3")
+    # Given storage that is down when two consumers start (a node booting before its network)
+    own_azurite.stop()
+    logs = [tmp_path / f"late-{i}.log" for i in (1, 2)]
+    waiting = []
+    for i, log in enumerate(logs, start=1):
+        with open(log, "w") as out:
+            command = [sys.executable, "-m", "consumer", "run", "--workers", "1", "--worker-id", f"late-{i}"]
+            waiting.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
+    try:
+        for log in logs:  # both are past their imports and retrying
+            wait_for(lambda log=log: "unreachable" in log.read_text(), timeout_s=120, what=f"{log.name} retrying")
+        assert all(p.poll() is None for p in waiting), "a consumer gave up on unreachable storage at start"
+
+        # When one is told to stop during the wait, it stops at once and cleanly
+        waiting[0].terminate()
+        assert waiting[0].wait(timeout=30) == 0, logs[0].read_text()
+        assert "Processed 0 images" in logs[0].read_text()
+
+        # And when storage comes back, the other one goes on: it creates what it needs and works
+        own_azurite.start()
+        assert waiting[1].wait(timeout=120) == 0, logs[1].read_text()  # idle-exit once it sees the empty queue
+        assert "Processed 0 images" in logs[1].read_text()
+        from workpool.queue import open_queue
+
+        with open_queue(settings) as queue:
+            assert queue.depth().messages == 0  # the queue exists: the consumer made it
+    finally:
+        for p in waiting:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -35,7 +35,7 @@ def retry_transient(
     *,
     stop: threading.Event | None = None,
     log_level: int = logging.WARNING,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,  # e.g. a stop event's wait: a stop ends the pause
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Run `operation`; on `TransientError` wait and try again until `give_up_after_s` has passed.
