@@ -249,7 +249,9 @@ class Settings(BaseSettings):
         4.0, gt=0, description="Autoscaler: visible batches (queue messages) that ask for one node."
     )
     autoscale_idle_s: float = Field(
-        120.0, ge=0, description="Autoscaler: seconds the queue stays empty (in flight included) before scaling to --min."
+        120.0,
+        ge=0,
+        description="Autoscaler: seconds the queue stays empty (in flight included) before scaling to --min.",
     )
     autoscale_cooldown_s: float = Field(
         60.0, ge=0, description="Autoscaler: seconds after a size change before the pool may shrink again."
