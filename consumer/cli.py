@@ -75,6 +75,13 @@ def run(
         bool | None,
         typer.Option("--allow-cpu", help="Score on the CPU even when the machine has GPUs TensorFlow cannot see."),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Model URI to load and warm before the first batch (pending runs' models are warmed anyway).",
+        ),
+    ] = None,
     log_level: LogLevelOption = "INFO",
     totals_file: Annotated[
         Path | None,
@@ -96,6 +103,7 @@ def run(
         "xla": xla,
         "allow_unsafe_models": allow_unsafe_models,
         "allow_cpu": allow_cpu,
+        "model": model,
     }
     settings = settings_for(config, log_level, **flags)
     if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
