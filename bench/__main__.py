@@ -58,7 +58,9 @@ def main() -> int:
         ),
         (
             "ceiling",
-            lambda: ceiling.main(["--images", "128", "--tiny-images", "1024", "--rounds", "1"] if quick else []),
+            lambda: ceiling.main(
+                ["--images", "128", "--tiny-images", "1024", "--rounds", "1", "--no-save"] if quick else []
+            ),
         ),
         ("projection", lambda: projection.main([])),
     ]
