@@ -83,6 +83,9 @@ START_TASK_RETRIES = 2
 NODE_SHARED_VENV = "$AZ_BATCH_NODE_SHARED_DIR/workpool/venv"
 # How long to wait for a pool to become steady (stop-resize, remove-nodes) or a job/pool to go.
 SETTLE_TIMEOUT_S = 20 * 60.0
+# How long scale-in lets terminated consumers finish releasing their batches before their nodes
+# are removed (a removal kills what still runs there; its batches would then wait out their lease).
+RELEASE_WAIT_S = 60.0
 PROGRESS_EVERY_S = 30.0
 STDERR_TAIL_CHARS = 1500
 MAX_STDERR_READS = 3  # per command: a pool of 32 failed nodes usually fails 32 times the same way
@@ -372,6 +375,7 @@ class AzureBatchLauncher(Launcher):
             node_id = getattr(task.node_info, "node_id", None)
             if node_id:
                 freed.append(node_id)
+        self._await_completed({t.id for t in surplus})
         pool = self._settle(made, stop=True)
         if pool is None:
             return
@@ -397,6 +401,24 @@ class AzureBatchLauncher(Launcher):
             with cluster_errors(f"removing nodes {', '.join(chunk)} from Azure Batch pool {self._pool}", s, made):
                 self._client().begin_remove_nodes(self._pool, options, polling_interval=_poll_seconds(s))
             made.add(f"removing node(s) {', '.join(chunk)}")
+
+    def _await_completed(self, task_ids: set[str]) -> None:
+        """Wait (at most RELEASE_WAIT_S) for terminated consumer tasks to end: they release their batches."""
+        poll = max(0.2, self.settings.cluster_poll_interval_s)
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while task_ids:
+            running = {t.id for t in self._tasks() if t.id in task_ids and text_of(t.state) != "completed"}
+            if not running:
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "task(s) %s still stopping after %.0f s: removing their nodes anyway (their batches come "
+                    "back when their lease runs out)",
+                    ", ".join(sorted(running)),
+                    RELEASE_WAIT_S,
+                )
+                return
+            time.sleep(poll)
 
     def _delete_pool(self, made: Made) -> None:
         s = self.settings
