@@ -27,6 +27,7 @@ class Snapshot:
     cluster_error: str | None = None
     runs: list[RunProgress] = field(default_factory=list)
     autoscaler: dict[str, Any] | None = None  # its last state (orchestration/autoscale/state.py)
+    queue_exists: bool = True  # False until the first enqueue (or a consumer) creates it
 
     def to_json(self) -> dict[str, Any]:
         d = self.depth
@@ -37,6 +38,7 @@ class Snapshot:
                 "poison": d.poison,
                 "visible": d.visible,
                 "in_flight": d.in_flight,
+                "exists": self.queue_exists,
             },
             "cluster": None if self.cluster is None else cluster_json(self.cluster),
             "cluster_error": self.cluster_error,
@@ -112,7 +114,11 @@ class StatusReader:
             going = [p for p in shown if not p.complete]
             shown = going or [p for p in shown if latest is not None and p.run_id == latest.run_id]
         autoscaler = read_autoscaler_state(self.runs.store, self.queue.name)
-        return Snapshot(self.queue.name, self.queue.depth(), cluster, cluster_error, shown, autoscaler)
+        try:
+            depth, exists = self.queue.depth(), True
+        except NotFoundError:  # nothing enqueued and no consumer started yet: an empty queue to come
+            depth, exists = Depth(messages=0, poison=0, visible=0, in_flight=0), False
+        return Snapshot(self.queue.name, depth, cluster, cluster_error, shown, autoscaler, exists)
 
 
 def format_eta(eta_s: float | None) -> str:
@@ -127,6 +133,8 @@ def render(snapshot: Snapshot) -> Group:
     d = snapshot.depth
     split = "in flight included" if d.in_flight is None else f"{d.visible} visible, {d.in_flight} in flight"
     parts: list[Any] = [f"[bold]queue[/] {snapshot.queue}: {d.messages} message(s) ({split}), {d.poison} poisoned"]
+    if not snapshot.queue_exists:
+        parts[0] = f"[bold]queue[/] {snapshot.queue}: not created yet (`producer enqueue` creates it)"
     if snapshot.cluster_error:
         parts.append(f"[red]cluster: {snapshot.cluster_error}[/]")
     elif snapshot.cluster is not None:

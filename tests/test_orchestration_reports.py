@@ -343,3 +343,20 @@ def test_wait_gives_the_last_timing_records_a_moment_then_counts_a_batch_without
     assert time.monotonic() - started < 20  # the record grace, not the 30 s settle time
     assert report.ok and report.batches_done == 3 and report.drain_wall_s == pytest.approx(2.0)
     assert report.workers == {"w1": 4, "w2": 2}  # credited from its results
+
+
+def test_status_before_anything_was_enqueued_says_the_queue_is_not_there_yet(settings: Settings) -> None:
+    from tests.support.cli import run_cli
+
+    # Given a fresh account (or home) where nothing was ever enqueued and no consumer ran
+    # When a user asks for the status
+    out = run_cli("orchestration", settings, "status", "--json")
+    # Then it answers (no error): an empty queue still to be created, no runs
+    assert out.code == 0, out.stderr
+    status = out.json()
+    assert status["queue"]["messages"] == 0
+    assert status["runs"] == []
+    if settings.uses_azure_storage:
+        assert status["queue"]["exists"] is False
+    text = run_cli("orchestration", settings, "status")
+    assert text.code == 0, text.stderr
