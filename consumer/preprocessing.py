@@ -21,8 +21,6 @@ from typing import Any, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
-from workpool.errors import UsageError
-
 Mode = Literal["tf", "caffe", "torch", "unit", "raw"]
 MODES: tuple[str, ...] = get_args(Mode)
 Array = npt.NDArray[np.float32]
@@ -61,12 +59,6 @@ def mode_for_model_name(name: str) -> Mode:
     if key.startswith(("mobilenet", "inception")):
         return "tf"
     return "raw"
-
-
-def check_mode(mode: str) -> Mode:
-    if mode not in MODES:
-        raise UsageError(f"unknown preprocessing {mode!r}; expected one of {', '.join(MODES)}")
-    return mode  # type: ignore[return-value]
 
 
 def preprocess(pixels: npt.NDArray[np.uint8], mode: Mode) -> Array:
