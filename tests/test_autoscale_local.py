@@ -101,10 +101,10 @@ def test_launch_autoscale_from_zero_to_a_drained_run_and_back_to_zero(
         launched = orchestration(settings, "launch", "--autoscale", "0:3", env=env)
         assert launched.code == 0, launched.stderr
         assert "autoscaler pid" in launched.stderr, launched.stderr
-        time.sleep(2)
+        # (its first decision is on record once the detached process has started and looked)
+        scaler = wait_for(lambda: status_json(settings, env)["autoscaler"], timeout_s=30, what="the first decision")
+        time.sleep(1)
         assert live_nodes(settings) == 0
-        status = status_json(settings, env)
-        scaler = status["autoscaler"]
         assert isinstance(scaler, dict) and scaler["running"] and scaler["target"] == 0
         assert (scaler["min"], scaler["max"]) == (0, 3)
 
@@ -126,12 +126,20 @@ def test_launch_autoscale_from_zero_to_a_drained_run_and_back_to_zero(
         # And the pool goes back to zero nodes, once the queue has been empty for --idle-s (4 s)
         wait_for(lambda: (p := pool(settings)) is not None and p.target == 0 and not p.nodes, timeout_s=60,
                  what="the pool to return to zero")  # fmt: skip
-        events = read_pool_events(settings, settings.queue)
-        [to_zero] = [e for e in events if e.kind == "autoscale" and e.nodes_after == 0]
+        # (the decision's event and state are written once its scale call has returned)
+        to_zeros = wait_for(
+            lambda: [
+                e for e in read_pool_events(settings, settings.queue) if e.kind == "autoscale" and e.nodes_after == 0
+            ],
+            timeout_s=30,
+            what="the scale-to-zero event",
+        )
+        [to_zero] = to_zeros
         # (the record's acked_at is stamped a moment after the ack itself empties the queue)
         to_zero_s = (to_zero.at - datetime.fromisoformat(report["last_acked_at"])).total_seconds()
         assert to_zero.inputs["idle_for_s"] >= 4 and to_zero_s >= 3.9, (to_zero.inputs, to_zero_s)
-        scaler = status_json(settings, env)["autoscaler"]
+        scaler = wait_for(lambda: (a := status_json(settings, env)["autoscaler"]) and a["target"] == 0 and a,
+                          timeout_s=30, what="the autoscaler's state at zero")  # fmt: skip
         assert isinstance(scaler, dict) and scaler["target"] == 0
         assert scaler["reason"] == "queue empty: at --min"
         change = scaler["last_change"]
@@ -306,6 +314,9 @@ def test_nodes_the_autoscaler_stops_mid_score_finish_their_batch_first(
         wait_for(lambda: len(scoring()) == 3, timeout_s=30, what="all three nodes scoring")
 
         # When the autoscaler is replaced by one whose --max is 1 (a cap overrides the batches in flight)
+        # (its state is written once its scale call has returned and its event is recorded)
+        wait_for(lambda: isinstance(status_json(settings, env)["autoscaler"], dict), timeout_s=30,
+                 what="the autoscaler's state")  # fmt: skip
         detached = status_json(settings, env)["autoscaler"]
         assert isinstance(detached, dict)
         os.kill(int(detached["pid"]), signal.SIGTERM)
