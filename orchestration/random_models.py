@@ -33,9 +33,14 @@ def build_model(arch: str, folder: Path) -> Path:
     path = (folder / f"{arch}-random.keras").absolute()
     if path.exists():
         return path
-    folder.mkdir(parents=True, exist_ok=True)
+    return build_in_child(["orchestration.random_models", arch], path, f"a random-weight {arch} model")
+
+
+def build_in_child(module_args: list[str], path: Path, what: str) -> Path:
+    """Run `python -m <module_args> <path>` to save a model at `path`; its output shows only on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", "orchestration.random_models", arch, str(path)],
+        [sys.executable, "-m", *module_args, str(path)],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -43,7 +48,7 @@ def build_model(arch: str, folder: Path) -> Path:
     )
     if done.returncode != 0 or not path.exists():
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise WorkpoolError(f"building a random-weight {arch} model failed:\n{tail}")
+        raise WorkpoolError(f"building {what} failed:\n{tail}")
     return path
 
 

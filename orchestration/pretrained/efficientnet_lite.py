@@ -17,7 +17,6 @@ over the 1000 ImageNet classes in the usual order.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from orchestration.random_models import build_in_child
 from workpool.errors import WorkpoolError
-from workpool.handoff import PROJECT_ROOT
 
 NAME = "efficientnet_lite0"
 INPUT_SIZE = 224
@@ -77,18 +76,7 @@ def build_model(folder: Path) -> Path:
     path = (folder / FILE_NAME).absolute()
     if path.exists():
         return path
-    folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestration.pretrained.efficientnet_lite", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        check=False,
-    )
-    if done.returncode != 0 or not path.exists():
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise WorkpoolError(f"building the pretrained {NAME} model failed:\n{tail}")
-    return path
+    return build_in_child(["orchestration.pretrained.efficientnet_lite"], path, f"the pretrained {NAME} model")
 
 
 # --- the Keras side (imported only in the child process or by tests) --------------------------
