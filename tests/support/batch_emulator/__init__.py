@@ -35,6 +35,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from tests.support import waiting
 from tests.support.batch_emulator import environment, wire
 from tests.support.batch_emulator.node import group_alive
 from tests.support.batch_emulator.server import BatchService, HttpFront, Logged
@@ -193,14 +194,10 @@ class BatchEmulator:
 
     def wait_for(self, probe: Any, timeout_s: float = 60.0, what: str = "condition") -> Any:
         """Poll `probe()` until it returns something truthy; fail with `what` and the state."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; {self.describe()}")
-            time.sleep(0.1)
+        try:
+            return waiting.wait_for(probe, timeout_s=timeout_s, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {self.describe()}") from None
 
     def wait_for_nodes(self, pool_id: str, state: str, count: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
         def probe() -> list[dict[str, Any]]:
