@@ -25,7 +25,7 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m orchestration.demo
+	$(BIN)/python -m orchestration.tools.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

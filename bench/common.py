@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestration.backends.local import LocalLauncher
-from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.local_state import read_pool
-from orchestration.samples import write_photos, write_samples
+from orchestration.reports.drain import DrainReport, wait_for_drain
+from orchestration.tools.samples import write_photos, write_samples
 from producer.enqueue import EnqueueRequest, enqueue
 from workpool.queue import open_queue
 from workpool.runs import BatchRecord, RunStore

@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.common import CACHE, rate_line, ratio_line
 from consumer.images import decode_image, decode_with_pillow
-from orchestration.samples import write_photos
+from orchestration.tools.samples import write_photos
 
 SEED_LIKE = (800, 800)
 PHOTOS_PER_SET = 20

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model-calls", type=int, default=30, help="timed model-only calls")
     parser.add_argument("--distinct", type=int, default=64, help="distinct photos (the rest are copies)")
     parser.add_argument(
-        "--arch", default="inceptionv3", help="random-weight architecture (orchestration.random_models)"
+        "--arch", default="inceptionv3", help="random-weight architecture (orchestration.tools.random_models)"
     )
     parser.add_argument("--precision", choices=["mixed", "float32"], help="default mixed (float32 with --smoke)")
     parser.add_argument("--backend", default="jax", help="KERAS_BACKEND (jax on the GPU machine)")
@@ -186,8 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from consumer.images import decode_image
     from consumer.runner import Consumer
     from consumer.tasks import TaskCache
-    from orchestration.random_models import build_model
-    from orchestration.samples import write_photos
+    from orchestration.tools.random_models import build_model
+    from orchestration.tools.samples import write_photos
     from workpool.settings import load_settings
 
     sampler = GpuSampler()

@@ -34,7 +34,7 @@ from bench.common import (
     samples,
     scratch_home,
 )
-from orchestration.drain import wait_for_drain
+from orchestration.reports.drain import wait_for_drain
 from producer.enqueue import EnqueueRequest, enqueue
 from workpool.handoff import child_env
 from workpool.queue import open_queue

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import CACHE, ROOT, bench_settings, photos, ratio_line, scratch_home
-from orchestration.random_models import build_model
+from orchestration.tools.random_models import build_model
 from producer.enqueue import EnqueueRequest, enqueue
 from workpool.handoff import child_env
 from workpool.runs import RunStore

@@ -1,10 +1,10 @@
 """`python -m consumer` and the `consumer` script: the consumer command-line app.
 
-The stop signals are caught before anything heavy is imported (see consumer/signals.py): a
+The stop signals are caught before anything heavy is imported (see workpool/processes/signals.py): a
 consumer told to stop while it is still importing stops cleanly instead of dying of SIGTERM.
 """
 
-from consumer import signals
+from workpool.processes import signals
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Every flag is also a setting (`WORKPOOL_<NAME>` or the config file); flags win.
 SIGTERM/SIGINT are caught from the process's first line (consumer/__main__.py,
-consumer/signals.py); this module only asks `signals.received()`.
+workpool/processes/signals.py); this module only asks `signals.received()`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Annotated, Literal
 import typer
 from PIL import Image
 
-from consumer import signals
 from consumer.accelerator import check_accelerator
 from consumer.gpu_fanout import run_workers, visible_gpus, worker_count, write_totals
 from consumer.runner import Consumer, default_worker_id
 from workpool.cli import EXIT_FAILURE, ConfigOption, LogLevelOption, handle_errors, settings_for
 from workpool.errors import UsageError, WorkpoolError
 from workpool.handoff import child_env
+from workpool.processes import signals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Score image batches from the work queue.")
 log = logging.getLogger("consumer")

@@ -6,10 +6,10 @@ else `nvidia-smi -L`, else the driver's `/proc/driver/nvidia/gpus`. No GPU: one 
 
 The parent:
 - starts each worker pinned with CUDA_VISIBLE_DEVICES, with SIGTERM/SIGINT held until the
-  worker's own handlers are in place (consumer/signals.py), so a stop sent at any moment of its
+  worker's own handlers are in place (workpool/processes/signals.py), so a stop sent at any moment of its
   start-up is a clean stop, never a death by signal;
 - respawns a worker that dies (killed, crashed, exit 1) in its slot, with the local pool's
-  crash-loop backoff (workpool/restarts.py). A worker that exits 0 (idle, or told to stop) is
+  crash-loop backoff (workpool/processes/restarts.py). A worker that exits 0 (idle, or told to stop) is
   done; one that exits 2 (bad settings) would only fail the same way again and is not respawned;
 - on SIGTERM/SIGINT passes the signal on to every worker and respawns nothing more; a worker
   whose parent is killed outright (SIGKILL) stops by itself (`--parent-pid`), releasing its batch;
@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumer import signals
 from consumer.runner import format_took
-from workpool.restarts import CrashLoopBackoff, describe_exit
+from workpool.processes import signals
+from workpool.processes.restarts import CrashLoopBackoff, describe_exit
 
 log = logging.getLogger("consumer.gpu_fanout")
 

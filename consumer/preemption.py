@@ -275,7 +275,7 @@ def record_preemption(consumer: Consumer, event: ScheduledEvent, released: int, 
     Every consumer of the VM records its own (its lane in the timeline gets the mark); `vm` and
     the event id let the report count VMs, not consumers.
     """
-    from orchestration.pool_events import PoolEvent, record_pool_event
+    from workpool.pool_events import PoolEvent, record_pool_event
 
     record_pool_event(
         consumer.runs.store,

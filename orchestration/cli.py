@@ -20,20 +20,20 @@ from orchestration.autoscale.deadline import parse_deadline
 from orchestration.autoscale.loop import PoolGoneError
 from orchestration.autoscale.policy import Limits, parse_range
 from orchestration.backends import BACKENDS, open_launcher
-from orchestration.benchmark import BenchmarkPlan, parse_tiers, render_table, run_benchmark
 from orchestration.deployment import resolve_backend
-from orchestration.drain import DrainReport, wait_for_drain
-from orchestration.export import export_results
 from orchestration.launcher import Launcher
-from orchestration.plot import plot_benchmark
 from orchestration.pool import launch_until_drained, pending_runs
-from orchestration.pool_events import record_size_change, utcnow
-from orchestration.random_models import ARCHITECTURES, build_model
-from orchestration.report import RunReport, build_report
-from orchestration.samples import write_samples
-from orchestration.status import StatusReader, cluster_json, render, watch
+from orchestration.reports.drain import DrainReport, wait_for_drain
+from orchestration.reports.export import export_results
+from orchestration.reports.plot import plot_benchmark
+from orchestration.reports.report import RunReport, build_report
+from orchestration.reports.status import StatusReader, cluster_json, render, watch
+from orchestration.tools.benchmark import BenchmarkPlan, parse_tiers, render_table, run_benchmark
+from orchestration.tools.random_models import ARCHITECTURES, build_model
+from orchestration.tools.samples import write_samples
 from workpool.cli import EXIT_FAILURE, EXIT_OK, ConfigOption, LogLevelOption, handle_errors, settings_for
 from workpool.errors import NotFoundError, UsageError, WorkpoolError
+from workpool.pool_events import record_size_change, utcnow
 from workpool.queue import open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings
@@ -537,7 +537,7 @@ def report(
     _require_run(runs, run)
     result = build_report(runs, run, price_per_node_hour=settings.price_per_node_hour)
     if plot is not None:
-        from orchestration.timeline_plot import plot_timeline
+        from orchestration.reports.timeline_plot import plot_timeline
 
         plot_timeline(result, plot)
         typer.echo(f"wrote {plot}", err=True)

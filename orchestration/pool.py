@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.launcher import Launcher
-from orchestration.pool_events import record_size_change, utcnow
-from orchestration.progress import RunTracker
+from orchestration.reports.drain import DrainReport, wait_for_drain
+from orchestration.reports.progress import RunTracker
 from workpool.errors import NotFoundError, WorkpoolError
+from workpool.pool_events import record_size_change, utcnow
 from workpool.queue import open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from consumer import signals
 from orchestration.local_state import NodeRecord, PoolRecord, node_command, read_target, write_json
-from workpool.restarts import CrashLoopBackoff, describe_exit
+from workpool.processes import signals
+from workpool.processes.restarts import CrashLoopBackoff, describe_exit
 
 log = logging.getLogger("orchestration.supervisor")
 
@@ -153,7 +153,7 @@ class Supervisor:
         out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {record.id}\n".encode())
         out.flush()
         # Started with SIGTERM/SIGINT held until the node's own handlers are in place: a node
-        # scaled in the moment it started still stops cleanly (consumer/signals.py).
+        # scaled in the moment it started still stops cleanly (workpool/processes/signals.py).
         with signals.held():
             proc = subprocess.Popen(
                 node_command(sys.executable, record.id, self._env.get("WORKPOOL_NODE_WORKERS", "auto")),

@@ -24,12 +24,12 @@ from consumer.tasks.base import Array
 from consumer.tasks.examples import SleepTask
 from orchestration.autoscale.process import log_path
 from orchestration.local_state import pid_alive, state_dir
-from orchestration.pool_events import read_pool_events
 from tests.support.cli import ROOT, env_for
 from tests.support.faults_pool import check_every_image_once, enqueue_run, figures_line, staged_images
 from tests.support.faults_tasks import fingerprint
 from tests.support.orchestration_cli import SLEEP_TASK, orchestration, pool, torn_down
 from tests.support.waiting import wait_for
+from workpool.pool_events import read_pool_events
 from workpool.settings import Settings
 
 pytestmark = [pytest.mark.slow]

@@ -11,8 +11,8 @@ from orchestration.autoscale.loop import Autoscaler, PoolGoneError
 from orchestration.autoscale.policy import Limits
 from orchestration.autoscale.state import read_state
 from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
-from orchestration.pool_events import read_pool_events
 from workpool.errors import UsageError
+from workpool.pool_events import read_pool_events
 from workpool.queue import WorkQueue
 from workpool.queue.embedded import EmbeddedQueue
 from workpool.runs import BatchRecord, Manifest, ResultRow, RunStore

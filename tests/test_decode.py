@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from consumer.images import FAST_JPEG, _decode_jpeg_fast, dct_scale, decode_image, decode_with_pillow, jpeg_orientation
-from orchestration.samples import photo, photo_variant
+from orchestration.tools.samples import photo, photo_variant
 from tests.support.images import jpeg_bytes, sample_image
 from workpool.errors import ImageError
 

@@ -214,7 +214,7 @@ def test_the_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
     # `make demo` on a fresh home: sample images, a random-weight model, two nodes, drain, CSV
     settings = load_settings(home=tmp_path / "home")
     done = subprocess.run(
-        [sys.executable, "-m", "orchestration.demo"],
+        [sys.executable, "-m", "orchestration.tools.demo"],
         env=env_for(settings),
         cwd=ROOT,
         capture_output=True,

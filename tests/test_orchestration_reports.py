@@ -15,7 +15,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from orchestration.benchmark import (
+from orchestration.reports.drain import drain_report, wait_for_drain
+from orchestration.reports.export import export_results, top_prediction
+from orchestration.reports.plot import plot_benchmark
+from orchestration.reports.progress import RunTracker, rate_over_window
+from orchestration.tools.benchmark import (
     BenchmarkPlan,
     BenchmarkResult,
     TierResult,
@@ -23,10 +27,6 @@ from orchestration.benchmark import (
     render_table,
     score_speedups,
 )
-from orchestration.drain import drain_report, wait_for_drain
-from orchestration.export import export_results, top_prediction
-from orchestration.plot import plot_benchmark
-from orchestration.progress import RunTracker, rate_over_window
 from workpool.errors import UsageError
 from workpool.queue import open_queue
 from workpool.runs import BatchRecord, Manifest, PoisonReport, ResultRow, RunStore
@@ -248,7 +248,7 @@ def test_benchmark_table_and_plot_show_speedup_against_the_smallest_tier(tmp_pat
 
 
 def test_status_shows_the_runs_still_going_else_the_latest(settings: Settings, runs: RunStore) -> None:
-    from orchestration.status import StatusReader
+    from orchestration.reports.status import StatusReader
 
     queue = open_queue(settings)
     queue.create()
@@ -276,7 +276,7 @@ def test_status_shows_the_runs_still_going_else_the_latest(settings: Settings, r
 def test_export_from_worker_processes_equals_the_export_from_threads(
     runs: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import orchestration.export as export
+    import orchestration.reports.export as export
 
     # Given a run with scored, partly failed, poisoned and unscored batches
     manifest = make_run(runs, batches=9, per_batch=3)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.pool_events import read_pool_events
 from tests.conftest import backend_env
 from tests.support.faults_pool import check_every_image_once, enqueue_run, staged_images
 from tests.support.scheduled_events import ScheduledEventsServer
 from tests.support.waiting import wait_for
+from workpool.pool_events import read_pool_events
 from workpool.queue import open_queue
 from workpool.runs import RunStore
 from workpool.settings import Settings

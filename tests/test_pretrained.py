@@ -25,7 +25,7 @@ from consumer.preprocessing import mode_for_model_name, preprocess
 from consumer.runner import Consumer
 from orchestration.pretrained import efficientnet_lite
 from orchestration.pretrained.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, TorchFileError, read_state_dict
-from orchestration.samples import PHOTO_CLASSES, photo_stem, write_photos
+from orchestration.tools.samples import PHOTO_CLASSES, photo_stem, write_photos
 from workpool.messages import BatchMessage
 from workpool.queue import open_queue
 from workpool.runs import RunStore

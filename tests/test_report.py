@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.pool_events import PoolEvent, record_pool_event
-from orchestration.report import build_report, preempted_vms
-from orchestration.timeline_plot import plot_timeline
+from orchestration.reports.report import build_report, preempted_vms
+from orchestration.reports.timeline_plot import plot_timeline
 from tests.support.orchestration_cli import orchestration
+from workpool.pool_events import PoolEvent, record_pool_event
 from workpool.runs import BatchRecord, Manifest, PoisonReport, ResultRow, RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store

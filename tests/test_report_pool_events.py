@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.pool_events import (
+from workpool.pool_events import (
     RECORD_WAIT_S,
     PoolEvent,
     events_prefix,

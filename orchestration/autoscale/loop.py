@@ -30,9 +30,9 @@ from orchestration.autoscale.policy import Decision, Limits, Observation, decide
 from orchestration.autoscale.rate import RATE_WINDOW_S, Rate, measure_rate
 from orchestration.autoscale.state import write_state
 from orchestration.launcher import Launcher
-from orchestration.pool_events import record_size_change
-from orchestration.progress import RunTracker
+from orchestration.reports.progress import RunTracker
 from workpool.errors import NotFoundError, UsageError, WorkpoolError
+from workpool.pool_events import record_size_change
 from workpool.queue import WorkQueue
 from workpool.runs import BatchRecord, RunStore
 from workpool.settings import Settings

@@ -26,9 +26,9 @@ from pathlib import Path
 from orchestration.autoscale.loop import Autoscaler
 from orchestration.autoscale.policy import Limits
 from orchestration.autoscale.state import read_state
-from orchestration.drain import DrainReport, wait_for_drain
 from orchestration.launcher import Launcher
 from orchestration.local_state import pid_alive
+from orchestration.reports.drain import DrainReport, wait_for_drain
 from workpool.errors import UsageError
 from workpool.queue import open_queue
 from workpool.runs import RunStore

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from orchestration.random_models import build_in_child
+from orchestration.tools.random_models import build_in_child
 from workpool.errors import WorkpoolError
 
 NAME = "efficientnet_lite0"

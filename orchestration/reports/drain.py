@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from orchestration.progress import RunProgress, RunTracker
+from orchestration.reports.progress import RunProgress, RunTracker
 from workpool.errors import NotFoundError, WorkpoolError
 from workpool.queue import WorkQueue
 from workpool.runs import RunStore, read_concurrently

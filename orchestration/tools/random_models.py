@@ -33,7 +33,7 @@ def build_model(arch: str, folder: Path) -> Path:
     path = (folder / f"{arch}-random.keras").absolute()
     if path.exists():
         return path
-    return build_in_child(["orchestration.random_models", arch], path, f"a random-weight {arch} model")
+    return build_in_child(["orchestration.tools.random_models", arch], path, f"a random-weight {arch} model")
 
 
 def build_in_child(module_args: list[str], path: Path, what: str) -> Path:

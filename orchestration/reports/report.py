@@ -1,7 +1,7 @@
 """What a run cost, and the timeline behind it: `orchestration report`.
 
-The run's drain report (orchestration/drain.py) plus the pool's event log
-(orchestration/pool_events.py) give:
+The run's drain report (orchestration/reports/drain.py) plus the pool's event log
+(workpool/pool_events.py) give:
 
 - **node-seconds**: the pool's size integrated from the run's enqueue (its manifest's
   `created_at`) to its last ack. Nodes idle before the enqueue, or kept after the last ack for
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestration.drain import DrainReport, drain_report
-from orchestration.pool_events import PoolEvent, node_seconds, pool_size_steps, read_pool_events
-from orchestration.progress import RunTracker
+from orchestration.reports.drain import DrainReport, drain_report
+from orchestration.reports.progress import RunTracker
+from workpool.pool_events import PoolEvent, node_seconds, pool_size_steps, read_pool_events
 from workpool.runs import BatchRecord, Manifest, PoisonReport, RunStore
 
 

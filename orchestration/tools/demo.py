@@ -20,10 +20,10 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from orchestration.backends.local import LocalLauncher
-from orchestration.export import export_results
 from orchestration.pool import launch_until_drained
 from orchestration.pretrained import efficientnet_lite
-from orchestration.samples import photo_stem, write_photos
+from orchestration.reports.export import export_results
+from orchestration.tools.samples import photo_stem, write_photos
 from workpool.cli import settings_for
 from workpool.runs import RunStore
 from workpool.storage import open_result_store

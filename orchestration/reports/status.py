@@ -13,7 +13,7 @@ from rich.table import Table
 
 from orchestration.autoscale.state import read_state as read_autoscaler_state
 from orchestration.launcher import ClusterState, Launcher
-from orchestration.progress import RunProgress, RunTracker
+from orchestration.reports.progress import RunProgress, RunTracker
 from workpool.errors import NotFoundError, WorkpoolError
 from workpool.queue import Depth, WorkQueue
 from workpool.runs import RunStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestration.benchmark import BenchmarkResult, model_label
+from orchestration.tools.benchmark import BenchmarkResult, model_label
 
 
 def plot_benchmark(result: BenchmarkResult, path: Path) -> Path:

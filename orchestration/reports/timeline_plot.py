@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from orchestration.pool_events import PoolEvent
-from orchestration.report import BatchSpan, RunReport
+from orchestration.reports.report import BatchSpan, RunReport
+from workpool.pool_events import PoolEvent
 
 WAIT, SCORE, FINISH = "#b9d3ee", "#1f77b4", "#0b3d66"
 POOL, BACKLOG, PREEMPT, COLD = "#2ca02c", "#ff7f0e", "#d62728", "#e6e6e6"
