@@ -1,12 +1,14 @@
 """Restarting a process that died, without letting a crash loop eat the machine.
 
-One policy for both places that keep processes running: the local pool's supervisor
-(orchestration/supervisor.py, a process per node) and the per-GPU fan-out
-(consumer/gpu_fanout.py, a worker process per GPU).
+One policy, and one log line, for both places that keep processes running: the local pool's
+supervisor (orchestration/supervisor.py, a process per node) and the per-GPU fan-out
+(consumer/gpu_fanout.py, a worker process per GPU). Both start their children with
+`signals.spawn_held` and read their own stop from `signals.received`.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 
@@ -57,6 +59,12 @@ class CrashLoopBackoff:
         quick = self._quick_failures.get(key, 0) + 1 if exited_young else 0
         self._quick_failures[key] = quick
         return 0.0 if quick <= 1 else self.backoff.delay_s(quick - 1)
+
+    def after_death(self, key: str, code: int, ran_s: float, log: logging.Logger, what: str | None = None) -> float:
+        """`delay_s`, with the one log line every keeper writes for a process that died."""
+        delay = self.delay_s(key, code, ran_s)
+        log.warning("%s died (%s) after %.1f s; respawning in %.1f s", what or key, describe_exit(code), ran_s, delay)
+        return delay
 
     def forget(self, key: str) -> None:
         """A later process under this key starts afresh."""
