@@ -160,7 +160,9 @@ def run(
         raise typer.Exit(EXIT_FAILURE)
     if consumer.abandoned:
         # The worker thread is inside a model call that cannot be interrupted; its batch has
-        # been released already, so leave without waiting for it.
+        # been released already (`give_back`). Returning would leave the process waiting for that
+        # thread at exit, forever if the call never returns (the interpreter joins pool threads):
+        # tests/test_consumer_stuck.py shows it. The only way left is a hard exit.
         sys.stderr.flush()
         os._exit(0)
 
