@@ -3,8 +3,10 @@
 Every pause before a retry in the project comes from `Backoff`: transient storage errors
 (`retry_transient`: a half-sent run, a scored batch whose results must be written, an image to
 fetch, a consumer waiting for its storage account at start-up), a failed batch's release delay,
-the prefetcher's polls while storage is down, the autoscaler's failed ticks, and the restarts of
-a process in a crash loop (workpool/processes/restarts.py).
+the prefetcher's polls while storage is down, the looks of `wait`, `launch --wait` and
+`status --watch` through an outage, the autoscaler's failed ticks, and the restarts of a process
+in a crash loop (workpool/processes/restarts.py). Steady polls that find nothing wrong keep
+their fixed period: they are not retries.
 
 Full jitter (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/): the
 pause before retry number `attempt` (0 for the first) is drawn uniformly from
