@@ -21,6 +21,7 @@ from orchestration.autoscale.loop import PoolGoneError
 from orchestration.autoscale.policy import Limits, parse_range
 from orchestration.backends import BACKENDS, open_launcher
 from orchestration.commands.dashboard import dashboard as dashboard_command
+from orchestration.commands.logs import logs as logs_command
 from orchestration.deployment import resolve_backend
 from orchestration.launcher import Launcher
 from orchestration.pool import launch_until_drained, pending_runs
@@ -84,6 +85,7 @@ def _check_backend(backend: str | None) -> None:
 
 
 app.command("dashboard")(dashboard_command)
+app.command("logs")(logs_command)
 
 
 @app.command()
