@@ -98,6 +98,9 @@ def test_api_status_is_status_json_poisoned_batches_come_with_the_requeue_comman
         status = json.loads(bodies["/api/status"][2])
         expected = orchestration(settings, "status", "--json").json()
         timeline = json.loads(bodies["/api/timeline"][2])
+        points = json.loads(bodies["/api/history"][2])["points"]
+        newer = json.loads(get(dashboard.url + f"api/history?since={points[-1]['t']}")[2])["points"]
+        bad_since = get(dashboard.url + "api/history?since=yesterday")
         posted = get(dashboard.url + "api/status", method="POST")
         deleted = get(dashboard.url, method="DELETE")
         output = dashboard.output()
@@ -114,6 +117,9 @@ def test_api_status_is_status_json_poisoned_batches_come_with_the_requeue_comman
     assert poisoned["batch_id"] == "b000002" and poisoned["attempts"] == 5 and "***" in poisoned["reason"]
     assert run["requeue_command"] == "producer requeue --run shown --failed"
     assert run["cost"]["price_per_node_hour"] == 2.5
+    # /api/history: the queue's depth at each refresh; ?since= only the newer ones
+    assert points and points[-1]["messages"] == 3 and points[-1]["poison"] == 0
+    assert all(p["t"] > points[-1]["t"] for p in newer) and bad_since[0] == 400
     # and no secret is in any page, script or JSON, nor in what the dashboard printed
     for path, (_, headers, body) in bodies.items():
         text = body.decode()
@@ -164,6 +170,8 @@ def test_a_given_token_is_enforced_on_loopback_too_and_a_short_one_is_a_usage_er
     with DashboardProcess(settings, tmp_path, {"WORKPOOL_DASHBOARD_TOKEN": token}) as dashboard:
         refused = get(dashboard.url + "api/status")
         allowed = get(dashboard.url + "api/status", Authorization=f"Bearer {token}")
+        stopped = dashboard.stop()  # Ctrl-C
         output = dashboard.output()
     assert refused[0] == 401 and allowed[0] == 200
+    assert stopped == 0
     assert token not in output

@@ -135,6 +135,8 @@ def dashboard(
     server = uvicorn.Server(uvicorn.Config(create_app(feed, needed), log_level="warning", access_log=False))
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C is how it stops: exit 0
+        pass
     finally:
         stop.set()
         refresher.join(timeout=5)

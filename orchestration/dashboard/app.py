@@ -7,6 +7,7 @@ Routes (all GET; anything else is 405: the dashboard is read-only):
     /api/status       the content of `orchestration status --json`
     /api/timeline     per run shown: batches per worker, poisoned batches, pool events, cost
     /api/history      queue depth and pool size at every refresh since the dashboard started
+                      (`?since=<epoch seconds>`: only the newer points)
 
 **Access.** With a token every request must carry it: `Authorization: Bearer <token>`, or the
 cookie that opening `/?token=<token>` once sets (HttpOnly, SameSite=Strict; the address is
@@ -101,8 +102,13 @@ def create_app(feed: DashboardFeed, token: str | None) -> Starlette:
     async def timeline(_request: Request) -> Response:
         return Json(feed.timeline())
 
-    async def history(_request: Request) -> Response:
-        return Json(feed.history())
+    async def history(request: Request) -> Response:
+        text = request.query_params.get("since")
+        try:
+            since = None if text is None else float(text)
+        except ValueError:
+            return PlainTextResponse("since: expected epoch seconds, like 1767225600.5\n", status_code=400)
+        return Json(feed.history(since))
 
     return Starlette(
         routes=[

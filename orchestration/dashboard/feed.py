@@ -85,9 +85,11 @@ class DashboardFeed:
         with self._lock:
             return {"runs": self._timelines, **self._meta()}
 
-    def history(self) -> dict[str, Any]:
+    def history(self, since: float | None = None) -> dict[str, Any]:
+        """The points after `since` (epoch seconds), or all: a page asks for the new ones only."""
         with self._lock:
-            return {"points": list(self._history), **self._meta()}
+            points = [p for p in self._history if since is None or p["t"] > since]
+            return {"points": points, **self._meta()}
 
     def _meta(self) -> dict[str, Any]:
         return {

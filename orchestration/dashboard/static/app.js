@@ -4,6 +4,8 @@
 "use strict";
 
 const REFRESH_MS = 1000;
+const HISTORY_POINTS = 3600;
+const depth = { points: [] }; // /api/history's points, kept here: each refresh asks only for the points after the last one
 const COLOURS = {
   wait: "#b9d3ee", score: "#1f77b4", finish: "#0b3d66", pool: "#2ca02c", backlog: "#ff7f0e",
   preempt: "#d62728", autoscale: "#9467bd", launch: "#2ca02c", scale: "#2ca02c", teardown: "#555555",
@@ -279,14 +281,17 @@ function drawLanes(run) {
 // --- the loop ------------------------------------------------------------------------------------
 async function refresh() {
   try {
-    const [status, timeline, history] = await Promise.all([
-      getJson("/api/status"), getJson("/api/timeline"), getJson("/api/history"),
+    const last = depth.points.length ? depth.points[depth.points.length - 1].t : null;
+    const [status, timeline, fresh] = await Promise.all([
+      getJson("/api/status"), getJson("/api/timeline"), getJson(last === null ? "/api/history" : `/api/history?since=${last}`),
     ]);
+    depth.points.push(...fresh.points);
+    depth.points.splice(0, Math.max(0, depth.points.length - HISTORY_POINTS));
     renderStatus(status);
     renderPoison(timeline);
     renderCost(timeline);
     const run = timeline.runs[0];
-    drawThroughput(run, history);
+    drawThroughput(run, depth);
     drawPool(run);
     drawLanes(run);
     const when = timeline.updated_at ? new Date(timeline.updated_at * 1000).toLocaleTimeString() : "—";
