@@ -162,9 +162,9 @@ function axes(g, box, xMax, yMax, yLabel, right) {
     else { g.textAlign = "right"; g.fillText(label, box.x - 4, y + 3); }
   }
   g.textAlign = "center";
-  for (let i = 0; i <= 5; i++) {
-    const x = box.x + (box.w * i) / 5;
-    g.fillText(`${Math.round((xMax * i) / 5)} s`, x, box.y + box.h + 14);
+  const step = niceMax(xMax / 6);
+  for (let s = 0; s <= xMax; s += step) {
+    g.fillText(`${Math.round(s)} s`, box.x + (box.w * s) / xMax, box.y + box.h + 14);
   }
   if (yLabel) { g.textAlign = "left"; g.fillText(yLabel, box.x, box.y - 4); }
 }
