@@ -85,6 +85,8 @@ def test_the_page_shows_a_live_local_run_moving_with_gpu_busy_in_page_status_and
         seen = json.loads(out)
         status = orchestration(settings, "status", "--run", "live", "--json", env=env).json()
         report = orchestration(settings, "report", "--run", "live", "--json", "--plot", str(tmp_path / "t.png"))
+        status_text = orchestration(settings, "status", "--run", "live", env=env).stdout
+        report_text = orchestration(settings, "report", "--run", "live").stdout
 
     # Then the page showed the run's id and its done count changing, up to the whole run
     assert seen["title"] == "workpool dashboard"
@@ -101,6 +103,10 @@ def test_the_page_shows_a_live_local_run_moving_with_gpu_busy_in_page_status_and
     assert report.code == 0, report.stderr
     assert set(report.json()["gpu_busy_pct"].values()) == {73.0}
     assert set(report.json()["gpu_busy_pct"]) == set(status["runs"][0]["gpu_busy_pct"])
+    workers = sorted(status["runs"][0]["gpu_busy_pct"])
+    assert f"GPU busy (last minute) live: {workers[0]} 73%, {workers[1]} 73%" in " ".join(status_text.split())
+    assert f"GPU busy         {workers[0]} 73%, {workers[1]} 73%" in report_text
+    assert (tmp_path / "t.png").read_bytes().startswith(b"\x89PNG")
     # and the page logged no console error, and the screenshot was taken
     assert seen["console_errors"] == [] and seen["page_errors"] == [] and seen["failed_requests"] == []
     assert screenshot.read_bytes().startswith(b"\x89PNG")
