@@ -85,8 +85,10 @@ function renderStatus(status) {
       const row = el("tr");
       row.dataset.node = n.id;
       row.append(el("td", n.id), el("td", n.state, `state state-${n.state}`));
-      // A node's workers are the node's id itself, or it with a suffix (one worker per GPU).
-      const own = Object.entries(gpu).filter(([w]) => w === n.id || w.startsWith(`${n.id}-`) || w.startsWith(`${n.id}.`));
+      // A node's workers: named after it (local: the node id, with `-<i>` per GPU) or after the
+      // task it runs (Azure Batch: "running consumer-0001" in its detail).
+      const names = [n.id, ...[...(n.detail || "").matchAll(/running ([^\s,]+)/g)].map((m) => m[1])];
+      const own = Object.entries(gpu).filter(([w]) => names.some((id) => w === id || w.startsWith(`${id}-`)));
       row.append(el("td", own.length ? own.map(([, p]) => fmtPct(p)).join(" ") : "—", "gpu"));
       row.append(el("td", n.detail));
       nodes.append(row);
