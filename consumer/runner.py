@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from consumer.gpu_stats import GpuSampler
 from consumer.lease import LeaseKeeper
 from consumer.pipeline import Prefetcher, Preparer
 from consumer.preemption import PreemptionGuard, ScheduledEvent, record_preemption
@@ -174,6 +175,7 @@ class Consumer:
         with self._starting:
             if self.stop_event.is_set():
                 return False
+            self.worker.gpu = GpuSampler.start()  # None without NVML or GPU (consumer/gpu_stats.py)
             lease_thread = threading.Thread(target=self.leases.run, args=(self.stop_event,), name="lease", daemon=True)
             lease_thread.start()
             self.prefetcher.start()
@@ -246,6 +248,8 @@ class Consumer:
         if released:
             log.info("worker %s released %d held batch(es) for other consumers", self.worker_id, released)
         self.preparer.close()
+        if self.worker.gpu is not None:
+            self.worker.gpu.stop()
 
     def _on_preemption(self, event: ScheduledEvent, vm: str) -> None:
         """The preemption guard's callback: everything back at once, uncounted, and on the record."""
