@@ -16,12 +16,18 @@ import pytest
 
 from tests.support.azurite import Azurite, unavailable_reason
 from workpool.handoff import child_env
+from workpool.memory import mounted
 from workpool.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from tests.support.batch_emulator import BatchEmulator
 
 BACKENDS = ["embedded", pytest.param("azurite", marks=pytest.mark.azurite)]
+# The contract suites also run on the in-memory backends (workpool/memory.py); tests of the
+# roles running in the test's own process use `IN_PROCESS_BACKENDS`: memory instead of the
+# embedded files (which the contract suites keep covering), and Azurite.
+CONTRACT_BACKENDS = ["embedded", "memory", pytest.param("azurite", marks=pytest.mark.azurite)]
+IN_PROCESS_BACKENDS = ["memory", pytest.param("azurite", marks=pytest.mark.azurite)]
 
 
 @pytest.fixture(autouse=True)
@@ -89,13 +95,22 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """Settings for a fresh queue and result container on the backend under test."""
+def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Settings for a fresh queue and result container on the backend under test.
+
+    On "memory", queues and result stores of this home live in the test process's memory
+    (`workpool.memory`) until the test ends: for tests whose roles all run in this process.
+    """
     flags: dict[str, object] = {"home": tmp_path / "home", "queue": unique("q"), "results": unique("r")}
     if backend == "azurite":
         server: Azurite = request.getfixturevalue("azurite")
         flags["connection_string"] = server.connection_string
-    return load_settings(**flags)
+    settings = load_settings(**flags)
+    if backend == "memory":
+        with mounted(settings.home):
+            yield settings
+    else:
+        yield settings
 
 
 def backend_env(settings: Settings) -> dict[str, str]:
