@@ -21,7 +21,7 @@ XDIST_INPROCESS ?= -n 2 --dist worksteal
 # A tier that selects no tests (pytest exits 5) is not a failure.
 tier = $(PYTEST) -m $(1) $(2) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-.PHONY: demo check test lint typecheck unit inprocess integration system bench install clean
+.PHONY: demo check test lint typecheck unit inprocess integration system bench install clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The dashboard's browser test drives Debian's Chromium through playwright-core (npm):
+# installed only when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+
 demo: $(STAMP)
 	$(BIN)/python -m orchestration.tools.demo
 
@@ -46,16 +53,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) node_modules/.installed
+unit: $(STAMP) node_modules/.installed chromium
 	$(PYTEST) $(XDIST) --durations=25 $(PYTEST_ARGS)
 
 inprocess: $(STAMP)
 	$(call tier,inprocess,$(XDIST_INPROCESS) --durations=10)
 
-integration: $(STAMP) node_modules/.installed
+integration: $(STAMP) node_modules/.installed chromium
 	$(call tier,integration,$(XDIST) --durations=25)
 
-system: $(STAMP) node_modules/.installed
+system: $(STAMP) node_modules/.installed chromium
 	$(call tier,system,$(XDIST) --durations=25)
 
 check: lint typecheck inprocess
