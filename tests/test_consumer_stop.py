@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from consumer.runner import STOP_GRACE_S, Consumer
+from tests.conftest import IN_PROCESS_BACKENDS
 from tests.support.images import stage_folder, write_sample_images
 from tests.support.waiting import wait_for
 from tests.test_consumer_worker import batch, consumer_for, queue_of
@@ -21,6 +22,11 @@ from workpool.settings import Settings
 # Seconds per image: a batch still being scored when the test stops the consumer, and scored for
 # longer than the consumer waits for its worker thread (STOP_GRACE_S).
 SLOW_S = 6.0
+
+
+@pytest.fixture(params=IN_PROCESS_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
