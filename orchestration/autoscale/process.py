@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -103,9 +103,17 @@ def launch_with_autoscaler(autoscaler: Autoscaler) -> int:
 
 
 def start_detached(
-    settings: Settings, backend: str, min_nodes: int, max_nodes: int, deadline: datetime | None, config: Path | None
+    settings: Settings,
+    backend: str,
+    min_nodes: int,
+    max_nodes: int,
+    deadline: datetime | None,
+    config: Path | None,
+    options: Sequence[str] = (),
 ) -> int:
-    """Start `orchestration autoscale` detached from this terminal; returns its pid."""
+    """Start `orchestration autoscale` detached from this terminal; returns its pid.
+
+    `options`: more of its flags (--idle-s, --cooldown-s, ...), as `launch --autoscale` got them."""
     running = read_state(open_result_store(settings), settings.queue)
     if running and running["running"] and _ours(running):
         raise UsageError(
@@ -118,6 +126,7 @@ def start_detached(
         args += ["--deadline", deadline.isoformat()]
     if config is not None:
         args += ["--config", str(config.absolute())]
+    args += list(options)
     env = dict(os.environ)
     # The settings this command resolved from flags are not in the environment; the queue and
     # home are what the autoscaler must agree on, so they travel explicitly.
