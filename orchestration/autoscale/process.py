@@ -141,6 +141,9 @@ def start_detached(
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+    # A long-lived caller (a notebook's `Pool.launch`) reaps it when it ends: no zombie, no
+    # "subprocess still running" warning when the Popen object goes.
+    threading.Thread(target=proc.wait, name=f"reap-autoscaler-{proc.pid}", daemon=True).start()
     return proc.pid
 
 
