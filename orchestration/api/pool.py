@@ -318,7 +318,7 @@ class Pool:
             model=model_uri,
             labels=None if labels is None else str(labels),
             backend=backend,
-            batch_size=batch_size,
+            batch_size=self.settings.batch_size if batch_size is None else batch_size,
             timeout_s=timeout_s,
         )
         return BenchmarkTable(run_benchmark(self.settings, plan, open_launcher, say=self.say))
