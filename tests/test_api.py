@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -62,7 +63,12 @@ print(json.dumps({
 def cli(home: Path, queue: str, *args: str) -> tuple[int, str, str]:
     """`orchestration ARGS` in this process (Typer's runner), on the test's home and queue."""
     env = {"WORKPOOL_HOME": str(home), "WORKPOOL_QUEUE": queue}
-    result = CliRunner().invoke(app, list(args), env=env)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        result = CliRunner().invoke(app, list(args), env=env)
+    finally:
+        root.handlers[:], root.level = handlers, level  # the command configured logging on its own stderr
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -146,6 +152,7 @@ def test_errors_are_the_projects_exceptions_with_the_clis_messages(tmp_path: Pat
         (lambda: pool.launch(2, autoscale="0:2"), UsageError, "one of them"),
         (lambda: pool.launch(autoscale="zero:3"), UsageError, "MIN:MAX"),
         (lambda: pool.enqueue(tmp_path / "missing"), UsageError, "missing"),
+        (lambda: pool.enqueue(tmp_path, batch_size=2000), UsageError, "--batch-size must be between 1 and 1024"),
         (lambda: pool.benchmark(tiers=[0]), UsageError, "--tiers"),
         (lambda: Pool(home=tmp_path, backend="kubernetes").scale(1), UsageError, "kubernetes"),
     ]
