@@ -46,12 +46,15 @@ def test_the_seed_recipe_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch
         nbformat.write(nb, tmp_path / "executed.ipynb")  # kept for a look when it fails
     seconds = time.monotonic() - started
 
-    outputs = {i: "".join(_text(o) for o in c.outputs) for i, c in enumerate(nb.cells) if c.cell_type == "code"}
-    everything = "\n".join(outputs.values())
-    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    table = next(text for text in outputs.values() if "| Drain wall time (s)" in text)
+    code_outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in code_outputs if o.output_type == "error"]
+    everything = "\n".join(_text(o) for o in code_outputs)
+    table = next(o.text for o in code_outputs if o.output_type == "stream" and "| Drain wall time (s)" in o.text)
+    html = [o["data"]["text/html"] for o in code_outputs if "text/html" in o.get("data", {})]
+    assert any("<table>" in h and "speedup" in h and "efficiency" in h for h in html)  # the benchmark table
+    assert any("<table>" in h and "images_ok" in h for h in html)  # a drain report
     assert "1 node" in table and "2 nodes" in table and "Scaling efficiency" in table
-    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert any("image/png" in o.get("data", {}) for o in code_outputs)
     assert "Egyptian cat" in everything and "espresso" in everything  # top labels of the real photos
     assert "ok: False; poisoned batches: 1" in everything and "'requeued': 1" in everything
     assert "Azure Batch is not configured here: skipped" in everything
