@@ -69,6 +69,7 @@ CASES: dict[str, Case] = {
     ),
     "batch size zero": lambda t: ([str(t / "images"), "--batch-size", "0"], "--batch-size"),
     "batch size negative": lambda t: ([str(t / "images"), "--batch-size", "-5"], "--batch-size"),
+    "batch size too large": lambda t: ([str(t / "images"), "--batch-size", "2000"], "--batch-size must be between"),
     "unknown task": lambda t: ([str(t / "images"), "--task", "detection"], "unknown task 'detection'"),
     "malformed custom task": lambda t: ([str(t / "images"), "--task", "pkg.mod:"], "pkg.module:Class"),
     "invalid run id": lambda t: ([str(t / "images"), "--run", "my run!"], "run id"),

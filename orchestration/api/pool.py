@@ -30,7 +30,6 @@ from orchestration.reports.drain import DrainReport
 from orchestration.reports.status import StatusReader, cluster_json
 from orchestration.tools.benchmark import BenchmarkPlan, run_benchmark
 from workpool.errors import NotFoundError, UsageError
-from workpool.messages import MAX_BATCH_IMAGES
 from workpool.pool_events import record_size_change, utcnow
 from workpool.queue import open_queue
 from workpool.runs import RunStore
@@ -103,10 +102,9 @@ class Pool:
         """List `source` (a folder, `az://container/prefix`, or `@list.txt`), write the run's manifest,
         send one message per batch; the Run (its `.summary` says what was sent)."""
         from producer.enqueue import EnqueueRequest, enqueue
+        from producer.validate import with_batch_size
 
-        if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_IMAGES:
-            raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH_IMAGES}, got {batch_size}")
-        settings = self.settings if batch_size is None else self.settings.model_copy(update={"batch_size": batch_size})
+        settings = with_batch_size(self.settings, batch_size)
         request = EnqueueRequest(
             source=str(source),
             run_id=run,
