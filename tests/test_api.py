@@ -220,3 +220,55 @@ def test_the_detached_autoscaler_gets_the_options_launch_was_given(tmp_path: Pat
         assert pool.status()["autoscaler"] is not None
     finally:
         pool.teardown()
+
+
+WAIT_SCRIPT = """
+import sys
+import numpy as np
+from PIL import Image
+from workpool import Pool
+
+for i in range(6):
+    Image.fromarray(np.full((32, 32, 3), i * 40, dtype=np.uint8)).save(f"{sys.argv[1]}/p{i}.png")
+pool = Pool(batch_size=2)
+run = pool.enqueue(sys.argv[1], run="tty-1", task="consumer.tasks.examples:SleepTask")
+pool.launch(nodes=1)
+try:
+    print("drained", run.wait(timeout_s=240).batches_done, flush=True)
+finally:
+    pool.teardown()
+"""
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_wait_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    (tmp_path / "photos").mkdir()
+    script = tmp_path / "wait.py"
+    script.write_text(textwrap.dedent(WAIT_SCRIPT))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKPOOL_")}
+    env |= {"WORKPOOL_HOME": str(tmp_path / "home"), "WORKPOOL_QUEUE": "tty", "PYTHONPATH": str(ROOT)}
+    env |= {"WORKPOOL_EXAMPLE_SLEEP_S": "0.3", "COLUMNS": "120"}
+    master, slave = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "photos")],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave, text=True,
+    ) as proc:  # fmt: skip
+        os.close(slave)
+        seen = bytearray()
+        while True:  # the terminal's bytes until the script closes its end
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: no writer left
+                break
+            if not chunk:
+                break
+            seen += chunk
+        out, _ = proc.communicate(timeout=240)
+    os.close(master)
+    assert proc.returncode == 0, seen.decode(errors="replace")
+    assert out.strip() == "drained 3"
+    terminal = seen.decode(errors="replace")
+    assert "run tty-1" in terminal and "batches" in terminal and "images/s" in terminal
