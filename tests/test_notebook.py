@@ -53,6 +53,7 @@ def test_the_seed_recipe_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch
     html = [o["data"]["text/html"] for o in code_outputs if "text/html" in o.get("data", {})]
     assert any("<table>" in h and "speedup" in h and "efficiency" in h for h in html)  # the benchmark table
     assert any("<table>" in h and "images_ok" in h for h in html)  # a drain report
+    assert any("<progress" in h for h in html)  # run.wait()'s bar, drawn in place
     assert "1 node" in table and "2 nodes" in table and "Scaling efficiency" in table
     assert any("image/png" in o.get("data", {}) for o in code_outputs)
     assert "Egyptian cat" in everything and "espresso" in everything  # top labels of the real photos

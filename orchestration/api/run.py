@@ -38,6 +38,9 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({self.id!r}, queue={self.pool.queue!r})"
 
+    def _repr_html_(self) -> str:
+        return self.status()._repr_html_()
+
     def _runs(self) -> RunStore:
         return RunStore(open_result_store(self.pool.settings))
 
