@@ -218,7 +218,7 @@ def test_the_detached_autoscaler_gets_the_options_launch_was_given(tmp_path: Pat
     from orchestration.autoscale.state import read_state
     from workpool.storage import open_result_store
 
-    pool = Pool(home=tmp_path / "home", queue="detached")
+    pool = Pool(home=tmp_path / "home", queue="detached", price_per_node_hour=2.5)  # an override of this Pool
     pool.say = lambda _line: None
     try:
         cluster = pool.launch(autoscale=Autoscale(0, 2, idle_s=7, cooldown_s=3))
@@ -227,6 +227,8 @@ def test_the_detached_autoscaler_gets_the_options_launch_was_given(tmp_path: Pat
             lambda: read_state(open_result_store(pool.settings), "detached"), timeout_s=60, what="autoscaler state"
         )
         args = Path(f"/proc/{state['pid']}/cmdline").read_bytes().split(b"\0")
+        environment = Path(f"/proc/{state['pid']}/environ").read_bytes().split(b"\0")
+        assert b"WORKPOOL_PRICE_PER_NODE_HOUR=2.5" in environment  # the Pool's settings, not only the shell's
         assert float(args[args.index(b"--idle-s") + 1]) == 7 and float(args[args.index(b"--cooldown-s") + 1]) == 3
         assert pool.status()["autoscaler"] is not None
     finally:

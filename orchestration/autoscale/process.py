@@ -30,9 +30,10 @@ from orchestration.launcher import Launcher
 from orchestration.local_state import pid_alive
 from orchestration.reports.drain import DrainReport, wait_for_drain
 from workpool.errors import UsageError
+from workpool.handoff import setting_text
 from workpool.queue import open_queue
 from workpool.runs import RunStore
-from workpool.settings import Settings
+from workpool.settings import Settings, env_name
 from workpool.storage import open_result_store
 
 log = logging.getLogger("orchestration.autoscale")
@@ -128,8 +129,13 @@ def start_detached(
         args += ["--config", str(config.absolute())]
     args += list(options)
     env = dict(os.environ)
-    # The settings this command resolved from flags are not in the environment; the queue and
-    # home are what the autoscaler must agree on, so they travel explicitly.
+    # Every setting this command resolved (its flags, a `Pool`'s keyword overrides, the config
+    # file) travels in the environment, secrets included (never on the command line), so the
+    # autoscaler and the nodes it adds see exactly these settings; queue and home always.
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value is not None and value != info.default:
+            env[env_name(name)] = setting_text(value)
     env["WORKPOOL_QUEUE"] = settings.queue
     env["WORKPOOL_HOME"] = str(settings.home.absolute())
     env["PYTHONUNBUFFERED"] = "1"
