@@ -21,6 +21,8 @@ from rich.console import Console
 
 from orchestration.api import Autoscale, Pool
 from orchestration.backends import BACKENDS
+from orchestration.commands.dashboard import dashboard as dashboard_command
+from orchestration.commands.logs import logs as logs_command
 from orchestration.reports.drain import DrainReport
 from orchestration.reports.report import RunReport
 from orchestration.reports.status import render, watch
@@ -107,6 +109,14 @@ def _echo_json(data: Any) -> None:
 def _check_backend(backend: str | None) -> None:
     if backend is not None and backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
+app.command("dashboard")(dashboard_command)
+app.command("logs")(logs_command)
+
+
+app.command("dashboard")(dashboard_command)
+app.command("logs")(logs_command)
 
 
 @app.command()

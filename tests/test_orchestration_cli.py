@@ -32,7 +32,8 @@ def invoke(home: Path, queue: str, *args: str) -> Outcome:
 
 
 def test_every_command_has_help(tmp_path: Path) -> None:
-    for command in ("launch", "scale", "status", "wait", "results", "benchmark", "teardown", "autoscale", "report"):
+    commands = ("launch", "scale", "status", "wait", "results", "benchmark", "teardown", "autoscale", "report")
+    for command in (*commands, "dashboard", "logs"):
         out = invoke(tmp_path, "help", command, "--help")
         assert out.code == 0 and "Usage" in out.stdout, command
     assert "--idle-s" in invoke(tmp_path, "help", "launch", "--help").stdout
