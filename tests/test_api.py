@@ -108,10 +108,10 @@ def test_a_users_script_drives_a_run_end_to_end_and_the_clis_show_the_same_run(t
 @pytest.mark.embedded
 @pytest.mark.slow
 def test_ctrl_c_in_wait_leaves_the_run_and_the_pool_going(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WORKPOOL_EXAMPLE_SLEEP_S", "0.5")  # the nodes inherit it: 12 images take about 6 s
+    monkeypatch.setenv("WORKPOOL_EXAMPLE_SLEEP_S", "0.5")  # the nodes inherit it: 20 images take about 10 s
     from tests.support.images import write_sample_images
 
-    write_sample_images(tmp_path / "images", 12, (32, 32))
+    write_sample_images(tmp_path / "images", 20, (32, 32))
     pool = Pool(home=tmp_path / "home", queue="ctrlc", batch_size=2)
     pool.say = lambda _line: None
     run = pool.enqueue(tmp_path / "images", run="slow", task=SLEEP_TASK)
@@ -142,7 +142,7 @@ def test_ctrl_c_in_wait_leaves_the_run_and_the_pool_going(tmp_path: Path, monkey
         # Nothing was torn down or cancelled: the node is still there and finishes the run.
         assert [n["state"] for n in pool.status()["cluster"]["nodes"]] == ["running"]
         report = run.wait(timeout_s=240)
-        assert report.ok and report.images_ok == 12
+        assert report.ok and report.images_ok == 20
         assert "<table>" in report._repr_html_() and "slow" in report._repr_html_()
         assert run.report(price_per_node_hour=3.6).cost.cost is not None
         figure = run.plot()
