@@ -2,8 +2,9 @@
 
 - Roles apart: `consumer/` and `producer/` never import `orchestration/`; `workpool/` (what the
   roles share) imports none of `consumer/`, `producer/`, `orchestration/`. One exception:
-  `workpool/__init__.py` may re-export the Python API (`Pool`, `Run`) lazily, from inside its
-  module-level `__getattr__` (nothing runs back up at import time).
+  `workpool/__init__.py` may re-export the Python API (`orchestration.api`: `Pool`, `Run`)
+  lazily, from inside its module-level `__getattr__` (nothing runs back up at import time), and
+  name it under its module-level `if TYPE_CHECKING:` so the facade is typed.
 - The preemption watcher knows nothing of the consumer that owns it (it gets a callback).
 - No import cycle between the project's modules, counting every import: top level, inside
   functions, and under `TYPE_CHECKING` (a failure names the cycle's path).
@@ -32,8 +33,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "consumer": ("orchestration",),
     "producer": ("orchestration",),
 }
-# The one allowed way up: imports inside workpool/__init__.py's module-level `__getattr__`.
-LAZY_EXPORT = ("workpool", "__getattr__")
+# The one allowed way up: workpool/__init__.py's lazy facade of the Python API, imported inside
+# its module-level `__getattr__` (or named for the type checker under `if TYPE_CHECKING:`).
+FACADE, FACADE_TARGET, FACADE_PLACES = "workpool", "orchestration.api", frozenset({"__getattr__", "TYPE_CHECKING"})
 
 # An import statement at any depth (module level, in a function, under `if TYPE_CHECKING:`),
 # parenthesised ones across lines. Each statement is parsed with `ast` on its own, not whole
@@ -44,6 +46,8 @@ _STATEMENT = re.compile(
     r"(?:from[ \t]+[\w.]+[ \t]+import[ \t]*\([^)]*\)|from[ \t]+[\w.]+[ \t]+import[^\n]*|import[ \t]+[^\n]*)",
     re.MULTILINE,
 )
+# An import by name at run time (`importlib.import_module("a.b")`, what a lazy facade uses).
+_DYNAMIC = re.compile(r"^(?P<indent>[ \t]*).*?\bimport_module\(\s*[\"'](?P<name>[\w.]+)[\"']", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class Import:
     target: str  # the imported project module, dotted (the most specific one that exists)
     line: int
     indented: bool  # not at module level (in a function, under `if TYPE_CHECKING:` ...)
-    function: str | None = None  # the enclosing module-level function, where asked for (see `imports`)
+    place: str | None = None  # its module-level function or `TYPE_CHECKING` block, where asked for (see `imports`)
 
 
 def module_name(path: Path) -> str:
@@ -94,6 +98,9 @@ def import_statements(source: str) -> Iterator[tuple[int, bool, ast.Import | ast
         for node in tree.body:
             if isinstance(node, ast.Import | ast.ImportFrom):
                 yield source.count("\n", 0, match.start()) + 1, bool(match.group("indent")), node
+    for match in _DYNAMIC.finditer(source):
+        node = ast.Import(names=[ast.alias(name=match.group("name"))])
+        yield source.count("\n", 0, match.start()) + 1, bool(match.group("indent")), node
 
 
 def imported_names(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -> Iterator[str]:
@@ -113,14 +120,29 @@ def imported_names(node: ast.Import | ast.ImportFrom, module: str, is_package: b
         yield f"{prefix}.{alias.name}" if alias.name != "*" else prefix
 
 
-def functions_of_imports(tree: ast.Module) -> dict[int, str]:
-    """Line of each import inside a module-level function → that function's name."""
+def _is_import(node: ast.AST) -> bool:
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return True
+    if isinstance(node, ast.Call):
+        func = node.func
+        return (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)) == "import_module"
+    return False
+
+
+def places_of_imports(tree: ast.Module) -> dict[int, str]:
+    """Line of each import inside a module-level function → its name; inside a module-level
+    `if TYPE_CHECKING:` → "TYPE_CHECKING"."""
     lines: dict[int, str] = {}
     for top in tree.body:
         if isinstance(top, ast.FunctionDef | ast.AsyncFunctionDef):
-            for node in ast.walk(top):
-                if isinstance(node, ast.Import | ast.ImportFrom):
-                    lines[node.lineno] = top.name
+            place = top.name
+        elif isinstance(top, ast.If) and ast.unparse(top.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            place = "TYPE_CHECKING"
+        else:
+            continue
+        for node in ast.walk(top):
+            if isinstance(node, ast.Import | ast.ImportFrom | ast.Call) and _is_import(node):
+                lines[node.lineno] = place
     return lines
 
 
@@ -131,13 +153,13 @@ def imports() -> tuple[Import, ...]:
     for module, path in modules().items():
         source = path.read_text(encoding="utf-8")
         is_package = path.name == "__init__.py"
-        # Where the exception lives the enclosing function matters: that (small) file is parsed whole.
-        functions = functions_of_imports(ast.parse(source)) if module == LAZY_EXPORT[0] else {}
+        # Where the exception lives the enclosing place matters: that (small) file is parsed whole.
+        places = places_of_imports(ast.parse(source)) if module == FACADE else {}
         for line, indented, node in import_statements(source):
             for name in imported_names(node, module, is_package):
                 target = resolve(name)
                 if target is not None and target != module:
-                    found.append(Import(module, target, line, indented, functions.get(line)))
+                    found.append(Import(module, target, line, indented, places.get(line)))
     return tuple(found)
 
 
@@ -146,7 +168,7 @@ def package_of(module: str) -> str:
 
 
 def allowed_way_up(imp: Import) -> bool:
-    return (imp.source, imp.function) == LAZY_EXPORT
+    return imp.source == FACADE and imp.place in FACADE_PLACES and imp.target.startswith(FACADE_TARGET)
 
 
 def role_violations(found: tuple[Import, ...]) -> list[str]:
@@ -217,7 +239,7 @@ def test_the_only_way_up_is_the_lazy_re_export_in_workpool_getattr() -> None:
     # function) is a violation; inside `__getattr__` it runs only when `workpool.Pool` is asked for.
     for imp in imports():
         if allowed_way_up(imp):
-            assert imp.source == "workpool" and imp.indented
+            assert imp.source == "workpool" and imp.indented and imp.target.startswith("orchestration.api")
 
 
 def test_the_preemption_watcher_does_not_know_the_consumer() -> None:
@@ -269,17 +291,31 @@ def test_imports_inside_functions_and_type_checking_blocks_break_the_rules_too()
     assert len(role_violations(found)) == 2
 
 
-def test_a_role_import_in_workpool_is_allowed_only_inside_getattr() -> None:
+def test_a_role_import_in_workpool_is_allowed_only_in_the_api_facade() -> None:
     source = (
-        "def __getattr__(name: str) -> object:\n    from orchestration.pool import Pool\n    return Pool\n"
-        "def other() -> None:\n    from orchestration.pool import Pool\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from orchestration.api import Pool\n"
+        "def __getattr__(name: str) -> object:\n"
+        "    return getattr(importlib.import_module('orchestration.api'), name)\n"
+        "def other() -> None:\n    from orchestration.api import Pool\n"
+        "def __getattr__later() -> None:\n    import orchestration.cli\n"
+        "x = importlib.import_module('consumer.runner')\n"
     )
-    functions = functions_of_imports(ast.parse(source))
+    places = places_of_imports(ast.parse(source))
     found = tuple(
-        Import("workpool", target, line, indented, functions.get(line))
-        for line, indented, node in import_statements(source)
-        for name in imported_names(node, "workpool", True)
-        if (target := resolve(name)) is not None
+        sorted(
+            (
+                Import("workpool", target, line, indented, places.get(line))
+                for line, indented, node in import_statements(source)
+                for name in imported_names(node, "workpool", True)
+                if (target := resolve(name)) is not None
+            ),
+            key=lambda i: i.line,
+        )
     )
-    assert [allowed_way_up(i) for i in found] == [True, False]
-    assert role_violations(found) == ["workpool/__init__.py:5 (not at module level) imports orchestration.pool"]
+    assert [(i.line, allowed_way_up(i)) for i in found] == [(3, True), (5, True), (7, False), (9, False), (10, False)]
+    assert role_violations(found) == [
+        "workpool/__init__.py:7 (not at module level) imports orchestration.api",
+        "workpool/__init__.py:9 (not at module level) imports orchestration.cli",
+        "workpool/__init__.py:10 imports consumer.runner",
+    ]
