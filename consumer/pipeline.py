@@ -18,6 +18,7 @@ Failures are sorted here, never raised past a job:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue as queue_module
@@ -276,6 +277,7 @@ class Prefetcher:
         self._ready: queue_module.Queue[Job | BaseException] = queue_module.Queue()
         self._slots = threading.Semaphore(max(depth, 1))
         self._stop = threading.Event()
+        self._count_delivery = True
         self._thread: threading.Thread | None = None
         self._outage_since: float | None = None
         self._failed_receives = 0  # in a row: the outage's back-off attempt
@@ -289,7 +291,11 @@ class Prefetcher:
             self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, count_delivery: bool = True) -> None:
+        """Stop receiving. A batch received meanwhile is given straight back, its delivery
+        forgiven once any stop said `count_delivery=False` (a preemption)."""
+        if not count_delivery:
+            self._count_delivery = False
         self._stop.set()
         self._slots.release()  # wake the thread if it waits for a slot
 
@@ -326,7 +332,8 @@ class Prefetcher:
                         self._stop.wait(self._idle_wait_s())
                 if job is not None and self._stop.is_set():
                     # Received while stopping: give it straight back.
-                    self.leases.finish(job.message_id, lambda m: self.queue.release(m, 0))
+                    release = functools.partial(self.queue.release, delay_s=0, count_delivery=self._count_delivery)
+                    self.leases.finish(job.message_id, release)
                 elif job is not None:
                     self._ready.put(job)
         except BaseException as exc:  # handed to the worker, which stops the consumer

@@ -230,7 +230,7 @@ class Consumer:
         self.stop_event.set()
         with self._starting:  # after this, the worker thread starts nothing more
             pass
-        self.prefetcher.stop()
+        self.prefetcher.stop(count_delivery=not self._forgiven.is_set())
         released = self._finish_in_hand(finish_s) if finish_s > 0 else 0
         with self._giving_back:
             counted = not self._forgiven.is_set()

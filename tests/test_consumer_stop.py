@@ -58,7 +58,9 @@ def test_give_back_releases_the_batch_in_hand_and_the_prefetched_ones_at_once(
         released = consumer.give_back(count_delivery=True)
 
         # Then both are visible again at once, each delivery counted, and nothing is held
-        assert released == 2
+        # (the prefetch thread may have given its own batch back itself, having seen the stop
+        # as it finished preparing it: then this call released one)
+        assert released in (1, 2)
         assert consumer.leases.held() == []
         again: list[Received] = []
 
@@ -69,7 +71,7 @@ def test_give_back_releases_the_batch_in_hand_and_the_prefetched_ones_at_once(
         wait_for(both_back, timeout_s=10, what="both batches to be visible again")
         assert sorted(m.dequeue_count for m in again) == [2, 2]
     finally:
-        consumer.request_stop()
+        consumer.shutdown()  # what the CLI does next: also closes the decode pool
         let_it_end(consumer)
 
 
