@@ -1,0 +1,197 @@
+"""`orchestration --backend aml` end to end against the AML emulator and Azurite.
+
+The real CLI (child processes) drives the real azure-ai-ml SDK against the emulator
+(tests/support/aml_emulator), whose jobs run what the launcher sent: the job downloads the
+uploaded wheel (its input), checks its sha256, installs it into a virtualenv and runs
+`consumer run` against the Azurite queue. The emulated nodes have no GPU: the node extras are
+empty and WORKPOOL_ALLOW_CPU=true. The wheel is built once per session.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import unique
+from tests.support.aml_emulator import AmlEmulator, aml_emulator
+from tests.support.azurite import Azurite
+from tests.support.cli import Outcome, run_cli
+from tests.support.images import stage_folder, write_sample_images
+from workpool.settings import Settings, load_settings
+
+pytestmark = [pytest.mark.aml_emulator, pytest.mark.azurite, pytest.mark.slow, pytest.mark.timeout(600)]
+
+COMPUTE = "gpu"
+IDENTITY = (
+    "/subscriptions/00000000-0000-0000-0000-00000000a001/resourceGroups/rg-scoring/providers"
+    "/Microsoft.ManagedIdentity/userAssignedIdentities/workpool-nodes"
+)
+SLEEP_TASK = "consumer.tasks.examples:SleepTask"
+
+
+@pytest.fixture(scope="session")
+def wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from orchestration import wheel
+
+    home = tmp_path_factory.mktemp("xdg-cache")
+    project = wheel.project()
+    wheel.build_wheel(project, wheel.source_digest(project), home / "workpool" / "wheels")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.support.models import save_tiny_classifier
+
+    return save_tiny_classifier(tmp_path_factory.mktemp("models"))
+
+
+@dataclass
+class Cluster:
+    aml: AmlEmulator
+    settings: Settings
+    env: dict[str, str]
+    work: Path
+    runs: list[str] = field(default_factory=list)
+
+    def cli(self, *args: str, timeout_s: float = 300, **env: str) -> Outcome:
+        return run_cli("orchestration", self.settings, *args, env={**self.env, **env}, timeout_s=timeout_s)
+
+    def enqueue(self, images: int, *args: str) -> tuple[str, list[str]]:
+        run_id = unique("run")
+        folder = self.work / run_id
+        names = write_sample_images(folder, images, (64, 48))
+        source = stage_folder(self.settings, folder)
+        out = run_cli("producer", self.settings, "enqueue", source, "--run", run_id, "--json", *args, env=self.env)
+        assert out.code == 0, out.stderr
+        return run_id, names
+
+    def drained(self, run_id: str, timeout_s: float = 240) -> dict[str, Any]:
+        out = self.cli("wait", "--run", run_id, "--json", "--timeout-s", str(timeout_s), timeout_s=timeout_s + 60)
+        assert out.code == 0, f"{out.stdout}\n{out.stderr}\n{self.aml.describe()}"
+        report: dict[str, Any] = out.json()
+        return report
+
+    def rows(self, run_id: str) -> list[dict[str, Any]]:
+        target = self.work / f"{run_id}.jsonl"
+        out = self.cli("results", "--run", run_id, "--out", str(target))
+        assert out.code == 0, out.stderr
+        return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
+
+    def running(self) -> list[dict[str, Any]]:
+        return [j for j in self.aml.jobs() if j["status"] == "Running"]
+
+
+@pytest.fixture
+def cluster(
+    azurite: Azurite, tmp_path: Path, wheel_cache: Path, batch_dependencies: Path
+) -> Iterator[Cluster]:
+    with aml_emulator(tmp_path / "aml", azurite.connection_string, dependencies_view=batch_dependencies) as aml:
+        settings = load_settings(
+            home=tmp_path / "home", queue=unique("q"), results=unique("r"), connection_string=azurite.connection_string
+        )
+        env = {
+            "WORKPOOL_ARM_ENDPOINT": aml.url,
+            "WORKPOOL_SUBSCRIPTION_ID": aml.subscription,
+            "WORKPOOL_RESOURCE_GROUP": aml.resource_group,
+            "WORKPOOL_WORKSPACE": aml.workspace,
+            "WORKPOOL_CLUSTER": COMPUTE,
+            "WORKPOOL_VM_SIZE": "Standard_NC4as_T4_v3",
+            "WORKPOOL_MANAGED_IDENTITY_ID": IDENTITY,
+            "WORKPOOL_MANAGED_IDENTITY_CLIENT_ID": "5e1f0000-0000-0000-0000-0000000000c1",
+            "WORKPOOL_NODE_EXTRAS": "",  # the emulated nodes have no GPU: no CUDA libraries
+            "WORKPOOL_ALLOW_CPU": "true",
+            "WORKPOOL_CLUSTER_POLL_INTERVAL_S": "0.2",
+            "XDG_CACHE_HOME": str(wheel_cache),
+            "WORKPOOL_SCHEDULED_EVENTS_URL": f"{aml.url}/metadata/scheduledevents?api-version=2020-07-01",
+            # DefaultAzureCredential signs in as a managed identity whose token endpoint the emulator serves.
+            **aml.identity_env(),
+        }
+        yield Cluster(aml, settings, env, tmp_path / "work")
+
+
+def one_row_per_image(rows: list[dict[str, Any]], names: list[str]) -> None:
+    assert sorted(r["image"] for r in rows) == sorted(names)
+    assert {r["status"] for r in rows} == {"ok"}, [r for r in rows if r["status"] != "ok"][:3]
+
+
+def test_launch_two_drains_a_run_one_row_per_image_and_no_key_in_any_definition(
+    cluster: Cluster, tiny_model: Path
+) -> None:
+    run_id, names = cluster.enqueue(24, "--model", str(tiny_model), "--batch-size", "6")
+
+    launched = cluster.cli("launch", "--backend", "aml", "--nodes", "2")
+    assert launched.code == 0, launched.stderr
+
+    report = cluster.drained(run_id)
+    assert report["images"] == 24 and report["images_ok"] == 24 and report["images_failed"] == 0
+    one_row_per_image(cluster.rows(run_id), names)
+    jobs = cluster.aml.jobs()
+    assert [j["name"] for j in jobs] == [f"gpu-{cluster.settings.queue}-consumer-0001", f"gpu-{cluster.settings.queue}-consumer-0002"]
+    compute = cluster.aml.compute(COMPUTE)
+    assert compute is not None
+    scale = compute["properties"]["properties"]["scaleSettings"]
+    assert (scale["minNodeCount"], scale["maxNodeCount"]) == (0, 2)
+    assert compute["identity"]["type"].lower() == "userassigned"
+    sent = json.dumps([r.body for r in cluster.aml.requests])
+    assert "AccountKey" not in sent and "sig=" not in sent and "SAS_TOKEN" not in sent
+    for job in jobs:
+        log = cluster.aml.job_log(job["name"])
+        assert "workpool-node: FAILED" not in log
+        env = job["properties"]["environmentVariables"]
+        assert len(env["WORKPOOL_NODE_WHEEL_SHA256"]) == 64
+
+    status = cluster.cli("status", "--json")
+    assert status.code == 0, status.stderr
+    cluster_state = status.json()["cluster"]
+    assert cluster_state["backend"] == "aml" and cluster_state["target_nodes"] == 2
+    assert "running" in cluster_state["detail"]
+
+
+def test_teardown_cancels_every_job_twice_safely_and_delete_removes_the_compute(cluster: Cluster) -> None:
+    launched = cluster.cli("launch", "--backend", "aml", "--nodes", "2")
+    assert launched.code == 0, launched.stderr
+    cluster.aml.wait_for(lambda: len(cluster.running()) == 2, 180, "two consumer jobs running")
+
+    for _ in range(2):
+        torn = cluster.cli("teardown", "--backend", "aml")
+        assert torn.code == 0, torn.stderr
+    assert {j["status"] for j in cluster.aml.jobs()} == {"Canceled"}
+    assert cluster.aml.compute(COMPUTE) is not None
+
+    for _ in range(2):
+        deleted = cluster.cli("teardown", "--backend", "aml", "--delete")
+        assert deleted.code == 0, deleted.stderr
+    assert cluster.aml.compute(COMPUTE) is None
+
+
+def test_a_failing_job_shows_in_status_with_its_log_and_stops_launch_wait(cluster: Cluster) -> None:
+    # A wheel whose hash is not the one launch computed: the node refuses to install it.
+    run_id, _names = cluster.enqueue(4)
+    env = {"WORKPOOL_NODE_WORKERS": "not-a-number"}
+
+    waited = cluster.cli("launch", "--backend", "aml", "--nodes", "1", "--wait", **env)
+
+    assert waited.code == 1, waited.stderr
+    assert "cannot run consumers" in waited.stderr and "its log ends" in waited.stderr
+    (job,) = cluster.aml.jobs()
+    assert job["status"] == "Failed"
+    status = cluster.cli("status", "--json")
+    nodes = status.json()["cluster"]["nodes"]
+    assert any(n["state"] == "Failed" and "its log ends" in n["detail"] for n in nodes), nodes
+    assert run_id
+
+
+def test_a_refused_quota_is_one_clear_error(cluster: Cluster) -> None:
+    cluster.aml.refuse_quota("LowPriority", "Not enough low-priority cores quota for family NCASv3_T4")
+
+    launched = cluster.cli("launch", "--backend", "aml", "--nodes", "2", WORKPOOL_VM_PRIORITY="spot")
+
+    assert launched.code == 1
+    assert "QuotaExceeded" in launched.stderr and "low-priority cores" in launched.stderr
+    assert cluster.aml.jobs() == []
