@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import warnings
 from typing import Any
 from urllib.parse import urlparse
 
@@ -290,7 +289,7 @@ class AmlLauncher(Launcher):
         """The end of a job's user log (user_logs/std_log.txt), secrets redacted; '' when unreadable."""
         try:
             details = self._client().jobs._runs_operations.get_run_details(name)
-        except Exception as exc:  # noqa: BLE001 - a log that cannot be read must not hide the status
+        except Exception as exc:  # a log that cannot be read must not hide the status
             log.debug("reading the log of job %s: %s", name, exc)
             return ""
         text = ""
@@ -344,10 +343,7 @@ class AmlLauncher(Launcher):
     def _client(self) -> Any:
         if self._ml is None:
             s = self.settings
-            with warnings.catch_warnings():
-                # azure-ai-ml 1.35 builds its schemas with marshmallow options marshmallow 4 deprecates.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                from azure.ai.ml import MLClient
+            ml, _ = bodies.sdk()
             credential = self._credential if self._credential is not None else default_credential()
             options: dict[str, Any] = {"show_progress": False, "enable_telemetry": False}
             host = (urlparse(s.arm_endpoint).hostname or "").lower()
@@ -366,7 +362,7 @@ class AmlLauncher(Launcher):
                 options["authentication_policy"] = bearer_policy(credential, url + "/.default", arm=True)
             options["retry_total"] = 2
             options["retry_backoff_factor"] = 0.5
-            self._ml = MLClient(credential, s.subscription_id, s.resource_group, s.workspace, **options)
+            self._ml = ml.MLClient(credential, s.subscription_id, s.resource_group, s.workspace, **options)
         return self._ml
 
 

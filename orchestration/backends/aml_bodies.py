@@ -25,8 +25,12 @@ entities, plus their REST bodies for `--dry-run`. Nothing here talks to Azure; t
 
 from __future__ import annotations
 
+import json
+import logging
 import shlex
+import warnings
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from orchestration.backends.vm_sizes import is_spot
@@ -51,6 +55,18 @@ class Wheel:
     sha256: str
 
 
+def sdk() -> tuple[ModuleType, ModuleType]:
+    """azure.ai.ml and its entities, imported quietly: azure-ai-ml 1.35 builds its schemas with
+    marshmallow options that marshmallow 4 deprecates (a warning on import, an error under pytest)."""
+    # Its notes on experimental schema classes (every import) are noise to a user of this command.
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import azure.ai.ml as ml
+        import azure.ai.ml.entities as entities
+    return ml, entities
+
+
 def tier(settings: Settings) -> str:
     """AmlCompute's tier: Spot nodes are AML's `low_priority` VMs."""
     return "low_priority" if is_spot(settings) else "dedicated"
@@ -68,13 +84,12 @@ def workspace_path(settings: Settings) -> str:
 
 
 def compute_entity(settings: Settings, max_nodes: int) -> Any:
-    from azure.ai.ml.entities import AmlCompute, IdentityConfiguration, ManagedIdentityConfiguration
-
-    identity = IdentityConfiguration(
+    _, entities = sdk()
+    identity = entities.IdentityConfiguration(
         type="user_assigned",
-        user_assigned_identities=[ManagedIdentityConfiguration(resource_id=settings.managed_identity_id)],
+        user_assigned_identities=[entities.ManagedIdentityConfiguration(resource_id=settings.managed_identity_id)],
     )
-    return AmlCompute(
+    return entities.AmlCompute(
         name=settings.cluster or "",
         size=settings.vm_size,
         tier=tier(settings),
@@ -128,22 +143,20 @@ def job_environment(settings: Settings, wheel: Wheel) -> dict[str, str]:
 
 
 def job_entity(settings: Settings, worker_id: str, wheel: Wheel) -> Any:
-    from azure.ai.ml import Input, command
-    from azure.ai.ml.entities import Environment, ManagedIdentityConfiguration
-
+    ml, entities = sdk()
     identity = (
-        ManagedIdentityConfiguration(client_id=settings.managed_identity_client_id)
+        entities.ManagedIdentityConfiguration(client_id=settings.managed_identity_client_id)
         if settings.managed_identity_client_id
-        else ManagedIdentityConfiguration(resource_id=settings.managed_identity_id)
+        else entities.ManagedIdentityConfiguration(resource_id=settings.managed_identity_id)
     )
-    return command(
+    return ml.command(
         name=worker_id,
         display_name=worker_id,
         experiment_name=settings.experiment,
         description="workpool consumer: one node, one worker per GPU",
         command=node_script(settings, worker_id),
-        inputs={WHEEL_INPUT: Input(type="uri_file", path=wheel.url, mode="download")},
-        environment=Environment(image=image(settings)),
+        inputs={WHEEL_INPUT: ml.Input(type="uri_file", path=wheel.url, mode="download")},
+        environment=entities.Environment(image=image(settings)),
         environment_variables=job_environment(settings, wheel),
         compute=settings.cluster,
         instance_count=1,
@@ -155,7 +168,7 @@ def job_entity(settings: Settings, worker_id: str, wheel: Wheel) -> Any:
 def compute_body(settings: Settings, max_nodes: int) -> dict[str, Any]:
     """The REST body of the compute PUT (what azure-ai-ml sends), for `--dry-run`."""
     rest = compute_entity(settings, max_nodes)._to_rest_object()
-    body: dict[str, Any] = rest.serialize()
+    body: dict[str, Any] = json.loads(json.dumps(rest.as_dict(), default=str))
     return body
 
 
@@ -163,7 +176,8 @@ def job_body(settings: Settings, worker_id: str, wheel: Wheel) -> dict[str, Any]
     """The REST body of a job PUT, for `--dry-run`: the environment shown as its image (AML registers it
     as an anonymous environment at submission), every secret-looking value masked."""
     job = job_entity(settings, worker_id, wheel)
-    props = job._to_rest_object().serialize().get("properties", {})
+    rest = job._to_job()._to_rest_object()
+    props = json.loads(json.dumps(rest.as_dict(), default=str)).get("properties", {})
     props.pop("environmentId", None)
     props["environment"] = {"image": image(settings)}
     props["computeId"] = f"{workspace_path(settings)}/computes/{settings.cluster}"

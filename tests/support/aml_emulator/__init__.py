@@ -18,7 +18,7 @@ history. The node image is the Batch emulator's (tests/support/batch_emulator/en
 this venv's Python, a dependencies view, no package index, no GPU).
 
 Not emulated: Entra ID (any bearer token is accepted; the identity's storage access is an
-account SAS the emulator makes, see `Workspace.identity_env`), containers and image builds
+Azurite connection string the emulator gives the job, see `Workspace.identity_env`), containers and image builds
 (the environment's image is recorded, the command runs on this machine), multi-node jobs, code
 and data assets.
 """

@@ -205,7 +205,7 @@ class Workspace:
             return
         env = dict(self.base_env)
         env.update({str(k): str(v) for k, v in (job.props.get("environmentVariables") or {}).items()})
-        env.update(self.identity_env(job))
+        self.identity_env(env)
         env.update(
             {
                 "AZUREML_RUN_ID": job.name,
@@ -228,27 +228,16 @@ class Workspace:
         log.close()
         job.status = "Running"
 
-    def identity_env(self, job: Job) -> dict[str, str]:
-        """What the job's managed identity gives its processes here: read/write access to Azurite.
+    def identity_env(self, env: dict[str, str]) -> None:
+        """What the job's managed identity gives its processes here: access to Azurite.
 
-        On Azure the consumers get Entra ID tokens for the identity; Azurite takes no Entra ID
-        over plain http, so the emulator hands the same access as an account SAS it makes with
-        Azurite's well-known key. The launcher never sends one (the tests check its bodies).
+        On Azure the consumers get Entra ID tokens for the identity and reach the account named by
+        WORKPOOL_ACCOUNT_URL; Azurite takes no Entra ID over plain http and serves blobs and
+        queues on separate ports, so the emulator hands the same access as Azurite's connection
+        string in place of the account URL. The launcher never sends one (the tests check its bodies).
         """
-        from datetime import UTC, datetime, timedelta
-
-        from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
-
-        parts = dict(p.split("=", 1) for p in self.storage.split(";") if "=" in p)
-        sas = generate_account_sas(
-            parts["AccountName"],
-            parts["AccountKey"],
-            ResourceTypes(service=True, container=True, object=True),
-            AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True, update=True, process=True),
-            expiry=datetime.now(UTC) + timedelta(hours=2),
-            services="bq",  # type: ignore[arg-type]
-        )
-        return {"WORKPOOL_SAS_TOKEN": sas}
+        env.pop("WORKPOOL_ACCOUNT_URL", None)
+        env["AZURE_STORAGE_CONNECTION_STRING"] = self.storage
 
     def read_blob(self, uri: str) -> bytes:
         from azure.storage.blob import BlobClient
