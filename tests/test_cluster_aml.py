@@ -171,7 +171,7 @@ def test_teardown_cancels_every_job_twice_safely_and_delete_removes_the_compute(
 
 
 def test_a_failing_job_shows_in_status_with_its_log_and_stops_launch_wait(cluster: Cluster) -> None:
-    # A wheel whose hash is not the one launch computed: the node refuses to install it.
+    # A consumer that cannot start (a --workers value it refuses): its job fails at once.
     run_id, _names = cluster.enqueue(4)
     env = {"WORKPOOL_NODE_WORKERS": "not-a-number"}
 
@@ -181,7 +181,8 @@ def test_a_failing_job_shows_in_status_with_its_log_and_stops_launch_wait(cluste
     assert "cannot run consumers" in waited.stderr and "its log ends" in waited.stderr
     (job,) = cluster.aml.jobs()
     assert job["status"] == "Failed"
-    status = cluster.cli("status", "--json")
+    status = cluster.cli("status", "--backend", "aml", "--json")  # launch --wait tore the pool down
+    assert status.code == 0, status.stderr
     nodes = status.json()["cluster"]["nodes"]
     assert any(n["state"] == "Failed" and "its log ends" in n["detail"] for n in nodes), nodes
     assert run_id
