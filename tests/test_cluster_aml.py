@@ -10,6 +10,7 @@ empty and WORKPOOL_ALLOW_CPU=true. The wheel is built once per session.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,3 +197,78 @@ def test_a_refused_quota_is_one_clear_error(cluster: Cluster) -> None:
     assert launched.code == 1
     assert "QuotaExceeded" in launched.stderr and "low-priority cores" in launched.stderr
     assert cluster.aml.jobs() == []
+
+
+def scoring(cluster: Cluster, count: int) -> list[dict[str, Any]]:
+    """`count` running consumer jobs once each has scored a batch (so each holds leases), else []."""
+    jobs = cluster.running()
+    if len(jobs) < count:
+        return []
+    return jobs if all("images=4" in cluster.aml.job_log(j["name"]) for j in jobs) else []
+
+
+def test_scale_three_then_one_mid_run_loses_nothing(cluster: Cluster) -> None:
+    cluster.aml.set_node_env(WORKPOOL_EXAMPLE_SLEEP_S="0.5")  # 2 s a batch: a run long enough to scale mid-way
+    run_id, names = cluster.enqueue(96, "--task", SLEEP_TASK, "--batch-size", "4")
+    env = {"WORKPOOL_STOP_FINISH_S": "5"}
+    launched = cluster.cli("launch", "--backend", "aml", "--nodes", "1", **env)
+    assert launched.code == 0, launched.stderr
+
+    grown = cluster.cli("scale", "--nodes", "3", **env)
+    assert grown.code == 0, grown.stderr
+    three = cluster.aml.wait_for(lambda: scoring(cluster, 3), 240, "three consumers scoring")
+    compute = cluster.aml.compute(COMPUTE)
+    assert compute is not None and compute["properties"]["properties"]["scaleSettings"]["maxNodeCount"] == 3
+
+    shrunk = cluster.cli("scale", "--nodes", "1", **env)
+    assert shrunk.code == 0, shrunk.stderr
+
+    # The two newest jobs were cancelled and had ended (batches released) when scale returned
+    by_name = {j["name"]: j for j in cluster.aml.jobs()}
+    names_sorted = sorted(j["name"] for j in three)
+    assert [by_name[n]["status"] for n in names_sorted] == ["Running", "Canceled", "Canceled"]
+    for name in names_sorted[1:]:
+        assert "SIGTERM received, releasing held batches" in cluster.aml.job_log(name)
+    report = cluster.drained(run_id)
+    assert report["images_ok"] == 96 and report["images_failed"] == 0 and report["batches_poisoned"] == 0
+    one_row_per_image(cluster.rows(run_id), names)
+    status = cluster.cli("status", "--json")
+    assert status.json()["cluster"]["target_nodes"] == 1
+
+
+def test_a_preempted_low_priority_node_gives_its_batches_back_and_its_job_is_requeued(cluster: Cluster) -> None:
+    cluster.aml.set_node_env(WORKPOOL_EXAMPLE_SLEEP_S="0.25")
+    env = {"WORKPOOL_VM_PRIORITY": "spot", "WORKPOOL_VISIBILITY_TIMEOUT_S": "600"}  # a lease that would outlast the test
+    run_id, names = cluster.enqueue(48, "--task", SLEEP_TASK, "--batch-size", "4")
+    launched = cluster.cli("launch", "--backend", "aml", "--nodes", "2", **env)
+    assert launched.code == 0, launched.stderr
+    victim, _other = cluster.aml.wait_for(lambda: scoring(cluster, 2), 240, "both consumers scoring")
+    compute = cluster.aml.compute(COMPUTE)
+    assert compute is not None and compute["properties"]["properties"]["vmPriority"] == "LowPriority"
+
+    cluster.aml.preempt(COMPUTE, victim["node"], notice_s=5)
+
+    report = cluster.drained(run_id, timeout_s=300)  # far less than the 600 s lease: released at once
+    assert report["images_ok"] == 48 and report["batches_poisoned"] == 0
+    one_row_per_image(cluster.rows(run_id), names)
+    requeued = next(j for j in cluster.aml.jobs() if j["name"] == victim["name"])
+    assert requeued["starts"] >= 2 or requeued["status"] == "Queued"
+    assert "preempt" in cluster.aml.job_log(victim["name"]).lower()
+
+
+def test_the_benchmark_runs_both_tiers_on_aml_and_prints_the_drain_table(cluster: Cluster, tiny_model: Path) -> None:
+    folder = cluster.work / "bench-images"
+    write_sample_images(folder, 16, (64, 48))
+    source = stage_folder(cluster.settings, folder)
+
+    out = cluster.cli(
+        "benchmark", "--backend", "aml", "--tiers", "1,2", "--images", "16", "--source", source,
+        "--model", str(tiny_model), "--batch-size", "8", "--timeout-s", "240",
+        timeout_s=600,
+    )  # fmt: skip
+
+    assert out.code == 0, out.stdout + out.stderr
+    assert "| 1 node | 2 nodes |" in out.stdout and "Launch → drained (s)" in out.stdout, out.stdout
+    drain = re.search(r"\| Drain wall time \(s\)\s+\|\s+([\d.]+) \|\s+([\d.]+) \|", out.stdout)
+    assert drain is not None and all(float(v) > 0 for v in drain.groups()), out.stdout
+    assert {j["status"] for j in cluster.aml.jobs()} == {"Canceled"}
