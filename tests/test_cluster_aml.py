@@ -60,7 +60,7 @@ class Cluster:
     work: Path
     runs: list[str] = field(default_factory=list)
 
-    def cli(self, *args: str, timeout_s: float = 300, **env: str) -> Outcome:
+    def cli(self, *args: str, timeout_s: float = 300, **env: Any) -> Outcome:
         return run_cli("orchestration", self.settings, *args, env={**self.env, **env}, timeout_s=timeout_s)
 
     def enqueue(self, images: int, *args: str) -> tuple[str, list[str]]:
@@ -89,9 +89,7 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(
-    azurite: Azurite, tmp_path: Path, wheel_cache: Path, batch_dependencies: Path
-) -> Iterator[Cluster]:
+def cluster(azurite: Azurite, tmp_path: Path, wheel_cache: Path, batch_dependencies: Path) -> Iterator[Cluster]:
     with aml_emulator(tmp_path / "aml", azurite.connection_string, dependencies_view=batch_dependencies) as aml:
         settings = load_settings(
             home=tmp_path / "home", queue=unique("q"), results=unique("r"), connection_string=azurite.connection_string
@@ -133,7 +131,10 @@ def test_launch_two_drains_a_run_one_row_per_image_and_no_key_in_any_definition(
     assert report["images"] == 24 and report["images_ok"] == 24 and report["images_failed"] == 0
     one_row_per_image(cluster.rows(run_id), names)
     jobs = cluster.aml.jobs()
-    assert [j["name"] for j in jobs] == [f"gpu-{cluster.settings.queue}-consumer-0001", f"gpu-{cluster.settings.queue}-consumer-0002"]
+    assert [j["name"] for j in jobs] == [
+        f"gpu-{cluster.settings.queue}-consumer-0001",
+        f"gpu-{cluster.settings.queue}-consumer-0002",
+    ]
     compute = cluster.aml.compute(COMPUTE)
     assert compute is not None
     scale = compute["properties"]["properties"]["scaleSettings"]
@@ -174,7 +175,7 @@ def test_teardown_cancels_every_job_twice_safely_and_delete_removes_the_compute(
 def test_a_failing_job_shows_in_status_with_its_log_and_stops_launch_wait(cluster: Cluster) -> None:
     # A consumer that cannot start (a --workers value it refuses): its job fails at once.
     run_id, _names = cluster.enqueue(4)
-    env = {"WORKPOOL_NODE_WORKERS": "not-a-number"}
+    env: dict[str, Any] = {"WORKPOOL_NODE_WORKERS": "not-a-number"}
 
     waited = cluster.cli("launch", "--backend", "aml", "--nodes", "1", "--wait", **env)
 
@@ -210,7 +211,7 @@ def scoring(cluster: Cluster, count: int) -> list[dict[str, Any]]:
 def test_scale_three_then_one_mid_run_loses_nothing(cluster: Cluster) -> None:
     cluster.aml.set_node_env(WORKPOOL_EXAMPLE_SLEEP_S="0.5")  # 2 s a batch: a run long enough to scale mid-way
     run_id, names = cluster.enqueue(96, "--task", SLEEP_TASK, "--batch-size", "4")
-    env = {"WORKPOOL_STOP_FINISH_S": "5"}
+    env: dict[str, Any] = {"WORKPOOL_STOP_FINISH_S": "5"}
     launched = cluster.cli("launch", "--backend", "aml", "--nodes", "1", **env)
     assert launched.code == 0, launched.stderr
 
@@ -238,7 +239,10 @@ def test_scale_three_then_one_mid_run_loses_nothing(cluster: Cluster) -> None:
 
 def test_a_preempted_low_priority_node_gives_its_batches_back_and_its_job_is_requeued(cluster: Cluster) -> None:
     cluster.aml.set_node_env(WORKPOOL_EXAMPLE_SLEEP_S="0.25")
-    env = {"WORKPOOL_VM_PRIORITY": "spot", "WORKPOOL_VISIBILITY_TIMEOUT_S": "600"}  # a lease that would outlast the test
+    env = {
+        "WORKPOOL_VM_PRIORITY": "spot",
+        "WORKPOOL_VISIBILITY_TIMEOUT_S": "600",
+    }  # a lease that would outlast the test
     run_id, names = cluster.enqueue(48, "--task", SLEEP_TASK, "--batch-size", "4")
     launched = cluster.cli("launch", "--backend", "aml", "--nodes", "2", **env)
     assert launched.code == 0, launched.stderr

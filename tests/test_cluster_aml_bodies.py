@@ -49,14 +49,22 @@ def test_the_dry_run_plans_a_dedicated_compute_from_zero_and_one_identity_job_pe
     assert (props["vmSize"], props["vmPriority"]) == ("Standard_NC24ads_A100_v4", "Dedicated")
     assert props["scaleSettings"]["minNodeCount"] == 0 and props["scaleSettings"]["maxNodeCount"] == 2
     assert props["scaleSettings"]["nodeIdleTimeBeforeScaleDown"] == "PT5M"
-    assert compute.body["identity"]["type"] == "UserAssigned" and IDENTITY in compute.body["identity"]["userAssignedIdentities"]
-    assert [j.path.split("?")[0].rsplit("/", 1)[1] for j in jobs] == ["gpu-images-consumer-0001", "gpu-images-consumer-0002"]
+    assert (
+        compute.body["identity"]["type"] == "UserAssigned"
+        and IDENTITY in compute.body["identity"]["userAssignedIdentities"]
+    )
+    assert [j.path.split("?")[0].rsplit("/", 1)[1] for j in jobs] == [
+        "gpu-images-consumer-0001",
+        "gpu-images-consumer-0002",
+    ]
     job = jobs[0].body["properties"]
     assert job["identity"] == {"identityType": "Managed", "clientId": "c1d2"}
-    assert job["computeId"].endswith("/computes/gpu") and job["environment"]["image"].startswith("mcr.microsoft.com/azureml/")
+    assert job["computeId"].endswith("/computes/gpu") and job["environment"]["image"].startswith(
+        "mcr.microsoft.com/azureml/"
+    )
     assert job["inputs"]["wheel"]["jobInputType"] == "uri_file" and job["inputs"]["wheel"]["uri"].endswith(".whl")
     assert "sha256sum -c" in job["command"] and "consumer run" not in job["command"]
-    assert "/consumer\" run --workers auto --worker-id gpu-images-consumer-0001" in job["command"]
+    assert '/consumer" run --workers auto --worker-id gpu-images-consumer-0001' in job["command"]
     env = job["environmentVariables"]
     assert env["WORKPOOL_ACCOUNT_URL"].startswith("http") and env["AZURE_CLIENT_ID"] == "c1d2"
     text = json.dumps([r.body for r in [compute, *jobs]])
@@ -83,7 +91,7 @@ def test_missing_placement_is_named(tmp_path: Path, missing: str) -> None:
 
 
 def test_a_retired_size_is_refused_as_for_batch(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="NCv3 .*retired"):
+    with pytest.raises(SettingsError, match=r"NCv3 .*retired"):
         plan(settings_for(tmp_path, vm_size="Standard_NC6s_v3"))
 
 

@@ -153,6 +153,7 @@ class AmlLauncher(Launcher):
             )
         ]
         prefix = job_prefix(s)
+        blob = files.wheel.blob_name if files.wheel else ""
         for index in range(1, nodes + 1):
             name = f"{prefix}{index:04d}"
             plan.append(
@@ -160,8 +161,7 @@ class AmlLauncher(Launcher):
                     "PUT",
                     f"{ws}/jobs/{name}?api-version={bodies.JOBS_API_VERSION}",
                     bodies.job_body(s, name, wheel),
-                    f"one consumer job per node; its input {bodies.WHEEL_INPUT} is {files.wheel.blob_name if files.wheel else ''}"
-                    " (uploaded at launch)",
+                    f"one consumer job per node; its input {bodies.WHEEL_INPUT} is {blob} (uploaded at launch)",
                 )
             )
         return plan

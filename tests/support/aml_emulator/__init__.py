@@ -118,7 +118,7 @@ class AmlEmulator:
                 self.state.announce_preemption(compute, node_id, notice_s)
 
     def identity_env(self) -> dict[str, str]:
-        """Environment that makes DefaultAzureCredential sign in here (a managed identity endpoint, App Service style)."""
+        """Environment that makes DefaultAzureCredential sign in here (an App Service style identity endpoint)."""
         return {"IDENTITY_ENDPOINT": f"{self.url}/msi/token", "IDENTITY_HEADER": "emulated"}
 
     # --- what a test reads ------------------------------------------------------------------

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tests.support.aml_emulator.state import ACTIVE, AmlError, Compute, Job, Workspace
 from tests.support.batch_emulator import peers
 from tests.support.batch_emulator.server import Answer, Request
-from tests.support.aml_emulator.state import ACTIVE, AmlError, Compute, Job, Workspace
 
 _WS = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices"
@@ -157,7 +157,10 @@ class AmlService:
         inner = dict(props.get("properties", {}))
         states = [n.state for n in compute.nodes.values()]
         inner["currentNodeCount"] = len(states)
-        inner["nodeStateCounts"] = {f"{s}NodeCount": states.count(s) for s in ("idle", "running", "preparing", "unusable", "leaving", "preempted")}
+        inner["nodeStateCounts"] = {
+            f"{s}NodeCount": states.count(s)
+            for s in ("idle", "running", "preparing", "unusable", "leaving", "preempted")
+        }
         inner["allocationState"] = "Steady"
         props.update(properties=inner, provisioningState="Succeeded", computeType="AmlCompute")
         body.update(
@@ -250,4 +253,3 @@ class AmlService:
                 return Answer(404, {"error": "Not found: the caller is no emulated node"})
             return Answer(200, None, {"Content-Type": "text/plain"}, node.encode())
         return Answer(404, {"error": "Not found"})
-

@@ -18,13 +18,13 @@ moves each job and node one step along AML's lifecycle:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -161,10 +161,8 @@ class Workspace:
         for node in list(compute.nodes.values()):
             if node.state == "preparing" and now - node.since >= self.timing.node_boot_s:
                 node.state, node.since = "idle", now
-            elif node.state == "idle" and now - node.since >= compute.idle_s:
-                del compute.nodes[node.id]
-            elif node.state == "preempted" and now - node.since >= 1.0:
-                del compute.nodes[node.id]
+            elif now - node.since >= {"idle": compute.idle_s, "preempted": 1.0}.get(node.state, float("inf")):
+                del compute.nodes[node.id]  # released after its idle time; a preempted one is gone
             elif node.preempt_at is not None and now >= node.preempt_at:
                 self.preempt(compute.name, node.id)
 
@@ -195,7 +193,7 @@ class Workspace:
                 target = folder / "inputs" / name / str(spec["uri"]).rsplit("/", 1)[-1].split("?", 1)[0]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(self.read_blob(str(spec["uri"])))
-                command = command.replace("${{inputs.%s}}" % name, str(target))
+                command = command.replace("${{inputs." + name + "}}", str(target))
         except (_JobFailed, OSError) as exc:
             if not isinstance(exc, _JobFailed):
                 log.write(f"UserError: downloading the job's inputs failed: {exc}\n".encode())
@@ -243,7 +241,9 @@ class Workspace:
         from azure.storage.blob import BlobClient
 
         parts = dict(p.split("=", 1) for p in self.storage.split(";") if "=" in p)
-        blob = BlobClient.from_blob_url(uri, credential={"account_name": parts["AccountName"], "account_key": parts["AccountKey"]})
+        blob = BlobClient.from_blob_url(
+            uri, credential={"account_name": parts["AccountName"], "account_key": parts["AccountKey"]}
+        )
         return blob.download_blob().readall()
 
     def _free(self, job: Job) -> None:
@@ -319,13 +319,5 @@ class _JobFailed(Exception):
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - test helper
-        data: bytes = answer.read()
-    return data
