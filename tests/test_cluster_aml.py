@@ -239,7 +239,7 @@ def test_scale_three_then_one_mid_run_loses_nothing(cluster: Cluster) -> None:
 
 def test_a_preempted_low_priority_node_gives_its_batches_back_and_its_job_is_requeued(cluster: Cluster) -> None:
     cluster.aml.set_node_env(WORKPOOL_EXAMPLE_SLEEP_S="0.25")
-    env = {
+    env: dict[str, Any] = {
         "WORKPOOL_VM_PRIORITY": "spot",
         "WORKPOOL_VISIBILITY_TIMEOUT_S": "600",
     }  # a lease that would outlast the test
