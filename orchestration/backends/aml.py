@@ -26,6 +26,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
@@ -106,7 +109,7 @@ class AmlLauncher(Launcher):
         if active:
             self._await_ended({j.name for j in active})
         if delete and self._get_compute(made) is not None:
-            with cluster_errors(f"deleting AML compute {self.settings.cluster}", self.settings, made):
+            with self._calling(f"deleting AML compute {self.settings.cluster}", self.settings, made):
                 self._client().compute.begin_delete(self.settings.cluster).result()
             made.add(f"deleted compute {self.settings.cluster}")
 
@@ -168,7 +171,7 @@ class AmlLauncher(Launcher):
 
     # --- compute --------------------------------------------------------------------------
     def _get_compute(self, made: Made | None = None) -> Any:
-        with cluster_errors(f"reading AML compute {self.settings.cluster}", self.settings, made):
+        with self._calling(f"reading AML compute {self.settings.cluster}", self.settings, made):
             try:
                 return self._client().compute.get(self.settings.cluster)
             except ResourceNotFoundError:
@@ -177,7 +180,7 @@ class AmlLauncher(Launcher):
     def _create_compute(self, nodes: int, made: Made) -> None:
         s = self.settings
         what = f"creating AML compute {s.cluster} ({s.vm_size}, {bodies.tier(s)}, 0..{max(1, nodes)} nodes)"
-        with cluster_errors(what, s, made):
+        with self._calling(what, s, made):
             created = self._client().compute.begin_create_or_update(bodies.compute_entity(s, nodes)).result()
         if str(getattr(created, "provisioning_state", "") or "").lower() == "failed":
             errors = "; ".join(str(e) for e in getattr(created, "provisioning_errors", None) or [])
@@ -206,7 +209,7 @@ class AmlLauncher(Launcher):
             return
         s = self.settings
         compute.max_instances = nodes
-        with cluster_errors(f"raising the max nodes of AML compute {s.cluster} to {nodes}", s, made):
+        with self._calling(f"raising the max nodes of AML compute {s.cluster} to {nodes}", s, made):
             self._client().compute.begin_update(compute).result()
         made.add(f"compute {s.cluster} max nodes {nodes}")
 
@@ -214,7 +217,7 @@ class AmlLauncher(Launcher):
     def _jobs(self) -> list[Any]:
         """This pool's consumer jobs (finished ones included), oldest first."""
         prefix = job_prefix(self.settings)
-        with cluster_errors("listing AML jobs", self.settings):
+        with self._calling("listing AML jobs", self.settings):
             jobs = [j for j in self._client().jobs.list() if (j.name or "").startswith(prefix)]
         return sorted(jobs, key=lambda j: _index(j.name, prefix))
 
@@ -238,12 +241,12 @@ class AmlLauncher(Launcher):
         first = max((_index(j.name, prefix) for j in jobs), default=0) + 1
         for index in range(first, first + missing):
             name = f"{prefix}{index:04d}"
-            with cluster_errors(f"submitting AML job {name}", self.settings, made):
+            with self._calling(f"submitting AML job {name}", self.settings, made):
                 self._client().jobs.create_or_update(bodies.job_entity(self.settings, name, wheel))
             made.add(f"job {name}")
 
     def _cancel(self, name: str, made: Made) -> None:
-        with cluster_errors(f"cancelling AML job {name}", self.settings, made):
+        with self._calling(f"cancelling AML job {name}", self.settings, made):
             try:
                 self._client().jobs.begin_cancel(name).result()
             except ResourceNotFoundError:
@@ -271,7 +274,7 @@ class AmlLauncher(Launcher):
     def _node_counts(self) -> dict[str, int]:
         """The compute's nodes by state (idle, running, preparing, preempted, …), zeros of the first four included."""
         counts = dict.fromkeys(NODE_STATES, 0)
-        with cluster_errors(f"listing the nodes of AML compute {self.settings.cluster}", self.settings):
+        with self._calling(f"listing the nodes of AML compute {self.settings.cluster}", self.settings):
             for node in self._client().compute.list_nodes(self.settings.cluster):
                 state = text_of(node.node_state) or "unknown"
                 counts[state] = counts.get(state, 0) + 1
@@ -324,6 +327,13 @@ class AmlLauncher(Launcher):
         return bodies.Wheel(files.wheel.file_name, files.wheel.url, digest)
 
     # --- plumbing -------------------------------------------------------------------------
+    @contextmanager
+    def _calling(self, what: str, settings: Settings, made: Made | None = None) -> Iterator[None]:
+        """An SDK call: its errors in words (cluster_errors), its marshmallow deprecation warnings silenced."""
+        with cluster_errors(what, settings, made), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+
     def _require(self, storage: bool = True) -> None:
         s = self.settings
         require(s, "aml", "subscription_id", "resource_group", "workspace", "cluster")

@@ -60,6 +60,8 @@ def sdk() -> tuple[ModuleType, ModuleType]:
     marshmallow options that marshmallow 4 deprecates (a warning on import, an error under pytest)."""
     # Its notes on experimental schema classes (every import) are noise to a user of this command.
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+    # Its telemetry logs every 404 it is asked for (a compute not made yet) as an ERROR.
+    logging.getLogger("azure.ai.ml._telemetry").setLevel(logging.CRITICAL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import azure.ai.ml as ml
