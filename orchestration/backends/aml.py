@@ -193,7 +193,7 @@ class AmlLauncher(Launcher):
         differences = []
         if (compute.size or "").lower() != (s.vm_size or "").lower():
             differences.append(f"size {compute.size} (asked {s.vm_size})")
-        if text_of(compute.tier).lower() != bodies.tier(s):
+        if text_of(compute.tier).lower().replace("_", "") != bodies.tier(s).replace("_", ""):
             differences.append(f"tier {text_of(compute.tier)} (asked {bodies.tier(s)})")
         if differences:
             log.warning(
