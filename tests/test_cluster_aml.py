@@ -276,3 +276,41 @@ def test_the_benchmark_runs_both_tiers_on_aml_and_prints_the_drain_table(cluster
     drain = re.search(r"\| Drain wall time \(s\)\s+\|\s+([\d.]+) \|\s+([\d.]+) \|", out.stdout)
     assert drain is not None and all(float(v) > 0 for v in drain.groups()), out.stdout
     assert {j["status"] for j in cluster.aml.jobs()} == {"Canceled"}
+
+
+FAST = {
+    "WORKPOOL_AUTOSCALE_INTERVAL_S": "1",
+    "WORKPOOL_AUTOSCALE_IDLE_S": "5",
+    "WORKPOOL_AUTOSCALE_COOLDOWN_S": "2",
+    "WORKPOOL_AUTOSCALE_BATCHES_PER_NODE": "2",
+}
+
+
+def test_autoscale_on_aml_grows_for_a_run_returns_to_zero_and_the_report_prices_it(cluster: Cluster) -> None:
+    cluster.aml.set_node_env(WORKPOOL_EXAMPLE_SLEEP_S="0.25")
+    try:
+        # Given `launch --autoscale 0:2` on an empty queue: the compute is made, no job runs
+        launched = cluster.cli("launch", "--backend", "aml", "--autoscale", "0:2", **FAST)
+        assert launched.code == 0, launched.stderr
+        assert cluster.aml.compute(COMPUTE) is not None and cluster.aml.jobs() == []
+
+        # When a run of 8 batches is enqueued: 8 / 2 per node, capped at 2 jobs
+        run_id, names = cluster.enqueue(32, "--task", SLEEP_TASK, "--batch-size", "4")
+        cluster.aml.wait_for(lambda: len(cluster.running()) == 2, 120, "two consumer jobs")
+
+        # Then it drains, every image once, the jobs are cancelled after the idle time, and the
+        # report prices the node time
+        report = cluster.drained(run_id)
+        assert report["images_ok"] == 32 and report["batches_poisoned"] == 0
+        one_row_per_image(cluster.rows(run_id), names)
+        cluster.aml.wait_for(lambda: not cluster.running(), 120, "the jobs to be cancelled once idle")
+        priced = cluster.cli("report", "--run", run_id, "--price-per-node-hour", "3.67", "--json")
+        assert priced.code == 0, priced.stderr
+        assert priced.json()["cost"] > 0
+        status = cluster.cli("status", "--json")
+        scaler = status.json()["autoscaler"]
+        assert scaler["running"] and scaler["backend"] == "aml" and scaler["last_change"]["to"] == 0
+    finally:
+        torn = cluster.cli("teardown", "--backend", "aml")
+        assert torn.code == 0, torn.stderr
+    assert "stopped the autoscaler" in torn.stderr

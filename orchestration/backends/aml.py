@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -60,6 +61,8 @@ RELEASE_MARGIN_S = 60.0
 LOG_TAIL_CHARS = 1500
 PUBLIC_ARM = "management.azure.com"
 NODE_STATES = ("idle", "running", "preparing", "preempted")
+CLOUD_ENV = "AZUREML_CURRENT_CLOUD"
+CLOUD_PREFIX = "workpool:"  # the name of a cloud this launcher describes to the SDK (not the public one)
 
 
 def job_prefix(settings: Settings) -> str:
@@ -353,6 +356,10 @@ class AmlLauncher(Launcher):
     def _client(self) -> Any:
         if self._ml is None:
             s = self.settings
+            # azure-ai-ml records the cloud in os.environ (AZUREML_CURRENT_CLOUD), where processes this one
+            # starts (the autoscaler) inherit it before their SDK knows that cloud: forget ours first.
+            if os.environ.get(CLOUD_ENV, "").startswith(CLOUD_PREFIX):
+                del os.environ[CLOUD_ENV]
             ml, _ = bodies.sdk()
             credential = self._credential if self._credential is not None else default_credential()
             options: dict[str, Any] = {"show_progress": False, "enable_telemetry": False}
@@ -360,7 +367,7 @@ class AmlLauncher(Launcher):
             if host != PUBLIC_ARM:
                 # Another cloud or a loopback emulator: the SDK's cloud metadata, pointed at this endpoint.
                 url = s.arm_endpoint.rstrip("/")
-                options["cloud"] = f"workpool:{urlparse(s.arm_endpoint).netloc}"
+                options["cloud"] = f"{CLOUD_PREFIX}{urlparse(s.arm_endpoint).netloc}"
                 options["cloud_metadata"] = {
                     "azure_portal": url,
                     "resource_manager": url + "/",
