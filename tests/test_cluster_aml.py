@@ -278,7 +278,7 @@ def test_the_benchmark_runs_both_tiers_on_aml_and_prints_the_drain_table(cluster
     assert {j["status"] for j in cluster.aml.jobs()} == {"Canceled"}
 
 
-FAST = {
+FAST: dict[str, Any] = {
     "WORKPOOL_AUTOSCALE_INTERVAL_S": "1",
     "WORKPOOL_AUTOSCALE_IDLE_S": "5",
     "WORKPOOL_AUTOSCALE_COOLDOWN_S": "2",

@@ -147,8 +147,8 @@ class AmlLauncher(Launcher):
         self._require()
         s = self.settings
         files = planned_files(s)
-        wheel = bodies.Wheel(files.wheel.file_name if files.wheel else "", files.wheel.url if files.wheel else "", "")
-        wheel = bodies.Wheel(wheel.file_name, wheel.url, "<sha256 of the wheel, computed when launch builds it>")
+        name, url = (files.wheel.file_name, files.wheel.url) if files.wheel else ("", "")
+        wheel = bodies.Wheel(name, url, "<sha256 of the wheel, computed when launch builds it>")
         ws = bodies.workspace_path(s)
         plan = [
             PlannedRequest(
@@ -161,12 +161,12 @@ class AmlLauncher(Launcher):
         prefix = job_prefix(s)
         blob = files.wheel.blob_name if files.wheel else ""
         for index in range(1, nodes + 1):
-            name = f"{prefix}{index:04d}"
+            job = f"{prefix}{index:04d}"
             plan.append(
                 PlannedRequest(
                     "PUT",
-                    f"{ws}/jobs/{name}?api-version={bodies.JOBS_API_VERSION}",
-                    bodies.job_body(s, name, wheel),
+                    f"{ws}/jobs/{job}?api-version={bodies.JOBS_API_VERSION}",
+                    bodies.job_body(s, job, wheel),
                     f"one consumer job per node; its input {bodies.WHEEL_INPUT} is {blob} (uploaded at launch)",
                 )
             )
