@@ -21,7 +21,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from orchestration.backends.azure_batch import AzureBatchLauncher, batch_scope
+from orchestration.backends.azure_batch import AzureBatchLauncher
+from orchestration.backends.azure_batch_checks import batch_scope
 from tests.conftest import unique
 from tests.support.azurite import Azurite
 from tests.support.fake_batch_pool import FakeBatchPool
