@@ -382,7 +382,7 @@ def test_spot_nodes_the_account_has_no_quota_for_stop_launch_wait_in_plain_words
 
     assert waited.code == 1, waited.stdout + waited.stderr
     assert "AccountSpotCoreQuotaReached: The specified account has reached spot core quota" in waited.stderr
-    assert "user subscription" in waited.stderr  # which Batch account mode Spot nodes need
+    assert "Spot nodes need Spot vCPU quota" in waited.stderr and "since March 2026" in waited.stderr
     assert cluster.batch.nodes(POOL) == []
 
 
