@@ -26,10 +26,11 @@ from orchestration.wheel import (
     ShippedFile,
     build_wheel,
     file_sha256,
+    launch_constraints,
     project,
     source_digest,
-    launch_constraints,
 )
+from workpool.errors import SettingsError
 
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 STUB_GPU = "GPU 0: NVIDIA A100 80GB PCIe (UUID: GPU-00000000-1111-2222-3333-444444444444)"
@@ -267,3 +268,51 @@ def test_the_wheel_is_content_addressed_and_cached(tmp_path: Path) -> None:
     assert build_wheel(proj, digest, cache=cache) == first and first.stat().st_mtime_ns == stamp
     assert first.parent.name == digest[:16] and first.name == "workpool-0.1.0-py3-none-any.whl"
     assert os.access(first, os.R_OK)
+
+
+@pytest.mark.parametrize(
+    ("size", "flag", "code"),
+    [
+        ("Standard_NC24ads_A100_v4", None, 1),  # a GPU size showing no GPU: refused
+        ("Standard_ND96isr_H100_v5", None, 1),
+        ("Standard_NV36ads_A10_v5", None, 1),
+        ("Standard_NC24ads_A100_v4", "--allow-cpu", 0),  # allowed, with a warning
+        ("Standard_D4s_v5", None, 0),  # not a GPU size: nothing to miss
+    ],
+)
+def test_a_gpu_size_with_no_visible_gpu_fails_the_accelerator_check(
+    tmp_path: Path, size: str, flag: str | None, code: int
+) -> None:
+    _, env = node(tmp_path, None)  # no nvidia-smi on PATH: no GPU visible
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), WORKPOOL_VM_SIZE=size)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "consumer.accelerator", *([flag] if flag else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == code, result.stdout + result.stderr
+    if size.startswith("Standard_N"):
+        assert f"this node is a GPU size ({size}) but no GPU is visible" in result.stderr
+        assert ("refusing to score on the CPU" in result.stderr) == (flag is None)
+
+
+def test_launch_refuses_an_environment_whose_keras_lacks_the_safe_mode_fixes(tmp_path: Path) -> None:
+    """A Keras below 3.14 where launch runs (a real distribution on the path) is refused, naming the floor."""
+    old = tmp_path / "site" / "keras-3.13.2.dist-info"
+    old.mkdir(parents=True)
+    (old / "METADATA").write_text("Metadata-Version: 2.1\nName: keras\nVersion: 3.13.2\n")
+    sys.path.append(str(old.parent))
+    try:
+        with pytest.raises(SettingsError) as refused:
+            launch_constraints()
+    finally:
+        sys.path.remove(str(old.parent))
+
+    assert "keras 3.13.2" in str(refused.value) and "keras >= 3.14" in str(refused.value)
+    pins = launch_constraints().decode()  # this environment's own Keras passes
+    assert "\nkeras==3." in pins and "\ntensorflow==" in pins and "\nworkpool==" not in pins
