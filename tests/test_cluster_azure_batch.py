@@ -42,6 +42,7 @@ from tests.support.recording_server import (
 )
 from workpool.errors import NotFoundError, SettingsError, WorkpoolError
 from workpool.settings import SCHEDULED_EVENTS_URL, Settings, load_settings
+from workpool.storage import blob_store
 
 IDENTITY = (
     "/subscriptions/sub-1/resourceGroups/rg-pool/providers/Microsoft.ManagedIdentity/userAssignedIdentities/scorer"
@@ -204,6 +205,28 @@ def test_a_second_launch_reuses_the_uploaded_wheel(server: RecordingServer, fake
 
     second = server.sent("POST", "^/pools$")[0].body["startTask"]["resourceFiles"]
     assert [urlparse(f["httpUrl"]).path for f in first] == [urlparse(f["httpUrl"]).path for f in second]
+
+
+@pytest.mark.azurite
+def test_a_node_file_replaced_in_storage_is_put_back_by_the_next_launch(
+    server: RecordingServer, fake: FakeBatchPool, storage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(server, storage)
+    AzureBatchLauncher(settings).launch(1)
+    start = server.sent("POST", "^/pools$")[0].body["startTask"]
+    wheel_url = next(f["httpUrl"] for f in start["resourceFiles"] if f["filePath"] == WHEEL)
+    original = fetch(wheel_url)
+    store = blob_store(settings, settings.node_files)
+    name = urlparse(wheel_url).path.split("/", 3)[3]  # /<account>/<container>/<blob>
+    store.write(name, original + b"tampered")
+    AzureBatchLauncher(settings).teardown(delete=True)
+
+    AzureBatchLauncher(settings).launch(1)
+
+    assert store.read(name) == original
+    assert f"{name} in the node-files container differs from this launch's" in caplog.text
+    again = server.sent("POST", "^/pools$")[-1].body["startTask"]["commandLine"]
+    assert f"{hashlib.sha256(original).hexdigest()}:{WHEEL}" in again
 
 
 @pytest.mark.azurite
