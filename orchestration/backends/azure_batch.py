@@ -32,6 +32,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 
 from orchestration.backends import azure_batch_bodies as bodies
 from orchestration.backends.azure_batch_checks import batch_client, check_launch, require_batch, spot_hint
+from orchestration.backends.azure_batch_logs import task_file_source
 from orchestration.backends.cluster_common import (
     Made,
     arm_client_options,
@@ -39,11 +40,12 @@ from orchestration.backends.cluster_common import (
     consumer_index,
     consumer_name,
     default_credential,
+    refused_tasks,
     service_error,
     text_of,
 )
 from orchestration.backends.vm_sizes import is_spot, warn_about_priority
-from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
+from orchestration.launcher import ClusterState, Launcher, LogSource, NodeInfo, PlannedRequest
 from orchestration.wheel import NodeFiles, planned_files, ship_node_files
 from workpool.errors import NotFoundError, UsageError, WorkpoolError
 from workpool.logs import redact
@@ -514,6 +516,16 @@ class AzureBatchLauncher(Launcher):
         numbered = [(n, t) for t in tasks if (n := consumer_index(t.id)) is not None]
         return [t for _, t in sorted(numbered, key=lambda pair: pair[0])]
 
+    def log_sources(self) -> list[LogSource]:
+        """Every consumer task's stdout.txt and stderr.txt, read through the Batch API (`orchestration logs`)."""
+        sources = []
+        for task in self._tasks():
+            info = task.node_info
+            node = info.node_id if info is not None and info.node_id else task.id
+            for stream in ("stdout", "stderr"):
+                sources.append(task_file_source(self._client, self.settings, self._job, task.id, node, stream))
+        return sources
+
     def _active_tasks(self) -> list[Any]:
         return [t for t in self._tasks() if text_of(t.state) in ACTIVE_TASK_STATES]
 
@@ -538,7 +550,7 @@ class AzureBatchLauncher(Launcher):
                 # task that already exists (a retried request that had landed) as added.
                 self._client().create_tasks(self._job, [bodies.task_body(s, i) for i in ids])
             except bm.CreateTasksError as exc:
-                raise WorkpoolError(redact(_refused_tasks(what, exc, len(ids), made), s.secret_values())) from None
+                raise WorkpoolError(redact(refused_tasks(what, exc, len(ids), made), s.secret_values())) from None
         made.add(f"{len(ids)} consumer tasks ({ids[0]}…)")
 
     # --- plumbing -------------------------------------------------------------------------
@@ -571,24 +583,6 @@ class AzureBatchLauncher(Launcher):
         if self._batch is None:
             self._batch = batch_client(self.settings, self._credential)
         return self._batch
-
-
-def _refused_tasks(what: str, error: Any, wanted: int, made: Made) -> str:
-    """CreateTasksError in words: each refused task with its code and message, and unknown errors."""
-    failures = list(error.failure_tasks or [])
-    reasons = []
-    for result in failures[:5]:
-        err = result.error
-        text = getattr(getattr(err, "message", None), "value", None) or ""
-        reasons.append(
-            f"{result.task_id}: {getattr(err, 'code', None) or text_of(result.status)}" + f" {text}".rstrip()
-        )
-    for exc in list(error.errors or [])[:3]:
-        reasons.append(service_error(exc) if isinstance(exc, HttpResponseError) else f"{type(exc).__name__}: {exc}")
-    pending = len(error.pending_tasks or [])
-    added = wanted - len(failures) - pending
-    note = f"{added} of {wanted} added" + (f", {pending} not sent" if pending else "")
-    return f"{what}: {len(failures)} refused ({'; '.join(reasons)}); {note}; {made.note()}"
 
 
 def _poll_seconds(settings: Settings) -> int:
