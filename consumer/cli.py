@@ -128,7 +128,9 @@ def run(
         code = run_workers(base_id, count, gpus, extra_args, env=child_env(settings), stop_when=_stop_reason)
         raise typer.Exit(code)
 
-    check_accelerator(settings.allow_cpu)  # GPUs the framework cannot see: refuse rather than crawl on the CPU
+    check_accelerator(
+        settings.allow_cpu, settings.vm_size
+    )  # no GPU where one was meant: refuse, never crawl on the CPU
     # Refuse decompression bombs between Pillow's limit and twice it (Pillow only warns there).
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     consumer = Consumer(settings, worker_id)
