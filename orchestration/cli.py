@@ -20,6 +20,8 @@ from orchestration.autoscale.deadline import parse_deadline
 from orchestration.autoscale.loop import PoolGoneError
 from orchestration.autoscale.policy import Limits, parse_range
 from orchestration.backends import BACKENDS, open_launcher
+from orchestration.commands import runs as run_commands
+from orchestration.commands.pool_settings import drift_warning, record_pool_settings, settings_drift
 from orchestration.deployment import resolve_backend
 from orchestration.launcher import Launcher
 from orchestration.pool import launch_until_drained, pending_runs
@@ -145,6 +147,7 @@ def launch(
     if not wait:
         requested_at = utcnow()
         launcher.launch(nodes, force=force)
+        record_pool_settings(settings)
         record_size_change(settings, "launch", backend, nodes, at=requested_at, reason="launch --nodes")
         typer.echo(f"launched {nodes} node(s) on {backend} for queue {settings.queue}", err=True)
         if json_out:
@@ -182,6 +185,7 @@ def _launch_autoscaled(
         return
     requested_at = utcnow()
     size = autoscale_process.launch_with_autoscaler(scaler)
+    record_pool_settings(settings)
     record_size_change(settings, "launch", launcher.name, size, at=requested_at, reason=f"launch --autoscale {text}")
     pid = autoscale_process.start_detached(settings, launcher.name, low, high, None, config)
     say(
@@ -224,10 +228,14 @@ def scale(
 
     New nodes join the queue at once; extras stop gracefully (SIGTERM: their batch is
     released, not lost). Works from any shell while `launch --wait` or a run is going.
+    New nodes run with the pool's settings (those of its launch): settings changed since
+    are named, with how to apply them (teardown, then launch).
     """
     _check_backend(backend)
     settings = settings_for(config, log_level)
     name = resolve_backend(settings, backend)
+    if changes := settings_drift(settings):
+        typer.echo(drift_warning(changes), err=True)
     requested_at = utcnow()
     open_launcher(name, settings).scale(nodes, force=force)
     record_size_change(settings, "scale", name, nodes, at=requested_at, reason="scale --nodes")
@@ -293,6 +301,8 @@ def wait_command(
     settings = settings_for(config, log_level)
     runs = _runs(settings)
     _require_run(runs, run)
+    if (notice := run_commands.no_nodes_notice(settings, runs, run)) is not None:
+        typer.echo(notice, err=True)
     report = wait_for_drain(runs, open_queue(settings), run, poll_s=poll_s, timeout_s=timeout_s)
     _print_reports([report], json_out, settings)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE)
@@ -545,3 +555,10 @@ def report(
         _echo_json(result.to_json())
     else:
         typer.echo(result.render())
+
+
+# A run's life after enqueue: orchestration/commands/runs.py.
+app.command("runs")(run_commands.runs_command)
+app.command("cancel")(run_commands.cancel_command)
+app.command("delete")(run_commands.delete_command)
+app.command("poison")(run_commands.poison_command)
