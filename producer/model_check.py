@@ -102,7 +102,7 @@ def _code_layers(config: Any) -> set[str]:
     found: set[str] = set()
     if isinstance(config, dict):
         if config.get("class_name") in CODE_LAYERS:
-            found.add(str(config["class_name"]))
+            found.add("Lambda")  # the layer, or the serialized function inside one
         for value in config.values():
             found |= _code_layers(value)
     elif isinstance(config, list):
