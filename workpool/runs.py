@@ -5,7 +5,7 @@ runs/<run_id>/manifest.json              run settings + batch ids → image name
 runs/<run_id>/results/<batch_id>.jsonl   one row per image of the batch (written before the ack)
 runs/<run_id>/batches/<batch_id>.json    the batch's timing record (written after the ack)
 runs/<run_id>/poison/<batch_id>.json     reason, attempts, last error (when dead-lettered)
-runs/<run_id>/cancelled.json             when the run was cancelled (`orchestration cancel`)
+runs/<run_id>/cancel/run.json            when the run was cancelled (`orchestration cancel`)
 ```
 
 Results are keyed by `(run_id, batch_id)`: a retry overwrites the same object, never appends,
@@ -456,19 +456,29 @@ class RunStore:
         self.store.delete(self._key(run_id, "poison", f"{batch_id}.json"))
 
     # --- cancel records ----------------------------------------------------------------------
+    # (In a folder of its own, with its fields as metadata, so `run_state` finds it by a listing.)
     def write_cancel(self, record: CancelRecord) -> None:
-        self.store.write(self._key(record.run_id, "cancelled.json"), record.model_dump_json().encode())
+        self.store.write(
+            self._key(record.run_id, "cancel", "run.json"),
+            record.model_dump_json().encode(),
+            _metadata_of(record.model_dump(mode="json")),
+        )
 
     def read_cancel(self, run_id: str) -> CancelRecord | None:
-        """The run's cancel record, or None while it is not cancelled."""
-        try:
-            data = self.store.read(self._key(run_id, "cancelled.json"))
-        except NotFoundError:
+        """The run's cancel record, or None while it is not cancelled (one listing)."""
+        info = self._infos(run_id, "cancel", ".json").get("run")
+        if info is None:
             return None
-        return CancelRecord.model_validate_json(data)
+        found = _model_of(CancelRecord, info.metadata)
+        if found is not None:
+            return found
+        try:
+            return CancelRecord.model_validate_json(self.store.read(info.name))
+        except NotFoundError:
+            return None  # deleted meanwhile
 
     def is_cancelled(self, run_id: str) -> bool:
-        return self.store.exists(self._key(run_id, "cancelled.json"))
+        return self.store.exists(self._key(run_id, "cancel", "run.json"))
 
     # --- a whole run ---------------------------------------------------------------------------
     def delete_run(self, run_id: str) -> int:
