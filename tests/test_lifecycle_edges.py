@@ -281,3 +281,35 @@ def test_the_plot_of_a_short_run_spans_that_run_and_not_the_next_runs_pool_event
     match = re.match(r"x axis 0 to ([\d.]+) s; 1 worker lane\(s\)", description)
     assert match, description
     assert float(match.group(1)) <= max(run_s.total_seconds() * 1.06, 1.0) + 0.01
+
+
+# --- the lifecycle commands' text, in-process --------------------------------------------------
+def test_runs_cancel_and_wait_speak_plainly(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_sample_images(tmp_path / "images", 4, (16, 16))
+    assert "no runs on queue" in invoke(orchestration_app, home, "runs").output
+    src = str(tmp_path / "images")
+    enqueued = invoke(producer_app, home, "enqueue", src, "--run", "plain", "--task", SLEEP_TASK, "--batch-size", "2")
+    assert enqueued.exit_code == 0, enqueued.output
+
+    listing = invoke(orchestration_app, home, "runs").output.splitlines()
+    assert listing[0].split() == ["run", "created", "(UTC)", "images", "batches", "done", "poisoned", "failed",
+                                  "images", "state"]  # fmt: skip
+    assert listing[1].split()[0] == "plain" and listing[1].split()[-1] == "pending"
+
+    cancelled = invoke(orchestration_app, home, "cancel", "--run", "plain")
+    assert cancelled.exit_code == 0, cancelled.output
+    assert "cancelled run plain: took 2 waiting batches off the queue; none in flight; 0/2 batches done" in (
+        cancelled.output
+    )
+    again = invoke(orchestration_app, home, "cancel", "--run", "plain")
+    assert "it was cancelled already" in again.output and "took 0 waiting batches" in again.output
+    assert invoke(orchestration_app, home, "runs").output.splitlines()[1].split()[-1] == "cancelled"
+
+    waited = invoke(orchestration_app, home, "wait", "--run", "plain")
+    assert waited.exit_code == 1
+    assert "(cancelled at" in waited.output and "0 done, 0 poisoned, 2 cancelled" in waited.output
+    assert "no node is running" not in waited.output  # the run has ended: nothing to launch for
+    assert "cancelled" in invoke(orchestration_app, home, "status", COLUMNS="160").output
+    unknown = invoke(orchestration_app, home, "cancel", "--run", "nope")
+    assert unknown.exit_code == 2 and "orchestration runs" in unknown.output

@@ -109,11 +109,12 @@ def cancel_command(
     if json_out:
         _echo_json(result.to_dict())
         return
-    flight = (
-        "batches in flight (if any) finish or are dropped"
-        if result.in_flight is None
-        else f"{plural(result.in_flight, 'batch')} in flight finish or are dropped"
-    )
+    if result.in_flight is None:
+        flight = "batches in flight (if any) finish or are dropped"
+    elif result.in_flight:
+        flight = f"{plural(result.in_flight, 'batch')} in flight finish or are dropped"
+    else:
+        flight = "none in flight"
     again = " (it was cancelled already)" if result.already_cancelled else ""
     typer.echo(
         f"cancelled run {run}{again}: took {plural(result.messages_removed, 'waiting batch')} off the queue; "
