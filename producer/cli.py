@@ -15,9 +15,9 @@ import typer
 from producer.enqueue import EnqueueRequest, EnqueueSummary, enqueue
 from producer.requeue import RequeueSummary, requeue_failed, requeue_missing
 from producer.sources import IMAGE_EXTENSIONS
+from producer.validate import with_batch_size
 from workpool.cli import ConfigOption, LogLevelOption, handle_errors, settings_for
 from workpool.errors import UsageError
-from workpool.messages import MAX_BATCH_IMAGES
 from workpool.storage import open_result_store
 
 app = typer.Typer(
@@ -104,10 +104,8 @@ def enqueue_command(
     * `producer enqueue az://photos/2024/ --task cloth_recognition --model az://models/cloth.keras`
     * `producer enqueue @names.txt --batch-size 32 --limit 1000 --json`
     """
-    if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_IMAGES:
-        raise UsageError(f"--batch-size must be 1 to {MAX_BATCH_IMAGES} (images per message), got {batch_size}")
     config_file, level = _global(ctx, config, log_level)
-    settings = settings_for(config_file, level, batch_size=batch_size)
+    settings = with_batch_size(settings_for(config_file, level), batch_size)
     summary = enqueue(
         settings,
         EnqueueRequest(source=source, run_id=run, task=task, model=model, labels=labels, limit=limit),

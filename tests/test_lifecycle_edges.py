@@ -98,7 +98,7 @@ def test_a_batch_size_out_of_range_names_the_flag(tmp_path: Path) -> None:
     write_sample_images(tmp_path / "images", 1, (16, 16))
     out = invoke(producer_app, tmp_path / "home", "enqueue", str(tmp_path / "images"), "--batch-size", "2000")
     assert out.exit_code == 2
-    assert "--batch-size must be 1 to 1024" in out.output and "WORKPOOL_BATCH_SIZE" not in out.output
+    assert "--batch-size must be between 1 and 1024" in out.output and "WORKPOOL_BATCH_SIZE" not in out.output
 
 
 # --- validate before enqueue -----------------------------------------------------------------

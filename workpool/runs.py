@@ -18,7 +18,7 @@ record leaves a done batch without timing), else *poisoned* when it has a poison
 *pending*. Every report, wait, export and requeue asks it. **A run's state** derives from its
 batches' and its cancel record (`RunState.phase`): *cancelled* once cancelled, whatever its
 batches; else *done* when every batch is done or poisoned; *running* once any batch is; else
-*pending*. A consumer drops a batch of a cancelled run unscored (`CancelledRuns`).
+*pending*. A consumer drops a batch of a cancelled run unscored (workpool/cancelled_runs.py).
 
 Reading a run costs listings, not one read per batch: each results object carries its counts
 (images, ok, failed, worker) and each timing record its fields as object metadata, which a
@@ -29,7 +29,6 @@ version) are read once instead.
 from __future__ import annotations
 
 import json
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -106,6 +105,11 @@ class BatchRecord(BaseModel):
     scored_at: datetime
     acked_at: datetime
     images_per_s: float
+    # The GPUs' mean utilization (%) and peak memory in use since the worker's previous batch was
+    # scored (consumer/gpu_stats.py); None, and left out of the record, where there is no GPU.
+    gpu_busy_pct: float | None = None
+    gpu_memory_mb: float | None = None
+    gpu_window_s: float | None = None
 
 
 class PoisonReport(BaseModel):
@@ -222,33 +226,6 @@ class RunState:
     def records(self) -> dict[str, BatchRecord]:
         """Timing records of the done batches that have one."""
         return {b: s.record for b, s in self.batches.items() if s.state == "done" and s.record is not None}
-
-
-class CancelledRuns:
-    """Answers "is this run cancelled?" for a consumer, at most one store request per run every
-    `recheck_s` seconds: a cancel is final, so a yes is kept; a no is asked again after a while."""
-
-    def __init__(self, runs: RunStore, recheck_s: float = 2.0, clock: Callable[[], float] | None = None) -> None:
-        self.runs = runs
-        self.recheck_s = recheck_s
-        self._clock = clock or time.monotonic
-        self._cancelled: set[str] = set()
-        self._checked: dict[str, float] = {}
-
-    def __contains__(self, run_id: object) -> bool:
-        if not isinstance(run_id, str):
-            return False
-        if run_id in self._cancelled:
-            return True
-        now = self._clock()
-        last = self._checked.get(run_id)
-        if last is not None and now - last < self.recheck_s:
-            return False
-        self._checked[run_id] = now
-        if self.runs.is_cancelled(run_id):
-            self._cancelled.add(run_id)
-            return True
-        return False
 
 
 def batch_state(has_results: bool, poisoned: bool) -> BatchState:

@@ -33,11 +33,11 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}es" if noun.endswith(("ch", "sh", "s", "x")) else f"{count} {noun}s"
 
 
-def no_nodes_notice(settings: Settings, runs: RunStore, run_id: str) -> str | None:
+def no_nodes_notice(settings: Settings, run_id: str) -> str | None:
     """What `wait` says first when the run has work left and no node works on the queue (and no
     autoscaler will start one); None when nodes are there, or the run has ended."""
     try:
-        if runs.run_state(run_id, timing=False).phase in ("done", "cancelled"):
+        if RunStore(open_result_store(settings)).run_state(run_id, timing=False).phase in ("done", "cancelled"):
             return None
         backend = resolve_backend(settings, None)
         cluster = open_launcher(backend, settings).state()

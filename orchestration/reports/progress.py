@@ -9,7 +9,8 @@ read per batch, and a `--watch` loop stays cheap however long the run.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +32,8 @@ class RunProgress:
     eta_s: float | None
     complete: bool
     state: RunPhase = "pending"  # pending, running, done or cancelled (`RunState.phase`)
+    # Per worker with a GPU: its GPUs' busy share (%) over the last minute; absent without a GPU.
+    gpu_busy_pct: dict[str, float] = field(default_factory=dict)
 
     @property
     def ended(self) -> bool:
@@ -106,6 +109,7 @@ class RunTracker:
             eta_s=eta,
             complete=complete,
             state=self.state.phase,
+            gpu_busy_pct=gpu_busy_by_worker(self.records.values(), since=now - timedelta(seconds=RATE_WINDOW_S)),
         )
 
     def looks_complete(self) -> bool:
@@ -125,6 +129,19 @@ def format_eta(eta_s: float | None) -> str:
     minutes, seconds = divmod(round(eta_s), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def gpu_busy_by_worker(records: Iterable[BatchRecord], since: datetime | None = None) -> dict[str, float]:
+    """Each worker's GPU busy share (%), weighted by the windows its records cover (acked after
+    `since`, when given). Workers whose records carry no GPU figures are absent, never 0."""
+    weighted: dict[str, tuple[float, float]] = {}
+    for r in records:
+        if r.gpu_busy_pct is None or (since is not None and r.acked_at < since):
+            continue
+        weight = r.gpu_window_s if r.gpu_window_s and r.gpu_window_s > 0 else 1e-3
+        total, span = weighted.get(r.worker, (0.0, 0.0))
+        weighted[r.worker] = (total + r.gpu_busy_pct * weight, span + weight)
+    return {w: round(total / span, 1) for w, (total, span) in sorted(weighted.items())}
 
 
 def rate_over_window(records: list[BatchRecord], now: datetime, window_s: float = RATE_WINDOW_S) -> float:

@@ -4,7 +4,8 @@ Top: one lane per worker, each acked batch a bar from its dequeue to its ack: th
 is waiting (prefetched, decoding, waiting for the worker), the solid part scoring, the thin end
 writing results and acking. Re-delivered batches (attempt > 1) are hatched, preemptions marked
 with a red ✕ on the preempted worker's lane. Stragglers, idle gaps and cold starts show as long
-bars, white space, and lanes that begin late.
+bars, white space, and lanes that begin late. A worker with a GPU has its GPUs' busy share over
+the run under its name (consumer/gpu_stats.py); one without has none.
 
 Bottom: the batches not yet done (the queue's backlog and in-flight work, from the manifest's
 time and the records), and the pool's size over time from its event log, with every launch,
@@ -18,10 +19,13 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestration.reports.report import BatchSpan, RunReport
 from workpool.pool_events import PoolEvent
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 WAIT, SCORE, FINISH = "#b9d3ee", "#1f77b4", "#0b3d66"
 POOL, BACKLOG, PREEMPT, COLD = "#2ca02c", "#ff7f0e", "#d62728", "#e6e6e6"
@@ -31,11 +35,21 @@ MIN_BAR_FRACTION = 0.004  # of the x axis: the narrowest bar drawn (about 5 pixe
 
 
 def plot_timeline(report: RunReport, path: Path) -> Path:
-    import matplotlib
+    """Write the timeline figure as a PNG."""
+    fig = timeline_figure(report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lanes = fig.axes[0]
+    # What the picture spans, readable without looking at it (a PNG text chunk).
+    description = f"x axis 0 to {lanes.get_xlim()[1]:.3f} s; {len(lanes.get_yticks())} worker lane(s)"
+    fig.savefig(path, dpi=110, metadata={"Description": description})
+    return path
 
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
+
+def timeline_figure(report: RunReport) -> Figure:
+    """The run's timeline: a lane per worker, the backlog and the pool size (a Figure outside
+    pyplot: no backend is chosen, nothing global is kept, a notebook shows it)."""
     from matplotlib.artist import Artist
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -48,9 +62,8 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
     workers = _lanes(report.spans, shown_events)
     lane_h = 0.32 if len(workers) <= MAX_LANES_LABELLED else max(8.0 / len(workers), 0.05)
     top_h = max(1.6, lane_h * len(workers) + 0.9)
-    fig, (lanes, pool) = plt.subplots(
-        2, 1, figsize=(12, top_h + 2.6), sharex=True, gridspec_kw={"height_ratios": [top_h, 2.4]}
-    )
+    fig = Figure(figsize=(12, top_h + 2.6))
+    lanes, pool = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [top_h, 2.4]})
 
     # --- one lane per worker -----------------------------------------------------------------
     index = {w: i for i, w in enumerate(workers)}
@@ -65,7 +78,7 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
     cold = _cold_start(lanes, report, t0)
     lanes.set_yticks(range(len(workers)))
     if len(workers) <= MAX_LANES_LABELLED:
-        lanes.set_yticklabels([_short(w, workers) for w in workers], fontsize=8)
+        lanes.set_yticklabels([_lane_label(w, workers, report.gpu_busy_pct) for w in workers], fontsize=8)
     else:
         lanes.set_yticklabels([])
         lanes.set_ylabel(f"{len(workers)} workers")
@@ -117,11 +130,7 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
     pool.legend(handles=handles, loc="upper right", fontsize=8)
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # What the picture spans, readable without looking at it (PNG text chunk).
-    fig.savefig(path, dpi=110, metadata={"Description": f"x axis 0 to {right:.3f} s; {len(workers)} worker lane(s)"})
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _bar(ax: Any, span: BatchSpan, y: int, t0: datetime, min_width: float) -> None:
@@ -172,6 +181,12 @@ def _lanes(spans: list[BatchSpan], events: list[PoolEvent]) -> list[str]:
         if event.kind == "preempt" and event.node:
             seen.setdefault(event.node, None)
     return list(seen)
+
+
+def _lane_label(worker: str, workers: list[str], gpu_busy_pct: dict[str, float]) -> str:
+    """The worker's short name, and its GPUs' busy share where it has a GPU (absent otherwise)."""
+    busy = gpu_busy_pct.get(worker)
+    return _short(worker, workers) + ("" if busy is None else f"\nGPU {busy:.0f}%")
 
 
 def _short(worker: str, workers: list[str]) -> str:
