@@ -72,7 +72,6 @@ def enqueue(settings: Settings, request: EnqueueRequest, *, progress_bar: bool |
         raise UsageError(f"--limit must be at least 1, got {request.limit}")
     runs = RunStore(open_result_store(settings))
     refuse_existing_run(runs, run_id)
-    check_model_needed(task, request.model)
     model = check_uri(settings, request.model, "model")
     if model is not None and task in TASKS_NEEDING_A_MODEL:  # built-in tasks load it the consumers' way
         check_model_opens(settings, model)
@@ -82,6 +81,7 @@ def enqueue(settings: Settings, request: EnqueueRequest, *, progress_bar: bool |
     images = listing.images if request.limit is None else listing.images[: request.limit]
     if not images:
         raise UsageError(f"no images in {request.source}{_skipped_note(listing.skipped)}; nothing enqueued")
+    check_model_needed(task, model)  # after the source, whose mistakes are named first
     spec = RunSpec(
         run_id=run_id,
         source=listing.source,
