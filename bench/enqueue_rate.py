@@ -54,8 +54,13 @@ class EnqueueFigures:
         return self.messages / self.send_seconds
 
 
+SLEEP_TASK = "consumer.tasks.examples:SleepTask"  # enqueue needs no model for it
+
+
 def producer_enqueue(settings: Settings, listing: Path, run_id: str) -> EnqueueFigures:
-    summary = enqueue(settings, EnqueueRequest(source=f"@{listing}", run_id=run_id), progress_bar=False)
+    summary = enqueue(
+        settings, EnqueueRequest(source=f"@{listing}", run_id=run_id, task=SLEEP_TASK), progress_bar=False
+    )
     return EnqueueFigures(summary.images, summary.batches, summary.seconds, summary.send_seconds)
 
 

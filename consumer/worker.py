@@ -35,6 +35,7 @@ import numpy as np
 from consumer.gpu_stats import GpuSampler, GpuShare
 from consumer.lease import LeaseKeeper
 from consumer.pipeline import Job, Prefetcher
+from workpool.cancelled_runs import CancelledRuns
 from workpool.errors import LeaseLostError, MessageError, TransientError, WorkpoolError
 from workpool.queue import WorkQueue
 from workpool.retry import Backoff, RetryPolicy, retry_transient
@@ -131,6 +132,7 @@ class Worker:
         self.gpu = gpu  # None: no GPU statistics (no NVML, or no GPU)
         self.images_processed = 0
         self.batches_processed = 0
+        self.cancelled = CancelledRuns(runs)
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -188,7 +190,9 @@ class Worker:
     def _triage(self, job: Job, stop: threading.Event) -> bool:
         """Dispose of a job that must not be scored; True when it was."""
         attempt = job.message.dequeue_count
-        if isinstance(job.failure, MessageError):
+        if job.batch is not None and job.batch.run_id in self.cancelled:
+            self.drop_cancelled(job, stop)
+        elif isinstance(job.failure, MessageError):
             self.poison(job, str(job.failure), stop)
         elif attempt > self.max_attempts:
             self.poison(job, f"delivered {attempt} times without being finished (consumers crashed or timed out)", stop)
@@ -365,6 +369,16 @@ class Worker:
         except WorkpoolError as exc:
             log.error("%s could not be dead-lettered (%s); it returns when its lease expires", self._where(job), exc)
             self.leases.finish(job.message_id, lambda m: None)
+
+    def drop_cancelled(self, job: Job, stop: threading.Event) -> None:
+        """A batch of a cancelled run (in flight during the cancel, or back again): deleted unscored."""
+        log.info("%s dropped unscored: the run is cancelled", self._where(job))
+        try:
+            if self._persist(lambda: self._ack(job), "ack", stop):
+                return
+        except WorkpoolError as exc:  # lease lost: whoever holds it now drops it too
+            log.warning("%s could not be dropped (%s)", self._where(job), exc)
+        self.leases.finish(job.message_id, lambda m: None)
 
     def _where(self, job: Job) -> str:
         if job.batch is None:

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from orchestration.api import Autoscale, Pool
 from orchestration.backends import BACKENDS
+from orchestration.commands import runs as run_commands
 from orchestration.commands.dashboard import dashboard as dashboard_command
 from orchestration.commands.logs import logs as logs_command
 from orchestration.reports.drain import DrainReport
@@ -113,10 +114,11 @@ def _check_backend(backend: str | None) -> None:
 
 app.command("dashboard")(dashboard_command)
 app.command("logs")(logs_command)
-
-
-app.command("dashboard")(dashboard_command)
-app.command("logs")(logs_command)
+# A run's life after enqueue: orchestration/commands/runs.py.
+app.command("runs")(run_commands.runs_command)
+app.command("cancel")(run_commands.cancel_command)
+app.command("delete")(run_commands.delete_command)
+app.command("poison")(run_commands.poison_command)
 
 
 @app.command()
@@ -283,10 +285,14 @@ def wait_command(
     """Block until every batch of the run is acked or poisoned, then print its drain report.
 
     The drain wall time runs from the run's first dequeue to its last ack, read from the batch
-    records. Exit 1 if any batch was poisoned, or lost (the queue emptied without it).
+    records. Exit 1 if any batch was poisoned, or lost (the queue emptied without it), or the
+    run was cancelled. With no node running (and no autoscaler), it says so at once.
     """
     pool = _pool(config, log_level)
-    report = pool.run(run).wait(timeout_s, poll_s=poll_s, progress=False)
+    handle = pool.run(run)
+    if (notice := run_commands.no_nodes_notice(pool.settings, run)) is not None:
+        typer.echo(notice, err=True)
+    report = handle.wait(timeout_s, poll_s=poll_s, progress=False)
     _print_reports(pool, [report], json_out)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE)
 

@@ -96,11 +96,11 @@ def enqueue_command(
 
     The manifest (`runs/<run>/manifest.json` in the result store) is written before any message
     is sent. Bad input (empty or missing source, unreadable list file, bad batch size, unknown
-    task, existing run) exits with code 2 and leaves nothing behind.
+    task, existing run, a missing or unusable model) exits with code 2 and leaves nothing behind.
 
     Examples:
 
-    * `producer enqueue ./images --run demo-1`
+    * `producer enqueue ./images --run demo-1 --model models/inceptionv3.keras`
     * `producer enqueue az://photos/2024/ --task cloth_recognition --model az://models/cloth.keras`
     * `producer enqueue @names.txt --batch-size 32 --limit 1000 --json`
     """

@@ -1,6 +1,7 @@
 """`producer enqueue`: a source becomes a run: listing → plan → manifest → messages.
 
-The order is the guarantee. Every check (run id, task, model and labels, the source, every name
+The order is the guarantee. Every check (run id, task, model (present when the task needs one,
+and openable in safe mode: producer/model_check.py) and labels, the source, every name
 and every message's size) happens before anything is written; the manifest is written before the
 first message is sent, so every message on the queue belongs to a recorded run; if something
 fails before sending starts, the manifest is removed again and nothing is left behind. The
@@ -17,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from producer.model_check import TASKS_NEEDING_A_MODEL, check_model_needed, check_model_opens
 from producer.plan import RunSpec, plan_run
 from producer.progress import progress
 from producer.sending import SendIncomplete, send_all
@@ -71,12 +73,15 @@ def enqueue(settings: Settings, request: EnqueueRequest, *, progress_bar: bool |
     runs = RunStore(open_result_store(settings))
     refuse_existing_run(runs, run_id)
     model = check_uri(settings, request.model, "model")
+    if model is not None and task in TASKS_NEEDING_A_MODEL:  # built-in tasks load it the consumers' way
+        check_model_opens(settings, model)
     labels = check_uri(settings, request.labels, "labels")
 
     listing = list_source(settings, request.source)
     images = listing.images if request.limit is None else listing.images[: request.limit]
     if not images:
         raise UsageError(f"no images in {request.source}{_skipped_note(listing.skipped)}; nothing enqueued")
+    check_model_needed(task, model)  # after the source, whose mistakes are named first
     spec = RunSpec(
         run_id=run_id,
         source=listing.source,

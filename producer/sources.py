@@ -22,6 +22,7 @@ from workpool.storage import AZ_SCHEME, open_location, parse_location
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 LIST_PREFIX = "@"
+_SNIFF_BYTES = 4096  # read of a file given as SOURCE, to tell a list of names from anything else
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,33 @@ def list_source(settings: Settings, source: str) -> Listing:
 def _list_directory(settings: Settings, source: str) -> Listing:
     path = Path(source)
     if path.is_file():
-        raise UsageError(f"{source} is a file, not a directory; to enqueue the names it lists, use @{source}")
+        raise UsageError(f"{source} is a file, not a directory; {_file_hint(path, source)}")
     store, _ = open_location(settings, source)
     try:
         names = list(store.list())
     except NotFoundError as exc:
         raise UsageError(str(exc)) from None
     return _keep_images(store.location, names)
+
+
+def _file_hint(path: Path, source: str) -> str:
+    """What to give instead of a file: `@file` only for a text file (a list of names)."""
+    if is_image_name(source):
+        folder = str(path.parent) if str(path.parent) != "." else "."
+        return f"give the folder that holds it ({folder}), or a text file listing the images as @<file>"
+    not_text = "give a directory, az://<container>/<prefix>, or a text file of image names as @<file>"
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF_BYTES)
+        if b"\x00" in head:
+            return not_text
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut in half at the end of the read
+            return not_text
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    return f"to enqueue the names it lists, use @{source}"
 
 
 def _list_container(settings: Settings, source: str) -> Listing:

@@ -9,6 +9,7 @@ the `model` setting.
 from __future__ import annotations
 
 import threading
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -146,7 +147,8 @@ def test_a_model_that_cannot_be_loaded_is_left_to_its_batches(tmp_path: Path, ca
     # model setting naming a file that is not a model
     settings = load_settings(home=tmp_path / "home", queue="warm-broken", model=str(a_model_file(tmp_path, "x.keras")))
     model = tmp_path / "gone.keras"
-    model.write_bytes(b"")
+    with zipfile.ZipFile(model, "w") as archive:  # a .keras header, enough for enqueue's check
+        archive.writestr("config.json", '{"class_name": "Functional", "config": {}}')
     write_sample_images(tmp_path / "images", 1, (32, 24))
     enqueue(settings, EnqueueRequest(source=str(tmp_path / "images"), run_id="r1", model=str(model)),
             progress_bar=False)  # fmt: skip

@@ -48,7 +48,9 @@ def test_a_model_carrying_python_code_is_refused_unless_allowed(tmp_path: Path) 
     models = save_code_carrying_models(tmp_path / "models", marker)
     names = unique_images(tmp_path / "images", 4)
     for kind, path in models.items():
-        enqueue_run(settings, str(tmp_path / "images"), f"run-{kind}", "--model", str(path), "--batch-size", "2")
+        # The producer refuses such a model unless this setting vouches for it (it never runs its code)
+        enqueue_run(settings, str(tmp_path / "images"), f"run-{kind}", "--model", str(path), "--batch-size", "2",
+                    env={"WORKPOOL_ALLOW_UNSAFE_MODELS": "true"})  # fmt: skip
 
     # When a consumer with default settings (5 attempts) drains the queue
     refused = run_cli("consumer", settings, "run", "--idle-exit-s", "2", "--worker-id", "safe", env=QUIET,

@@ -28,7 +28,8 @@ def images(folder: Path, count: int) -> Path:
 
 
 def start_enqueue(folder: Path, run_id: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "producer", "enqueue", str(folder), "--run", run_id, "--batch-size", "10"]
+    command = [sys.executable, "-m", "producer", "enqueue", str(folder), "--run", run_id, "--batch-size", "10",
+               "--task", "consumer.tasks.examples:SleepTask"]  # fmt: skip
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -39,6 +39,9 @@ def producer(settings: Settings, *args: str) -> Outcome:
 Case = Callable[[Path], tuple[list[str], str]]
 
 
+SLEEP = "consumer.tasks.examples:SleepTask"  # a task that needs no model
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -57,7 +60,8 @@ CASES: dict[str, Case] = {
         "no images in",
     ),
     "missing directory": lambda t: ([str(t / "nowhere")], "does not exist"),
-    "a file given as a directory": lambda t: ([str(_write(t / "one.jpg", b"x"))], "use @"),
+    "a file given as a directory": lambda t: ([str(_write(t / "one.jpg", b"x"))], "is a file, not a directory"),
+    "a task that needs a model, without one": lambda t: ([str(t / "images"), "--task", "classification"], "--model"),
     "missing list file": lambda t: ([at(t / "absent.txt")], "does not exist"),
     "list file that is a directory": lambda t: ([at(t / "images")], "is a directory"),
     "list file that is not text": lambda t: ([at(_write(t / "bin.txt", b"a.jpg\n\xff\xfe.jpg\n"))], "not UTF-8"),
@@ -88,7 +92,7 @@ def test_bad_input_exits_2_and_leaves_nothing_behind(settings: Settings, tmp_pat
     args, expected = CASES[case](tmp_path)
 
     # When the user enqueues it
-    out = producer(settings, "enqueue", *args, "--json")
+    out = producer(settings, "enqueue", "--task", SLEEP, *args, "--json")  # a case's own --task wins
 
     # Then: one clear error line, exit code 2, nothing on stdout, nothing enqueued, no manifest
     assert out.code == 2, (out.code, out.stdout, out.stderr)
@@ -101,7 +105,7 @@ def test_bad_input_exits_2_and_leaves_nothing_behind(settings: Settings, tmp_pat
 
 def test_a_missing_container_is_bad_input(settings: Settings) -> None:
     # On Azurite the container does not exist; on the embedded backend az:// needs Azure at all.
-    out = producer(settings, "enqueue", f"az://nothere{uuid.uuid4().hex[:8]}/images", "--json")
+    out = producer(settings, "enqueue", f"az://nothere{uuid.uuid4().hex[:8]}/images", "--json", "--task", SLEEP)
     assert out.code == 2, out.stderr
     assert "does not exist" in out.stderr or "needs Azure Storage" in out.stderr
     assert queue_depth(settings) == 0
@@ -112,13 +116,15 @@ def test_an_existing_run_is_refused_and_points_to_requeue(settings: Settings, tm
     # Given a run already enqueued
     for name in ("a.jpg", "b.jpg"):
         _write(tmp_path / "images" / name, b"x")
-    first = producer(settings, "enqueue", str(tmp_path / "images"), "--run", "once", "--batch-size", "1")
+    first = producer(
+        settings, "enqueue", str(tmp_path / "images"), "--run", "once", "--batch-size", "1", "--task", SLEEP
+    )
     assert first.code == 0, first.stderr
     manifest_before = RunStore(open_result_store(settings)).read_manifest("once")
 
     # When the same run id is enqueued again, even from another source
     _write(tmp_path / "other" / "z.jpg", b"x")
-    again = producer(settings, "enqueue", str(tmp_path / "other"), "--run", "once")
+    again = producer(settings, "enqueue", str(tmp_path / "other"), "--run", "once", "--task", SLEEP)
 
     # Then it is refused with a pointer to requeue, and the first run is untouched
     assert again.code == 2

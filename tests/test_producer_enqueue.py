@@ -26,6 +26,7 @@ from workpool.runs import RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
 
+SLEEP = "consumer.tasks.examples:SleepTask"  # a task that needs no model
 # Blob sources need Azure Storage: these stories run on Azurite only.
 AZURITE_ONLY = pytest.mark.parametrize("backend", [pytest.param("azurite", marks=pytest.mark.azurite)])
 
@@ -52,7 +53,9 @@ def test_a_directory_becomes_a_manifest_and_one_message_per_batch(settings: Sett
     make_images(tmp_path / "src", [*images, "notes.txt", "cats/thumbs.db", ".hidden.jpg"])
 
     # When it is enqueued with batches of 4
-    out = producer(settings, "enqueue", str(tmp_path / "src"), "--run", "cats-1", "--batch-size", "4", "--json")
+    out = producer(
+        settings, "enqueue", str(tmp_path / "src"), "--task", SLEEP, "--run", "cats-1", "--batch-size", "4", "--json"
+    )
 
     # Then the JSON summary (and only it) is on stdout
     assert out.code == 0, out.stderr
@@ -65,18 +68,18 @@ def test_a_directory_becomes_a_manifest_and_one_message_per_batch(settings: Sett
     manifest = RunStore(open_result_store(settings)).read_manifest("cats-1")
     assert list(manifest.batches) == ["b000000", "b000001", "b000002", "b000003"]
     assert [name for batch in manifest.batches.values() for name in batch] == sorted(images)
-    assert (manifest.task, manifest.batch_size, manifest.images) == ("classification", 4, 13)
+    assert (manifest.task, manifest.batch_size, manifest.images) == (SLEEP, 4, 13)
     assert manifest.queue == settings.queue
 
     # And the queue holds one valid message per manifest batch, with the same images
     messages = drain_messages(settings)
     assert {m.batch_id: m.images for m in messages} == manifest.batches
-    assert {(m.run_id, m.source, m.task) for m in messages} == {("cats-1", summary["source"], "classification")}
+    assert {(m.run_id, m.source, m.task) for m in messages} == {("cats-1", summary["source"], SLEEP)}
 
 
 def test_the_human_summary_names_the_run_and_what_to_do_next(settings: Settings, tmp_path: Path) -> None:
     make_images(tmp_path / "src", ["a.jpg", "b.jpeg", "c.gif", "readme.md"])
-    out = producer(settings, "enqueue", str(tmp_path / "src"), "--run", "human-1")
+    out = producer(settings, "enqueue", str(tmp_path / "src"), "--task", SLEEP, "--run", "human-1")
     assert out.code == 0, out.stderr
     assert "Enqueued run human-1: 3 images in 1 batch of up to 64" in out.stdout
     assert "1 file skipped: not images" in out.stdout
@@ -85,7 +88,7 @@ def test_the_human_summary_names_the_run_and_what_to_do_next(settings: Settings,
 
 def test_a_generated_run_id_is_valid_and_dated(settings: Settings, tmp_path: Path) -> None:
     make_images(tmp_path / "src", ["a.jpg"])
-    out = producer(settings, "enqueue", str(tmp_path / "src"), "--json")
+    out = producer(settings, "enqueue", str(tmp_path / "src"), "--task", SLEEP, "--json")
     assert out.code == 0, out.stderr
     run_id = out.json()["run_id"]
     assert run_id.startswith("run-20") and len(run_id) == len("run-YYYYmmdd-HHMMSS-xxxx")
@@ -119,7 +122,7 @@ def test_a_list_file_with_comments_blank_lines_crlf_and_repeats(settings: Settin
     listing = tmp_path / "lists" / "names.txt"
     listing.parent.mkdir()
     listing.write_bytes(b"# exported names\r\nb/2.jpg\r\n\r\na/1.PNG\r\nb/2.jpg\r\nnotes.pdf\r\n")
-    out = producer(settings, "enqueue", f"@{listing}", "--run", "list-1", "--json")
+    out = producer(settings, "enqueue", f"@{listing}", "--task", SLEEP, "--run", "list-1", "--json")
     assert out.code == 0, out.stderr
     summary = out.json()
     assert (summary["images"], summary["skipped"], summary["duplicates"]) == (2, 1, 1)
@@ -132,7 +135,7 @@ def test_long_and_unicode_names_split_into_more_batches_never_over_64_kib(settin
     # Names of ~2.6 KB each once JSON- and XML-escaped: 64 of them could never share a message.
     names = [f"{i:03d}-" + "猫&<é>" * 190 + ".jpg" for i in range(120)]
     (tmp_path / "names.txt").write_text("\n".join(names), encoding="utf-8")
-    out = producer(settings, "enqueue", f"@{tmp_path / 'names.txt'}", "--run", "long-1", "--json")
+    out = producer(settings, "enqueue", f"@{tmp_path / 'names.txt'}", "--task", SLEEP, "--run", "long-1", "--json")
     assert out.code == 0, out.stderr
     assert out.json()["batches"] > 2  # 120 names at 64 per batch would be 2
 
@@ -151,7 +154,18 @@ def test_a_blob_folder_is_enqueued_and_any_queue_client_can_read_it(settings: Se
     upload(settings, container, [*images, "shoot/list.csv", "shooting/other.jpg", "top.jpg"])
 
     # When the folder is enqueued (the prefix is a folder: "shoot" does not take in "shooting/")
-    out = producer(settings, "enqueue", f"az://{container}/shoot", "--run", "blob-1", "--batch-size", "10", "--json")
+    out = producer(
+        settings,
+        "enqueue",
+        f"az://{container}/shoot",
+        "--task",
+        SLEEP,
+        "--run",
+        "blob-1",
+        "--batch-size",
+        "10",
+        "--json",
+    )
 
     # Then a plain azure-storage-queue client reads every message, and each decodes to the schema
     assert out.code == 0, out.stderr
@@ -170,7 +184,7 @@ def test_long_unicode_blob_names_split_and_azure_accepts_every_message(settings:
     # Blob names stop at 1,024 characters; these are ~1,000, about 2.6 KB each on the wire.
     names = [f"{i:02d}-" + "猫&<é>" * 199 + ".jpg" for i in range(40)]
     upload(settings, container, names)
-    out = producer(settings, "enqueue", f"az://{container}", "--run", "long-blob-1", "--json")
+    out = producer(settings, "enqueue", f"az://{container}", "--task", SLEEP, "--run", "long-blob-1", "--json")
     assert out.code == 0, out.stderr
     bodies = drain_bodies(settings)
     assert len(bodies) == out.json()["batches"] >= 2  # 40 names would be one batch of 64
@@ -181,7 +195,7 @@ def test_long_unicode_blob_names_split_and_azure_accepts_every_message(settings:
 def test_the_queue_and_result_store_are_created_when_missing(settings: Settings, tmp_path: Path) -> None:
     assert recorded_runs(settings) == [] and queue_depth(settings) == 0
     make_images(tmp_path / "src", ["a.jpg", "b.jpg"])
-    out = producer(settings, "enqueue", str(tmp_path / "src"), "--run", "fresh-1", "--batch-size", "1")
+    out = producer(settings, "enqueue", str(tmp_path / "src"), "--task", SLEEP, "--run", "fresh-1", "--batch-size", "1")
     assert out.code == 0, out.stderr
     assert recorded_runs(settings) == ["fresh-1"]
     assert queue_depth(settings) == 2
@@ -201,7 +215,7 @@ def test_a_terminal_gets_a_progress_bar_on_stderr_and_json_stays_clean(settings:
 
     reader = threading.Thread(target=read_terminal)
     reader.start()
-    args = ["enqueue", str(tmp_path / "src"), "--run", "tty-1", "--batch-size", "1", "--json"]
+    args = ["enqueue", str(tmp_path / "src"), "--task", SLEEP, "--run", "tty-1", "--batch-size", "1", "--json"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "producer", *args],
         env={**backend_env(settings), "COLUMNS": "100", "TERM": "xterm"},
@@ -250,13 +264,26 @@ def test_a_config_file_is_read_before_or_after_the_command_and_flags_win(setting
     config.write_text("batch_size = 2\n")
 
     src = str(tmp_path / "src")
-    before = producer(settings, "--config", str(config), "enqueue", src, "--run", "c-1", "--json")
-    after = producer(settings, "enqueue", src, "--run", "c-2", "--config", str(config), "--json")
-    flag = producer(settings, "enqueue", src, "--run", "c-3", "--config", str(config), "--batch-size", "4", "--json")
+    before = producer(settings, "--config", str(config), "enqueue", src, "--task", SLEEP, "--run", "c-1", "--json")
+    after = producer(settings, "enqueue", src, "--task", SLEEP, "--run", "c-2", "--config", str(config), "--json")
+    flag = producer(
+        settings,
+        "enqueue",
+        src,
+        "--task",
+        SLEEP,
+        "--run",
+        "c-3",
+        "--config",
+        str(config),
+        "--batch-size",
+        "4",
+        "--json",
+    )
     assert (before.code, after.code, flag.code) == (0, 0, 0), (before.stderr, after.stderr, flag.stderr)
     assert (before.json()["batches"], after.json()["batches"], flag.json()["batches"]) == (3, 3, 2)
 
     broken = tmp_path / "broken.toml"
     broken.write_text("batch_size = [")
-    out = producer(settings, "--config", str(broken), "enqueue", str(tmp_path / "src"), "--run", "c-4")
+    out = producer(settings, "--config", str(broken), "enqueue", str(tmp_path / "src"), "--task", SLEEP, "--run", "c-4")
     assert out.code == 2 and "not valid TOML" in out.stderr

@@ -122,7 +122,9 @@ def test_enqueue_with_storage_down_fails_with_exit_1_and_writes_nothing(own_azur
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "a.jpg").write_bytes(b"x")
     own_azurite.stop()
-    out = producer(settings, "enqueue", str(tmp_path / "images"), "--run", "down-1")
+    out = producer(
+        settings, "enqueue", str(tmp_path / "images"), "--run", "down-1", "--task", "consumer.tasks.examples:SleepTask"
+    )
     assert out.code == 1, out.stderr
     assert "storage unreachable" in out.stderr and "Traceback" not in out.stderr
     own_azurite.start()
@@ -155,7 +157,16 @@ def test_a_refused_send_removes_the_manifest_and_keeps_the_sas_secret(azurite: A
     (tmp_path / "images" / "a.jpg").write_bytes(b"x")
 
     # When a run is enqueued: the manifest is written, then the first send is refused
-    out = producer(settings, "enqueue", str(tmp_path / "images"), "--run", "refused-1", "--json")
+    out = producer(
+        settings,
+        "enqueue",
+        str(tmp_path / "images"),
+        "--run",
+        "refused-1",
+        "--json",
+        "--task",
+        "consumer.tasks.examples:SleepTask",
+    )
 
     # Then it fails during the work (exit 1), names the refusal, and leaves no manifest behind
     assert out.code == 1, out.stderr

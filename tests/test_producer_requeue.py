@@ -23,7 +23,8 @@ def enqueue_run(settings: Settings, tmp_path: Path, run_id: str, images: int, ba
     folder.mkdir()
     for i in range(images):
         (folder / f"{run_id}-{i:02d}.jpg").write_bytes(b"x")
-    out = producer(settings, "enqueue", str(folder), "--run", run_id, "--batch-size", str(batch_size))
+    out = producer(settings, "enqueue", str(folder), "--run", run_id, "--batch-size", str(batch_size),
+                   "--task", "consumer.tasks.examples:SleepTask")  # fmt: skip
     assert out.code == 0, out.stderr
 
 

@@ -39,7 +39,8 @@ def test_366111_names_make_5721_messages_with_every_name_once(settings: Settings
     listing.write_text("\n".join(reversed(names)) + "\n", encoding="utf-8")
 
     # When it is enqueued at batch size 64
-    out = producer(settings, "enqueue", f"@{listing}", "--run", "imagenet", "--batch-size", "64", "--json")
+    out = producer(settings, "enqueue", f"@{listing}", "--run", "imagenet", "--batch-size", "64", "--json",
+                   "--task", "consumer.tasks.examples:SleepTask")  # fmt: skip
 
     # Then there are 5,721 messages, none over 64 KiB, and their union is the listing, once each
     assert out.code == 0, out.stderr

@@ -284,3 +284,30 @@ def test_four_processes_compete_for_200_messages_and_each_is_taken_once(settings
     assert sorted(everything) == bodies  # none lost, none taken twice
     assert all(per_process)  # every process got a share: they really competed
     assert queue.depth().messages == 0
+
+
+def test_remove_where_deletes_the_matching_visible_messages_and_leaves_the_others_as_they_were(
+    queue: WorkQueue,
+) -> None:
+    queue.send(["run-a 1", "run-b 1", "run-a 2", "run-b 2", "run-a 3"])
+    removal = queue.remove_where(lambda body: body.startswith("run-a"))
+    assert removal.removed == 3
+    left = queue.receive(MAX_RECEIVE, visibility_timeout_s=30)
+    assert sorted(m.body for m in left) == ["run-b 1", "run-b 2"]
+    assert [m.dequeue_count for m in left] == [1, 1]  # the walk's look at them did not count
+    assert queue.depth().messages == 2
+
+
+def test_remove_where_leaves_a_message_in_flight_to_its_consumer(queue: WorkQueue) -> None:
+    queue.send(["run-a held", "run-a waiting"])
+    [held] = queue.receive(1, visibility_timeout_s=60)
+    removal = queue.remove_where(lambda body: body.startswith("run-a"))
+    assert removal.removed == 1
+    # The embedded queue sees the leased message; Azure cannot read an invisible one.
+    assert removal.in_flight in (1, None)
+    queue.ack(held)  # its consumer still finishes it
+    assert queue.depth().messages == 0
+
+
+def test_remove_where_on_an_empty_queue_removes_nothing(queue: WorkQueue) -> None:
+    assert queue.remove_where(lambda body: True).removed == 0

@@ -93,7 +93,12 @@ def doctor(
     log_level: LogLevelOption = "WARNING",
     create: Annotated[bool, typer.Option(help="Create the queue, poison queue and result store if missing.")] = False,
 ) -> None:
-    """Check that the configured queue and result store can be reached."""
+    """Check that the configured queue and result store can be reached.
+
+    On a fresh home (or account) they do not exist yet: the first `producer enqueue` creates
+    them, and so does `workpool doctor --create`.
+    """
+    from workpool.errors import NotFoundError
     from workpool.queue import open_queue
     from workpool.storage import open_result_store
 
@@ -103,8 +108,14 @@ def doctor(
         if create:
             queue.create()
             store.ensure()
-        depth = queue.depth()
-        store.check()
+        try:
+            depth = queue.depth()
+            store.check()
+        except NotFoundError as exc:
+            raise WorkpoolError(
+                f"{exc}: storage is reachable, but nothing was created here yet. `workpool doctor --create` "
+                "creates the queue, its poison queue and the result store (the first `producer enqueue` does too)"
+            ) from None
     typer.echo(f"storage: {s.storage_mode.value}")
     typer.echo(f"queue {queue.name}: {depth.messages} messages, {depth.poison} poisoned")
     typer.echo(f"result store {store.location}: reachable")

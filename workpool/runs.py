@@ -5,6 +5,7 @@ runs/<run_id>/manifest.json              run settings + batch ids → image name
 runs/<run_id>/results/<batch_id>.jsonl   one row per image of the batch (written before the ack)
 runs/<run_id>/batches/<batch_id>.json    the batch's timing record (written after the ack)
 runs/<run_id>/poison/<batch_id>.json     reason, attempts, last error (when dead-lettered)
+runs/<run_id>/cancel/run.json            when the run was cancelled (`orchestration cancel`)
 ```
 
 Results are keyed by `(run_id, batch_id)`: a retry overwrites the same object, never appends,
@@ -14,7 +15,10 @@ so a batch scored twice still yields one row per image. The timing record is sep
 **A batch's state has one answer, `RunStore.run_state`:** *done* once its results are written
 (with its timing record's detail when that exists: a consumer that dies between its ack and the
 record leaves a done batch without timing), else *poisoned* when it has a poison report, else
-*pending*. Every report, wait, export and requeue asks it.
+*pending*. Every report, wait, export and requeue asks it. **A run's state** derives from its
+batches' and its cancel record (`RunState.phase`): *cancelled* once cancelled, whatever its
+batches; else *done* when every batch is done or poisoned; *running* once any batch is; else
+*pending*. A consumer drops a batch of a cancelled run unscored (workpool/cancelled_runs.py).
 
 Reading a run costs listings, not one read per batch: each results object carries its counts
 (images, ok, failed, worker) and each timing record its fields as object metadata, which a
@@ -125,7 +129,17 @@ class RunExistsError(UsageError):
     """A manifest already exists for this run id: a run is enqueued once."""
 
 
+class CancelRecord(BaseModel):
+    """A run was cancelled: its waiting batches were taken off the queue, its results so far kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str
+    cancelled_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
 BatchState = Literal["done", "poisoned", "pending"]
+RunPhase = Literal["pending", "running", "done", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -168,6 +182,16 @@ class RunState:
 
     manifest: Manifest
     batches: dict[str, BatchStatus] = field(default_factory=dict)
+    cancelled: CancelRecord | None = None
+
+    @property
+    def phase(self) -> RunPhase:
+        """The run's state (see the module's docstring)."""
+        if self.cancelled is not None:
+            return "cancelled"
+        if self.complete:
+            return "done"
+        return "running" if any(s.state != "pending" for s in self.batches.values()) else "pending"
 
     @classmethod
     def unknown(cls, manifest: Manifest) -> RunState:
@@ -408,6 +432,43 @@ class RunStore:
     def delete_poison(self, run_id: str, batch_id: str) -> None:
         self.store.delete(self._key(run_id, "poison", f"{batch_id}.json"))
 
+    # --- cancel records ----------------------------------------------------------------------
+    # (In a folder of its own, with its fields as metadata, so `run_state` finds it by a listing.)
+    def write_cancel(self, record: CancelRecord) -> None:
+        self.store.write(
+            self._key(record.run_id, "cancel", "run.json"),
+            record.model_dump_json().encode(),
+            _metadata_of(record.model_dump(mode="json")),
+        )
+
+    def read_cancel(self, run_id: str) -> CancelRecord | None:
+        """The run's cancel record, or None while it is not cancelled (one listing)."""
+        info = self._infos(run_id, "cancel", ".json").get("run")
+        if info is None:
+            return None
+        found = _model_of(CancelRecord, info.metadata)
+        if found is not None:
+            return found
+        try:
+            return CancelRecord.model_validate_json(self.store.read(info.name))
+        except NotFoundError:
+            return None  # deleted meanwhile
+
+    def is_cancelled(self, run_id: str) -> bool:
+        return self.store.exists(self._key(run_id, "cancel", "run.json"))
+
+    # --- a whole run ---------------------------------------------------------------------------
+    def delete_run(self, run_id: str) -> int:
+        """Delete every object of the run; how many there were. The manifest goes last, so a delete
+        cut short leaves a run that is still listed and can be deleted again."""
+        prefix = self._key(run_id) + "/"
+        names = [name for name in self.store.list(prefix) if name != prefix + "manifest.json"]
+        for _ in read_concurrently(self.store.delete, names):
+            pass
+        had_manifest = self.has_manifest(run_id)
+        self.delete_manifest(run_id)
+        return len(names) + had_manifest
+
     # --- the state of a run ---------------------------------------------------------------------
     def run_state(
         self,
@@ -448,6 +509,7 @@ class RunStore:
                 )
                 for batch_id in wanted
             },
+            cancelled=self.read_cancel(run_id),
         )
 
     def _records(

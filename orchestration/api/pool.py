@@ -23,6 +23,7 @@ from orchestration.api.run import Run
 from orchestration.api.tables import BenchmarkTable
 from orchestration.autoscale import process as autoscale_process
 from orchestration.backends import open_launcher
+from orchestration.commands.pool_settings import drift_warning, record_pool_settings, settings_drift
 from orchestration.deployment import resolve_backend
 from orchestration.launcher import Launcher, PlannedRequest
 from orchestration.pool import launch_until_drained, pending_runs
@@ -170,6 +171,7 @@ class Pool:
             )
             requested_at = utcnow()
             size = autoscale_process.launch_with_autoscaler(scaler)
+            record_pool_settings(self.settings)
             record_size_change(
                 settings, "launch", backend, size, at=requested_at, reason=f"launch --autoscale {scaling.describe()}"
             )
@@ -186,6 +188,7 @@ class Pool:
             launcher = self.launcher(backend)
             requested_at = utcnow()
             launcher.launch(nodes, force=force)
+            record_pool_settings(self.settings)
             record_size_change(self.settings, "launch", backend, nodes, at=requested_at, reason="launch --nodes")
             self.say(f"launched {nodes} node(s) on {backend} for queue {self.queue}")
         return Info(f"{backend} pool of queue {self.queue}", cluster_json(launcher.state()))
@@ -225,6 +228,8 @@ class Pool:
     def scale(self, nodes: int, *, force: bool = False) -> None:
         """Grow or shrink the running pool to `nodes` (extras stop gracefully, their batch released)."""
         name = self.backend
+        if changes := settings_drift(self.settings):  # new nodes run with the pool's settings: say which differ
+            self.say(drift_warning(changes))
         requested_at = utcnow()
         self.launcher(name).scale(nodes, force=force)
         record_size_change(self.settings, "scale", name, nodes, at=requested_at, reason="scale --nodes")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from orchestration.commands.pool_settings import apply_hint
 from orchestration.reports.html import fields_html
 from orchestration.reports.progress import RunProgress, RunTracker
 from workpool.errors import NotFoundError, WorkpoolError
@@ -51,10 +52,11 @@ class DrainReport:
     failures: dict[str, int] = field(default_factory=dict)  # reason → images
     missing_batches: list[str] = field(default_factory=list)  # neither acked nor poisoned
     poisoned_batches: dict[str, str] = field(default_factory=dict)  # batch id → poison reason
+    cancelled_at: datetime | None = None  # the run was cancelled (`orchestration cancel`)
 
     @property
     def ok(self) -> bool:
-        return self.batches_poisoned == 0 and not self.missing_batches
+        return self.batches_poisoned == 0 and not self.missing_batches and self.cancelled_at is None
 
     @property
     def wall_s(self) -> float:
@@ -82,23 +84,26 @@ class DrainReport:
             "failures": dict(sorted(self.failures.items(), key=lambda kv: (-kv[1], kv[0]))),
             "missing_batches": self.missing_batches,
             "poisoned_batches": dict(sorted(self.poisoned_batches.items())),
+            "cancelled_at": self.cancelled_at.isoformat() if self.cancelled_at else None,
         }
 
     def render(self) -> str:
         lines = [
-            f"Run {self.run_id}: {self.images} images in {self.batches} batches",
+            f"Run {self.run_id}: {_plural(self.images, 'image')} in {_plural(self.batches, 'batch')}"
+            + (f" (cancelled at {self.cancelled_at:%Y-%m-%d %H:%M:%S} UTC)" if self.cancelled_at else ""),
             f"  drain wall time  {self.drain_wall_s:.1f} s (first dequeue → last ack)",
             f"  throughput       {self.images_per_s:.2f} images/s",
             f"  images           {self.images_ok} ok, {self.images_failed} failed",
             f"  batches          {self.batches_done} done, {self.batches_poisoned} poisoned"
-            + (f", {len(self.missing_batches)} missing" if self.missing_batches else ""),
+            + (f", {len(self.missing_batches)} missing" if self.missing_batches else "")
+            + (f", {self.batches - self.batches_done - self.batches_poisoned} cancelled" if self.cancelled_at else ""),
         ]
         if self.workers:
             lines.append("  per worker:")
             width = max(len(w) for w in self.workers)
             for worker in sorted(self.workers):
                 images, batches = self.workers[worker], self.worker_batches.get(worker, 0)
-                lines.append(f"    {worker:<{width}}  {images:>7} images  {batches:>5} batches")
+                lines.append(f"    {worker:<{width}}  {images:>7} images  {_plural(batches, 'batch'):>13}")
         if self.failures:
             lines.append("  failures by reason (images):")
             for reason, count in sorted(self.failures.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -107,12 +112,18 @@ class DrainReport:
             lines.append(f"  poisoned batches (fix the cause, then `producer requeue --run {self.run_id} --failed`):")
             for batch_id, reason in sorted(self.poisoned_batches.items())[:10]:
                 lines.append(f"    {batch_id}  {reason}")
+            hints = {h for reason in self.poisoned_batches.values() if (h := apply_hint(reason, self.run_id))}
+            lines += [f"  note: {hint}" for hint in sorted(hints)]
             if len(self.poisoned_batches) > 10:
                 lines.append(f"    … and {len(self.poisoned_batches) - 10} more (--json lists them all)")
         if self.missing_batches:
             shown = ", ".join(self.missing_batches[:10]) + (" …" if len(self.missing_batches) > 10 else "")
             lines.append(f"  missing: {shown}; resend them with `producer requeue --run {self.run_id} --missing`")
         return "\n".join(lines)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun if count == 1 else noun + ('es' if noun.endswith('ch') else 's')}"
 
 
 def drain_report(tracker: RunTracker, missing: list[str] | None = None) -> DrainReport:
@@ -150,6 +161,7 @@ def drain_report(tracker: RunTracker, missing: list[str] | None = None) -> Drain
         failures=failure_reasons(tracker),
         missing_batches=missing or [],
         poisoned_batches={b: s.poison.reason if s.poison else "unknown" for b, s in state.poisoned.items()},
+        cancelled_at=state.cancelled.cancelled_at if state.cancelled else None,
     )
 
 
@@ -199,7 +211,7 @@ def wait_for_drain(
     settle_s: float = SETTLE_S,
     on_progress: Callable[[RunProgress], None] | None = None,
 ) -> DrainReport:
-    """Block until every batch of the run is done or poisoned, then report.
+    """Block until every batch of the run is done or poisoned (or the run is cancelled), then report.
 
     The queue may carry other runs, so completion is read from the run's own state. The
     queue's depth tells a different story: once it holds nothing at all (in-flight included)
@@ -225,6 +237,8 @@ def wait_for_drain(
         progress = retry_transient(tracker.refresh, f"reading run {run_id}", LOOK_POLICY)
         if on_progress is not None:
             on_progress(progress)
+        if progress.state == "cancelled":
+            return drain_report(tracker)  # nothing more will come: its waiting batches are off the queue
         if progress.complete:
             if len(tracker.state.done) == len(tracker.state.records):
                 return drain_report(tracker)

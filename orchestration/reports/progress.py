@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from workpool.runs import BatchRecord, Manifest, PoisonReport, RunState, RunStore
+from workpool.runs import BatchRecord, Manifest, PoisonReport, RunPhase, RunState, RunStore
 
 RATE_WINDOW_S = 60.0
 
@@ -31,8 +31,23 @@ class RunProgress:
     images_per_s: float  # over the last minute (or since the first dequeue, if sooner)
     eta_s: float | None
     complete: bool
+    state: RunPhase = "pending"  # pending, running, done or cancelled (`RunState.phase`)
     # Per worker with a GPU: its GPUs' busy share (%) over the last minute; absent without a GPU.
     gpu_busy_pct: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more will happen to it: every batch done or poisoned, or the run cancelled."""
+        return self.complete or self.state == "cancelled"
+
+    @property
+    def eta_text(self) -> str:
+        """The ETA column: the time left, or how the run ended."""
+        if self.state == "cancelled":
+            return "cancelled"
+        if self.complete:
+            return f"ended, {self.batches_poisoned} poisoned" if self.batches_poisoned else "done"
+        return format_eta(self.eta_s)
 
     @property
     def batches_finished(self) -> int:
@@ -80,6 +95,8 @@ class RunTracker:
         remaining = max(self.manifest.images - finished_images, 0)
         complete = self.state.complete
         eta = 0.0 if complete else (remaining / rate if rate > 0 else None)
+        if self.state.cancelled is not None:
+            eta = None  # nothing more will be scored
         return RunProgress(
             run_id=self.run_id,
             images=self.manifest.images,
@@ -91,19 +108,27 @@ class RunTracker:
             images_per_s=rate,
             eta_s=eta,
             complete=complete,
+            state=self.state.phase,
             gpu_busy_pct=gpu_busy_by_worker(self.records.values(), since=now - timedelta(seconds=RATE_WINDOW_S)),
         )
 
     def looks_complete(self) -> bool:
-        """Whether every batch is done or poisoned, from the listings alone (no timing, no counts).
-
-        Cheap enough to ask of every run in a store with a long history.
+        """Whether the run has ended (every batch done or poisoned, or the run cancelled), from the
+        listings alone (no timing, no counts). Cheap enough to ask of every run in a long history.
         """
-        return self.runs.run_state(self.run_id, self.manifest, timing=False).complete
+        return self.runs.run_state(self.run_id, self.manifest, timing=False).phase in ("done", "cancelled")
 
     def unfinished(self) -> list[str]:
         """Batches still pending at the last refresh."""
         return self.state.pending
+
+
+def format_eta(eta_s: float | None) -> str:
+    if eta_s is None:
+        return "—"
+    minutes, seconds = divmod(round(eta_s), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
 def gpu_busy_by_worker(records: Iterable[BatchRecord], since: datetime | None = None) -> dict[str, float]:

@@ -15,7 +15,7 @@ from rich.table import Table
 from orchestration.autoscale.state import read_state as read_autoscaler_state
 from orchestration.launcher import ClusterState, Launcher
 from orchestration.reports.drain import LOOK_POLICY
-from orchestration.reports.progress import RunProgress, RunTracker
+from orchestration.reports.progress import RunProgress, RunTracker, format_eta
 from workpool.errors import NotFoundError, WorkpoolError
 from workpool.queue import Depth, WorkQueue
 from workpool.retry import retry_transient
@@ -31,6 +31,9 @@ class Snapshot:
     runs: list[RunProgress] = field(default_factory=list)
     autoscaler: dict[str, Any] | None = None  # its last state (orchestration/autoscale/state.py)
     queue_exists: bool = True  # False until the first enqueue (or a consumer) creates it
+    # Runs that ended while this reader watched them and are no longer shown, at their last state:
+    # `--watch` draws their bars as ended instead of leaving them where they were last seen.
+    ended: list[RunProgress] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = self.depth
@@ -72,6 +75,7 @@ class StatusReader:
         self.progress: dict[str, RunProgress] = {}
         self._elsewhere: set[str] = set()  # runs of other queues sharing the result store
         self.finished: set[str] = set()  # runs seen complete (without --run): not read again
+        self.ended: dict[str, RunProgress] = {}  # of those, the ones shown before: their final state
 
     def _trackers(self) -> list[RunTracker]:
         if self.run_id is not None:
@@ -109,27 +113,26 @@ class StatusReader:
             # unless it is the latest one (shown when nothing is going).
             if self.run_id is None and tracker is not latest and tracker.looks_complete():
                 self.finished.add(tracker.run_id)
-                self.progress.pop(tracker.run_id, None)
+                if self.progress.pop(tracker.run_id, None) is not None:
+                    self.ended[tracker.run_id] = tracker.refresh()  # its last look, as it ended
                 continue
             self.progress[tracker.run_id] = tracker.refresh()
         shown = list(self.progress.values())
         if self.run_id is None:
-            going = [p for p in shown if not p.complete]
-            shown = going or [p for p in shown if latest is not None and p.run_id == latest.run_id]
+            going = [p for p in shown if not p.ended]
+            latest_shown = [p for p in shown if latest is not None and p.run_id == latest.run_id]
+            self.ended.update((p.run_id, p) for p in shown if p.ended and p not in latest_shown)
+            shown = going or latest_shown
         autoscaler = read_autoscaler_state(self.runs.store, self.queue.name)
         try:
             depth, exists = self.queue.depth(), True
         except NotFoundError:  # nothing enqueued and no consumer started yet: an empty queue to come
             depth, exists = Depth(messages=0, poison=0, visible=0, in_flight=0), False
-        return Snapshot(self.queue.name, depth, cluster, cluster_error, shown, autoscaler, exists)
+        ended = [p for run_id, p in self.ended.items() if run_id not in {r.run_id for r in shown}]
+        return Snapshot(self.queue.name, depth, cluster, cluster_error, shown, autoscaler, exists, ended)
 
 
-def format_eta(eta_s: float | None) -> str:
-    if eta_s is None:
-        return "—"
-    minutes, seconds = divmod(round(eta_s), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}"
+__all__ = ["Snapshot", "StatusReader", "cluster_json", "format_eta", "render", "watch"]
 
 
 def render(snapshot: Snapshot) -> Group:
@@ -142,12 +145,15 @@ def render(snapshot: Snapshot) -> Group:
         parts.append(f"[red]cluster: {snapshot.cluster_error}[/]")
     elif snapshot.cluster is not None:
         c = snapshot.cluster
-        nodes = Table(title=f"{c.backend}: {len(c.nodes)} node(s), target {c.target_nodes}", title_justify="left")
-        for column in ("node", "state", "detail"):
-            nodes.add_column(column)
-        for n in c.nodes:
-            nodes.add_row(n.id, n.state, n.detail)
-        parts.append(nodes)
+        # A line of its own: as a table's title it wrapped to the (narrow) table's width.
+        parts.append(f"[bold]{c.backend}[/]: {len(c.nodes)} node(s), target {c.target_nodes}")
+        if c.nodes:
+            nodes = Table()
+            for column in ("node", "state", "detail"):
+                nodes.add_column(column)
+            for n in c.nodes:
+                nodes.add_row(n.id, n.state, n.detail)
+            parts.append(nodes)
         if c.detail:
             parts.append(f"[dim]{c.detail}[/]")
     if snapshot.autoscaler is not None:
@@ -158,17 +164,18 @@ def render(snapshot: Snapshot) -> Group:
             f"{a['reason']}"
         )
     runs = Table(title="runs", title_justify="left")
-    for column in ("run", "batches done/total", "poisoned", "images ok", "failed", "images/s (1 min)", "ETA"):
-        runs.add_column(column, justify="left" if column == "run" else "right")
+    for column in ("run", "state", "batches done/total", "poisoned", "images ok", "failed", "images/s (1 min)", "ETA"):
+        runs.add_column(column, justify="left" if column in ("run", "state") else "right")
     for r in snapshot.runs:
         runs.add_row(
             r.run_id,
+            r.state,
             f"{r.batches_done}/{r.batches}",
             str(r.batches_poisoned),
             str(r.images_ok),
             str(r.images_failed),
             f"{r.images_per_s:.2f}",
-            "done" if r.complete else format_eta(r.eta_s),
+            r.eta_text,
         )
     parts.append(runs if snapshot.runs else "no runs on this queue yet")
     for r in snapshot.runs:
@@ -184,7 +191,7 @@ def watch(reader: StatusReader, console: Console, interval_s: float = 1.0) -> No
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("batches · ETA {task.fields[eta]}"),
+        TextColumn("batches · {task.fields[eta]}"),
     )
     tasks: dict[str, Any] = {}
     with Live(console=console, refresh_per_second=4) as live:
@@ -194,10 +201,12 @@ def watch(reader: StatusReader, console: Console, interval_s: float = 1.0) -> No
             for r in snap.runs:
                 if r.run_id not in tasks:
                     tasks[r.run_id] = bars.add_task(r.run_id, total=r.batches, eta="—")
-                bars.update(
-                    tasks[r.run_id], completed=r.batches_finished, eta="done" if r.complete else format_eta(r.eta_s)
-                )
+            # Every bar drawn so far is redrawn: a run that ended since is shown as it ended.
+            for r in [*snap.runs, *snap.ended]:
+                if r.run_id in tasks:
+                    eta = r.eta_text if r.ended else f"ETA {r.eta_text}"
+                    bars.update(tasks[r.run_id], completed=r.batches_finished, eta=eta)
             live.update(Group(render(snap), bars))
-            if reader.run_id is not None and snap.runs and snap.runs[0].complete:
+            if reader.run_id is not None and snap.runs and snap.runs[0].ended:
                 return
             time.sleep(interval_s)

@@ -31,13 +31,17 @@ WAIT, SCORE, FINISH = "#b9d3ee", "#1f77b4", "#0b3d66"
 POOL, BACKLOG, PREEMPT, COLD = "#2ca02c", "#ff7f0e", "#d62728", "#e6e6e6"
 EVENT_COLOURS = {"launch": POOL, "scale": POOL, "autoscale": "#9467bd", "teardown": "#555555", "preempt": PREEMPT}
 MAX_LANES_LABELLED = 40
+MIN_BAR_FRACTION = 0.004  # of the x axis: the narrowest bar drawn (about 5 pixels)
 
 
 def plot_timeline(report: RunReport, path: Path) -> Path:
     """Write the timeline figure as a PNG."""
     fig = timeline_figure(report)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    lanes = fig.axes[0]
+    # What the picture spans, readable without looking at it (a PNG text chunk).
+    description = f"x axis 0 to {lanes.get_xlim()[1]:.3f} s; {len(lanes.get_yticks())} worker lane(s)"
+    fig.savefig(path, dpi=110, metadata={"Description": description})
     return path
 
 
@@ -64,7 +68,7 @@ def timeline_figure(report: RunReport) -> Figure:
     # --- one lane per worker -----------------------------------------------------------------
     index = {w: i for i, w in enumerate(workers)}
     for span in report.spans:
-        _bar(lanes, span, index[span.worker], t0)
+        _bar(lanes, span, index[span.worker], t0, min_width=right * MIN_BAR_FRACTION)
     for event in shown_events:
         if event.kind == "preempt":
             lane = index.get(event.node or "")
@@ -129,7 +133,7 @@ def timeline_figure(report: RunReport) -> Figure:
     return fig
 
 
-def _bar(ax: Any, span: BatchSpan, y: int, t0: datetime) -> None:
+def _bar(ax: Any, span: BatchSpan, y: int, t0: datetime, min_width: float) -> None:
     """The batch's work as a bar (scoring, then writing and acking), its wait before as a thin one.
 
     A worker scores one batch at a time, so its bars never overlap; the waits of prefetched
@@ -146,8 +150,9 @@ def _bar(ax: Any, span: BatchSpan, y: int, t0: datetime) -> None:
         parts = [(start, ack - start, SCORE)]
     for left, width, colour in parts:
         if width > 0:
-            ax.broken_barh([(left, width)], (y - 0.36, 0.56), facecolors=colour, edgecolor="white", linewidth=0.3,
-                           hatch=hatch)  # fmt: skip
+            # At least a few pixels wide, so a batch of a sub-second run still shows on its axis.
+            ax.broken_barh([(left, max(width, min_width))], (y - 0.36, 0.56), facecolors=colour, edgecolor="white",
+                           linewidth=0.3, hatch=hatch)  # fmt: skip
 
 
 def _cold_start(ax: Any, report: RunReport, t0: datetime) -> float | None:
@@ -241,16 +246,29 @@ def _size_at(events: list[PoolEvent], at: datetime) -> int:
 
 
 def _events_in_view(events: list[PoolEvent], t0: datetime, end: float) -> list[PoolEvent]:
-    """Events from the enqueue to the end of the run, plus its idle tail (when the pool went to zero)."""
+    """Events from the enqueue to the end of the run, plus its idle tail: the pool shrinking
+    afterwards (to zero, or torn down), within a tail in proportion to the run (a quarter of it,
+    at least as long as the run and at most 30 s of that minimum). The tail stops at the first
+    event that grows the pool again: that is the next run's, not this one's."""
     last = t0 + timedelta(seconds=end)
-    tail_limit = last + timedelta(seconds=max(end * 0.25, 30.0))
+    tail_limit = last + timedelta(seconds=max(end * 0.25, min(30.0, max(end, 1.0))))
     shown = []
     for event in events:
         if event.at < t0:
             continue
-        if event.at <= last or (event.at <= tail_limit and event.kind in ("teardown", "scale", "autoscale")):
+        if event.at <= last:
+            shown.append(event)
+        elif event.at > tail_limit or _grows(event):
+            break
+        elif event.kind in ("teardown", "scale", "autoscale"):
             shown.append(event)
     return shown
+
+
+def _grows(event: PoolEvent) -> bool:
+    if event.kind == "launch":
+        return True
+    return event.nodes_before is not None and event.nodes_after is not None and event.nodes_after > event.nodes_before
 
 
 def _labelled(events: list[PoolEvent], t0: datetime, right: float) -> list[tuple[PoolEvent, str, int]]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, WorkQueue
+from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, Removal, WorkQueue
 from workpool.settings import Settings
 
-__all__ = ["MAX_RECEIVE", "Depth", "PoisonRecord", "Received", "WorkQueue", "open_queue"]
+__all__ = ["MAX_RECEIVE", "Depth", "PoisonRecord", "Received", "Removal", "WorkQueue", "open_queue"]
 
 
 def open_queue(settings: Settings, name: str | None = None) -> WorkQueue:

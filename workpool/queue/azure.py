@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -26,9 +26,9 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, QueueMessage, QueueServiceClient
 
 from workpool.azure_clients import azure_errors
-from workpool.errors import PartialSendError, StorageUnavailableError
+from workpool.errors import LeaseLostError, PartialSendError, StorageUnavailableError
 from workpool.messages import MAX_MESSAGE_BYTES, check_size, encoded_size
-from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, WorkQueue, now_iso
+from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, Removal, WorkQueue, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,34 @@ class AzureQueue(WorkQueue):
         # The count is read first: a message sent in between is seen by the peek only.
         visible = min(visible, counts[0])
         return Depth(messages=counts[0], poison=counts[1], visible=visible, in_flight=counts[0] - visible)
+
+    def remove_where(self, match: Callable[[str], bool], *, hold_s: int = 300) -> Removal:
+        """A message is deleted by receiving it: walk the visible messages once, deleting those that
+        match and holding the others (so they are not seen twice), then release those at once with
+        their delivery forgiven. In-flight messages cannot be seen, so `in_flight` is None."""
+        removed = 0
+        held: dict[str, Received] = {}
+        try:
+            while True:
+                page = self.receive(MAX_RECEIVE, visibility_timeout_s=hold_s)
+                fresh = [m for m in page if m.id not in held]
+                if not fresh:  # nothing visible left, or only what we hold (its hold ran out)
+                    held.update((m.id, m) for m in page)
+                    break
+                for message in fresh:
+                    if not match(message.body):
+                        held[message.id] = message
+                        continue
+                    with contextlib.suppress(LeaseLostError):  # gone meanwhile: removed all the same
+                        self.ack(message)
+                    removed += 1
+        finally:
+            for message in held.values():
+                try:
+                    self.release(message, count_delivery=False)
+                except (LeaseLostError, StorageUnavailableError) as exc:
+                    log.warning("message %s not released (%s); visible again within %d s", message.id, exc, hold_s)
+        return Removal(removed=removed, in_flight=None)
 
     def purge(self) -> None:
         with azure_errors(f"purge queue {self.name}"):

@@ -16,7 +16,7 @@ import base64
 import json
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -99,6 +99,16 @@ class PoisonRecord:
         )
 
 
+@dataclass(frozen=True)
+class Removal:
+    """What `remove_where` did: `removed` visible messages deleted; `in_flight` matching messages
+    it left alone because they were leased (or released with a delay), or None where the backend
+    cannot see them (Azure: an invisible message cannot be read until it is visible again)."""
+
+    removed: int
+    in_flight: int | None
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -154,6 +164,16 @@ class WorkQueue(ABC):
     @abstractmethod
     def depth(self) -> Depth:
         """Messages in the queue (in-flight ones included) and in the poison queue."""
+
+    @abstractmethod
+    def remove_where(self, match: Callable[[str], bool], *, hold_s: int = 300) -> Removal:
+        """Delete every visible message whose body `match`es (a cancelled run's batches).
+
+        Messages in flight are left alone: their consumer finishes or releases them, never half
+        way. Messages that do not match stay as they were, `dequeue_count` included; a backend
+        that must receive a message to read it (Azure) holds them for up to `hold_s` during the
+        walk and then makes them visible again at once, their delivery forgiven.
+        """
 
     @abstractmethod
     def purge(self) -> None:

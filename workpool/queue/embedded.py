@@ -20,7 +20,7 @@ from pathlib import Path
 
 from workpool.errors import LeaseLostError, StorageUnavailableError
 from workpool.messages import check_size
-from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, WorkQueue, now_iso
+from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, Removal, WorkQueue, now_iso
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, visible_at);
 """
+# Messages looked at per transaction by `remove_where`.
+_REMOVE_CHUNK = 1000
 
 
 def _add_forgiven_column(conn: sqlite3.Connection) -> None:
@@ -214,6 +216,34 @@ class EmbeddedQueue(WorkQueue):
         return Depth(
             messages=total, poison=counts.get(self.poison_name, (0, 0))[0], visible=visible, in_flight=total - visible
         )
+
+    def remove_where(self, match: Callable[[str], bool], *, hold_s: int = 300) -> Removal:
+        """Walks the queue in chunks of `_REMOVE_CHUNK` messages, one short transaction each, so
+        consumers are never locked out for long; nothing needs holding here (`hold_s` unused)."""
+        removed = in_flight = 0
+        last_id = 0
+        while True:
+            now = self._clock()
+            with self._tx() as conn:
+                rows = conn.execute(
+                    """SELECT id, body, visible_at FROM messages
+                       WHERE queue = ? AND id > ? AND (expires_at IS NULL OR expires_at > ?)
+                       ORDER BY id LIMIT ?""",
+                    (self.name, last_id, now, _REMOVE_CHUNK),
+                ).fetchall()
+                doomed = []
+                for message_id, body, visible_at in rows:
+                    if not match(body):
+                        continue
+                    if visible_at <= now:
+                        doomed.append((message_id,))
+                    else:
+                        in_flight += 1
+                conn.executemany("DELETE FROM messages WHERE id = ?", doomed)
+            removed += len(doomed)
+            if len(rows) < _REMOVE_CHUNK:
+                return Removal(removed=removed, in_flight=in_flight)
+            last_id = rows[-1][0]
 
     def purge(self) -> None:
         with self._tx() as conn:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from workpool.errors import LeaseLostError
 from workpool.messages import check_size
-from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, WorkQueue, now_iso
+from workpool.queue.base import MAX_RECEIVE, Depth, PoisonRecord, Received, Removal, WorkQueue, now_iso
 
 
 @dataclass
@@ -153,6 +153,17 @@ class MemoryQueue(WorkQueue):
             visible = sum(1 for m in messages.values() if m.visible_at <= now)
             poison = len(self._messages(self.poison_name))
             return Depth(messages=len(messages), poison=poison, visible=visible, in_flight=len(messages) - visible)
+
+    def remove_where(self, match: Callable[[str], bool], *, hold_s: int = 300) -> Removal:
+        with self._queues.lock:  # nothing to hold here (`hold_s` unused): one step under the lock
+            now = self._queues.clock()
+            messages = self._messages()
+            matching = [(i, m) for i, m in messages.items() if match(m.body)]
+            for message_id, message in matching:
+                if message.visible_at <= now:
+                    del messages[message_id]
+            in_flight = sum(1 for i, _ in matching if i in messages)
+            return Removal(removed=len(matching) - in_flight, in_flight=in_flight)
 
     def purge(self) -> None:
         with self._queues.lock:
