@@ -14,7 +14,9 @@ import textwrap
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from orchestration.cli import app
@@ -285,3 +287,38 @@ def test_wait_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert out.strip() == "drained 3"
     terminal = seen.decode(errors="replace")
     assert "run tty-1" in terminal and "batches" in terminal and "images/s" in terminal
+
+
+def test_a_runs_life_from_python_list_cancel_delete_the_cli_sees_the_same(tmp_path: Path) -> None:
+    # Given two runs enqueued from Python on the embedded default, no node running
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((20, 20, 3), i * 30, dtype=np.uint8)).save(folder / f"img_{i}.png")
+    pool = Pool(home=tmp_path / "home", queue="lifeq", batch_size=2)
+    keep = pool.enqueue(folder, run="keep-1", task=SLEEP_TASK)
+    drop = pool.enqueue(folder, run="drop-1", task=SLEEP_TASK)
+
+    # Then both are listed, oldest first, with their figures, pending
+    listed = pool.runs()
+    assert [r.id for r in listed] == ["keep-1", "drop-1"]
+    assert all(r.info is not None and r.info.state == "pending" and r.info.batches == 3 for r in listed)
+
+    # When one is cancelled: its three waiting batches leave the queue, the other's stay
+    cancelled = drop.cancel()
+    assert cancelled.messages_removed == 3 and not cancelled.already_cancelled
+    states = {r.id: r.info.state for r in pool.runs() if r.info is not None}
+    assert states == {"keep-1": "pending", "drop-1": "cancelled"}
+    assert pool.status().to_dict()["queue"]["messages"] == 3
+
+    # and the CLI shows the same states
+    env = {"WORKPOOL_HOME": str(tmp_path / "home"), "WORKPOOL_QUEUE": "lifeq"}
+    shown = CliRunner().invoke(app, ["runs", "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert {r["run_id"]: r["state"] for r in json.loads(shown.output)} == states
+
+    # When it is deleted (twice: the second finds nothing), only the kept run is left, with nothing poisoned
+    assert drop.delete().existed
+    assert not drop.delete().existed
+    assert [r.id for r in pool.runs()] == [keep.id]
+    assert pool.poison() == [] and keep.poison() == []

@@ -26,6 +26,7 @@ from orchestration.backends import open_launcher
 from orchestration.commands.pool_settings import drift_warning, record_pool_settings, settings_drift
 from orchestration.deployment import resolve_backend
 from orchestration.launcher import Launcher, PlannedRequest
+from orchestration.lifecycle import PoisonEntry, PurgeResult, list_poison, list_runs, purge_poison
 from orchestration.pool import launch_until_drained, pending_runs
 from orchestration.reports.drain import DrainReport
 from orchestration.reports.status import StatusReader, cluster_json
@@ -125,13 +126,19 @@ class Pool:
             raise UsageError(str(exc)) from None
         return Run(self, run_id)
 
-    def runs(self) -> list[Run]:
-        """Every run of the result store, oldest id first."""
-        try:
-            ids = self._runs().list_runs()
-        except NotFoundError:
-            return []  # nothing was ever enqueued
-        return [Run(self, run_id) for run_id in sorted(ids)]
+    def runs(self, *, all_queues: bool = False) -> list[Run]:
+        """The queue's runs, oldest first (`orchestration runs`); each Run's `.info` is its line there
+        (images, batches done/poisoned, state: pending, running, done or cancelled)."""
+        return [Run(self, info.run_id, info=info) for info in list_runs(self.settings, all_queues=all_queues)]
+
+    def poison(self, run: str | None = None) -> list[PoisonEntry]:
+        """Poisoned batches on this queue (or one run's): reason, attempts, when (`orchestration poison`)."""
+        return list_poison(self.settings, run)
+
+    def purge_poison(self, run: str | None = None) -> PurgeResult:
+        """Remove poisoned batches: one run's, or every one on the queue with `run=None`
+        (`orchestration poison --purge [--run ID | --all]`)."""
+        return purge_poison(self.settings, run)
 
     # --- the nodes ------------------------------------------------------------------------------
     def _launch_backend(self) -> str:

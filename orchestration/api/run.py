@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from matplotlib.figure import Figure
 
+    from orchestration.lifecycle import CancelResult, DeleteResult, PoisonEntry, RunSummary
     from producer.enqueue import EnqueueSummary
     from producer.requeue import RequeueSummary
     from workpool.settings import Settings
@@ -44,10 +45,13 @@ class Run:
     Get one from `Pool.enqueue` (then `.summary` says what was sent) or `Pool.run(run_id)`.
     """
 
-    def __init__(self, pool: PoolView, run_id: str, summary: EnqueueSummary | None = None) -> None:
+    def __init__(
+        self, pool: PoolView, run_id: str, summary: EnqueueSummary | None = None, info: RunSummary | None = None
+    ) -> None:
         self.pool = pool
         self.id = run_id
         self.summary = summary
+        self.info = info  # the run's line of `orchestration runs`, when it came from `Pool.runs()`
 
     def __repr__(self) -> str:
         return f"Run({self.id!r}, queue={self.pool.queue!r})"
@@ -99,6 +103,26 @@ class Run:
             raise UsageError("give exactly one of --failed or --missing")
         settings = self.pool.settings
         return requeue_failed(settings, self.id) if failed else requeue_missing(settings, self.id)
+
+    def cancel(self) -> CancelResult:
+        """Remove the run's waiting batches from the queue and mark it cancelled (results so far are kept;
+        batches in flight finish or are released, consumers drop the ones that come back)."""
+        from orchestration.lifecycle import cancel_run
+
+        return cancel_run(self.pool.settings, self.id)
+
+    def delete(self, *, force: bool = False) -> DeleteResult:
+        """Cancel, then remove the run's manifest, results and poison records (refused while batches of it
+        are in flight unless `force`); deleting a run that is gone is not an error."""
+        from orchestration.lifecycle import delete_run
+
+        return delete_run(self.pool.settings, self.id, force=force)
+
+    def poison(self) -> list[PoisonEntry]:
+        """The run's poisoned batches: reason, attempts, when (as `orchestration poison --run`)."""
+        from orchestration.lifecycle import list_poison
+
+        return list_poison(self.pool.settings, self.id)
 
     def report(self, price_per_node_hour: float | None = None, *, drain: DrainReport | None = None) -> RunReport:
         """The drain report plus node-seconds and cost (price: the argument, else WORKPOOL_PRICE_PER_NODE_HOUR).
