@@ -21,6 +21,7 @@ from consumer.tasks.examples import SleepTask
 from consumer.worker import Backoff
 from tests.support.azurite import Azurite
 from tests.support.images import stage_folder, write_sample_images
+from tests.support.messages import record_runs
 from tests.support.waiting import wait_for
 from workpool.messages import BatchMessage
 from workpool.queue import PoisonRecord, WorkQueue, open_queue
@@ -58,6 +59,7 @@ def queue_of(settings: Settings, *messages: BatchMessage | str) -> WorkQueue:
     queue = open_queue(settings)
     queue.create()
     if messages:
+        record_runs(settings, *(m for m in messages if not isinstance(m, str)))
         queue.send([m if isinstance(m, str) else m.encode() for m in messages])
     return queue
 

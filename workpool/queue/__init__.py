@@ -17,5 +17,6 @@ def open_queue(settings: Settings, name: str | None = None) -> WorkQueue:
 
         return AzureQueue(queue_service(settings), name)
     from workpool.queue.embedded import EmbeddedQueue
+    from workpool.storage.local import ensure_home
 
-    return EmbeddedQueue(settings.home / "queue.sqlite3", name)
+    return EmbeddedQueue(ensure_home(settings.home) / "queue.sqlite3", name)
