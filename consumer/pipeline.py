@@ -12,7 +12,8 @@ Failures are sorted here, never raised past a job:
   manifest for its run or disagreeing with it, a source, model or labels this consumer may not
   read: `consumer.access`) → `job.failure` is a `MessageError` (poison at once);
 - a message delivered more than `max_attempts` times is not prepared at all (its preparing may be
-  what kills consumers): the worker poisons it;
+  what kills consumers): the worker poisons it; a redelivered one is prepared only once every
+  other batch in hand is finished, so a crash while preparing it loses no other batch;
 - anything else that stops the whole batch (model will not load, storage unreachable, a task's
   code raising anything at all, `SystemExit` included) → `job.failure` holds it (release with
   backoff, poison after `max_attempts`, with the reason);
@@ -395,7 +396,20 @@ class Prefetcher:
         message = messages[0]
         dequeued_at = datetime.now(UTC)
         self.leases.hold(message)
+        if message.dequeue_count > 1:
+            self._wait_until_alone(message.id)
         return self.preparer.prepare(message, dequeued_at)
+
+    def _wait_until_alone(self, message_id: str) -> None:
+        """Hold a redelivered message until every other batch in hand is finished (acked or released).
+
+        A message that comes back may be one whose preparing killed the last consumer (a task's
+        code calling `os._exit`, a decoder crashing the interpreter). Prepared alone, it can take
+        no innocent batch down with it, so the batches around it are not redelivered with it
+        until they too reach `max_attempts`. Its own lease is renewed meanwhile.
+        """
+        while set(self.leases.held()) - {message_id} and not self._stop.is_set():
+            self._stop.wait(0.02)
 
     def _idle_wait_s(self) -> float:
         if self._outage_since is not None:

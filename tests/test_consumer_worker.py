@@ -144,7 +144,7 @@ def test_messages_that_can_never_succeed_go_to_poison_at_once(
         settings,
         "this is not json",
         '{"schema_version": 1, "run_id": "r1"}',
-        batch(source, names, batch_id="b-unknown", task="no.such.module:Task"),
+        batch(source, names, batch_id="b-unknown", task="tests.no_such_module:Task"),
     )
 
     # When a consumer drains the queue (max attempts 5: no retries happen)
