@@ -12,9 +12,9 @@ Choices a user would want to know about:
   other parsers, EPS through Ghostscript among them, never see a message's bytes.
 - Images over Pillow's pixel limit (`Image.MAX_IMAGE_PIXELS`, ~89 Mpx) are refused before their
   pixels are decoded: a small file can expand to gigabytes (a "decompression bomb"). So each
-  decode thread holds at most one image of at most that many pixels (the largest decode, a 16-bit
-  or RGBA image, peaks near 12 bytes a pixel: ~1 GiB); 16-bit images are scaled a block of rows
-  at a time, never as one 8-byte-a-pixel copy.
+  decode thread holds at most one image of at most that many pixels at a time, and no step makes
+  a wide copy of it: 16-bit images are scaled a block of rows at a time (their decode's arrays
+  peak near 6 bytes a pixel, where whole-image 64-bit copies peaked at 24).
 - JPEGs are decoded by libjpeg-turbo (`simplejpeg`, which releases the GIL) at the DCT scale
   just above the target size (n/8, up to 1/2; above that a full decode is as fast and sharper),
   then resized once with OpenCV's SIMD bilinear resize; a reduction of more than 1.2× goes through
