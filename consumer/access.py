@@ -42,10 +42,14 @@ class ReadPolicy:
 
     def check_batch(self, batch: BatchMessage) -> None:
         """Refuse a batch whose source, model or labels lie outside what this consumer may read."""
-        source = parse_location(batch.source)
-        for what, uri in (("source", batch.source), ("model", batch.model), ("labels", batch.labels)):
+        self.check_run(batch.source, batch.model, batch.labels)
+
+    def check_run(self, source: str, model: str | None, labels: str | None) -> None:
+        """Refuse a run (message or manifest) whose source, model or labels this consumer may not read."""
+        container = parse_location(source).container
+        for what, uri in (("source", source), ("model", model), ("labels", labels)):
             if uri:
-                self.check(what, uri, source.container)
+                self.check(what, uri, container)
 
     def check(self, what: str, uri: str, source_container: str | None) -> None:
         location = parse_location(uri)

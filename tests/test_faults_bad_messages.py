@@ -2,8 +2,9 @@
 
 Among a legitimate run's batches the queue also carries bodies no producer would send: not JSON,
 another schema version, fields missing, an image list over the batch limit, a run with no
-manifest (sent by someone who can write to the queue only), names with '..', absolute or URL names, and forged batches of the legitimate run that point at
-another container (Azure) or folder (embedded) holding a tempting image. One `consumer run`
+manifest (sent by someone who can write to the queue only), names with '..', absolute or URL
+names, and forged batches of the legitimate run that point at another container (Azure) or
+folder (embedded) holding a tempting image. One `consumer run`
 drains it all: every bad body goes to poison on its first delivery with its reason, the real
 batches are scored, and no row anywhere comes from outside the run's source.
 """

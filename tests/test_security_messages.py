@@ -184,3 +184,28 @@ def test_a_message_whose_preparing_kills_the_consumer_is_poisoned_before_it_is_p
     rows = check_every_image_once(settings, "legit", names, tmp_path / "legit.jsonl")
     assert rows.ok == len(names)
     figures_line("security-crash-on-prepare[embedded]", consumer_runs=len(outcomes), crash_attempts=record.attempts)
+
+
+@pytest.mark.embedded
+def test_warm_up_loads_nothing_a_run_may_not_read(tmp_path: Path) -> None:
+    import threading
+
+    from consumer.tasks import TaskCache
+    from consumer.warmup import warm_up
+    from tests.support.models import save_tiny_classifier
+    from workpool.settings import load_settings
+
+    # Given a pending run whose manifest names a model outside the folders local paths may come from
+    settings = load_settings(home=tmp_path / "home", queue="warm", local_roots=str(tmp_path / "allowed"))
+    model = save_tiny_classifier(tmp_path / "elsewhere")
+    names = unique_images(tmp_path / "allowed" / "images", 1)
+    record_runs(settings, BatchMessage(run_id="r1", batch_id="b1", task="classification", model=str(model),
+                                       source=str(tmp_path / "allowed" / "images"), images=names))  # fmt: skip
+
+    # When a consumer warms up
+    tasks = TaskCache(settings)
+    warmed = warm_up(settings, tasks, run_store(settings), threading.Event())
+
+    # Then that model was not loaded ahead of its batches (which go to poison with the reason)
+    assert warmed == 0
+    assert not tasks.context.models._models
