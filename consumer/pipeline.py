@@ -406,9 +406,11 @@ class Prefetcher:
         A message that comes back may be one whose preparing killed the last consumer (a task's
         code calling `os._exit`, a decoder crashing the interpreter). Prepared alone, it can take
         no innocent batch down with it, so the batches around it are not redelivered with it
-        until they too reach `max_attempts`. Its own lease is renewed meanwhile.
+        until they too reach `max_attempts`. Its own lease is renewed meanwhile. The wait is
+        bounded by the visibility timeout: a batch in hand that takes longer does not hold it up.
         """
-        while set(self.leases.held()) - {message_id} and not self._stop.is_set():
+        deadline = self._clock() + self.visibility_timeout_s
+        while set(self.leases.held()) - {message_id} and not self._stop.is_set() and self._clock() < deadline:
             self._stop.wait(0.02)
 
     def _idle_wait_s(self) -> float:

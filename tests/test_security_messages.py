@@ -147,7 +147,7 @@ def test_a_message_whose_preparing_kills_the_consumer_is_poisoned_before_it_is_p
     with open_queue(settings) as queue:
         queue.send([crash.encode()])
 
-    # When consumers (1 s leases, 2 attempts) are started one after another, as a supervisor would
+    # When consumers (4 s leases, 2 attempts) are started one after another, as a supervisor would
     env = consumer_env(pylib, task_modules="tests,crashing_tasks")
     outcomes: list[Outcome] = []
     while not outcomes or outcomes[-1].code != 0:
@@ -158,11 +158,11 @@ def test_a_message_whose_preparing_kills_the_consumer_is_poisoned_before_it_is_p
                 settings,
                 "run",
                 "--idle-exit-s",
-                "3",
+                "6",
                 "--workers",
                 "1",
                 "--visibility-timeout-s",
-                "1",
+                "4",
                 "--max-attempts",
                 "2",
                 "--prefetch-batches",
