@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from consumer.gpu_stats import GpuSampler
 from consumer.lease import LeaseKeeper
 from consumer.pipeline import Prefetcher, Preparer
 from consumer.preemption import PreemptionGuard
@@ -161,6 +162,7 @@ class Consumer:
         with self._starting:
             if self.stop_event.is_set():
                 return False
+            self.worker.gpu = GpuSampler.start()  # None without NVML or GPU (consumer/gpu_stats.py)
             lease_thread = threading.Thread(target=self.leases.run, args=(self.stop_event,), name="lease", daemon=True)
             lease_thread.start()
             self.prefetcher.start()
@@ -215,6 +217,8 @@ class Consumer:
             # Anything taken between the release above and the worker noticing the stop.
             self.leases.release_all(count_delivery=counted)
         self.preparer.close()
+        if self.worker.gpu is not None:
+            self.worker.gpu.stop()
 
     def _finish_in_hand(self) -> None:
         """With `stop_finish_s` (a pool's scale-in): release the prefetched batches at once and give

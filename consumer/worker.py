@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from consumer.gpu_stats import GpuSampler, GpuShare
 from consumer.lease import LeaseKeeper
 from consumer.pipeline import Job, Prefetcher
 from workpool.errors import LeaseLostError, MessageError, TransientError, WorkpoolError
@@ -119,6 +120,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        gpu: GpuSampler | None = None,
     ) -> None:
         self.queue = queue
         self.runs = runs
@@ -131,6 +133,7 @@ class Worker:
         self._clock = clock
         self._now = now
         self._sleep = sleep
+        self.gpu = gpu  # None: no GPU statistics (no NVML, or no GPU)
         self.images_processed = 0
         self.batches_processed = 0
 
@@ -177,11 +180,12 @@ class Worker:
             self.fail(job, exc, stop)
             return
         scored_at, score_s = self._now(), time.perf_counter() - started
+        gpu = self.gpu.share() if self.gpu is not None else None
 
         def write_ack_record() -> None:
             if self._write_and_ack(job, rows, stop):
                 self._record(job, rows, stop, started_at=started_at, scored_at=scored_at, score_s=score_s,
-                             total_s=time.perf_counter() - started)  # fmt: skip
+                             total_s=time.perf_counter() - started, gpu=gpu)  # fmt: skip
 
         if finish is None:
             write_ack_record()
@@ -240,6 +244,7 @@ class Worker:
         scored_at: datetime,
         score_s: float,
         total_s: float,
+        gpu: GpuShare | None = None,
     ) -> None:
         """Count the batch, write its timing record and its log line."""
         assert job.batch is not None
@@ -260,6 +265,9 @@ class Worker:
             started_at=started_at,
             prepare_s=round(job.prepare_s, 6),
             score_s=round(score_s, 6),
+            gpu_busy_pct=None if gpu is None else round(gpu.busy_pct, 1),
+            gpu_memory_mb=None if gpu is None else round(gpu.memory_mb, 1),
+            gpu_window_s=None if gpu is None else round(gpu.window_s, 3),
         )
         self.images_processed += len(rows)
         self.batches_processed += 1

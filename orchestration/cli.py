@@ -20,6 +20,8 @@ from orchestration.autoscale.deadline import parse_deadline
 from orchestration.autoscale.loop import PoolGoneError
 from orchestration.autoscale.policy import Limits, parse_range
 from orchestration.backends import BACKENDS, open_launcher
+from orchestration.commands.dashboard import dashboard as dashboard_command
+from orchestration.commands.logs import logs as logs_command
 from orchestration.deployment import resolve_backend
 from orchestration.launcher import Launcher
 from orchestration.pool import launch_until_drained, pending_runs
@@ -80,6 +82,10 @@ def _echo_json(data: Any) -> None:
 def _check_backend(backend: str | None) -> None:
     if backend is not None and backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
+app.command("dashboard")(dashboard_command)
+app.command("logs")(logs_command)
 
 
 @app.command()

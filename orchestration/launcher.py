@@ -22,6 +22,7 @@ What every backend does alike lives here, around the backend's own `_launch`, `_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,22 @@ class PlannedRequest:
     path: str
     body: Any = None
     note: str = ""
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """One consumer's own output a backend can read (`orchestration logs`): a local node's log
+    file, an Azure Batch task's stdout.txt or stderr.txt, an AML job's log."""
+
+    node: str  # the node as `status` names it (or the task/job id while it has none)
+    stream: str  # "log" (stdout and stderr together), "stdout" or "stderr"
+    size: Callable[[], int | None]  # bytes written so far; None while there is no file
+    read: Callable[[int], bytes]  # the bytes from an offset to the current end
+    aliases: tuple[str, ...] = ()  # other names `--node` may give (a Batch task id)
+
+    @property
+    def label(self) -> str:
+        return self.node if self.stream == "log" else f"{self.node} {self.stream}"
 
 
 @dataclass
@@ -119,6 +136,15 @@ class Launcher(ABC):
         stops `launch --wait` with the reason instead of leaving it waiting for ever.
         """
         return None
+
+    def log_sources(self) -> list[LogSource]:
+        """The consumers' own logs, one source per node and stream (`orchestration logs`).
+
+        A backend that can reach its consumers' output overrides this (local: the node log
+        files; Azure Batch: each consumer task's stdout.txt and stderr.txt through the Batch
+        API; AML: its jobs' logs). Secrets are redacted by the caller.
+        """
+        raise UsageError(f"the {self.name} backend cannot show its consumers' logs")
 
     # Not abstract, so a stand-in that replaces the public methods (a test's) needs none of them.
     def _launch(self, nodes: int) -> None:

@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support import tiers
 from tests.support.azurite import Azurite, unavailable_reason
+from tests.support.shared import build_once
 from workpool.handoff import child_env
+from workpool.memory import mounted
 from workpool.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -23,6 +26,32 @@ if TYPE_CHECKING:
 
 TEST_TASK_MODULES = "tests"
 BACKENDS = ["embedded", pytest.param("azurite", marks=pytest.mark.azurite)]
+# The contract suites also run on the in-memory backends (workpool/memory.py); tests of the
+# roles running in the test's own process use `IN_PROCESS_BACKENDS`: memory instead of the
+# embedded files (which the contract suites keep covering), and Azurite.
+CONTRACT_BACKENDS = ["embedded", "memory", pytest.param("azurite", marks=pytest.mark.azurite)]
+IN_PROCESS_BACKENDS = ["memory", pytest.param("azurite", marks=pytest.mark.azurite)]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test exactly one tier (tests/support/tiers.py says how it is inferred)."""
+    problems = []
+    for item in items:
+        markers = {mark.name for mark in item.iter_markers()}
+        fixturedefs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        fixture_functions = [defs[-1].func for defs in fixturedefs.values() if defs]
+        fixtures = set(getattr(item, "fixturenames", ()))
+        try:
+            starts = tiers.starts_processes(getattr(item, "obj", None), fixture_functions)
+            tier = tiers.tier_of(markers, fixtures, starts)
+        except ValueError as exc:
+            problems.append(f"{item.nodeid}: {exc}")
+            continue
+        if not markers & set(tiers.TIERS):
+            item.add_marker(tier)
+    problems += [f"{item.nodeid}: has no tier" for item in items if len(tiers.tiers_of(item)) != 1]
+    if problems:
+        raise pytest.UsageError("every test needs exactly one tier:\n" + "\n".join(problems))
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +95,21 @@ def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
 
 
 @pytest.fixture(scope="session")
+def node_wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An XDG_CACHE_HOME holding this checkout's wheel (orchestration/wheel.py), so `launch` finds it
+    built: built once per run, shared by every xdist worker (tests/support/shared.py)."""
+
+    def build(home: Path) -> Path:
+        from orchestration import wheel
+
+        project = wheel.project()
+        wheel.build_wheel(project, wheel.source_digest(project), home / "workpool" / "wheels")
+        return home
+
+    return build_once(tmp_path_factory, "xdg-cache", build)
+
+
+@pytest.fixture(scope="session")
 def batch_dependencies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The emulated Batch nodes' view of the installed dependencies (built once per session)."""
     from tests.support.batch_emulator.environment import dependencies_view
@@ -93,13 +137,22 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """Settings for a fresh queue and result container on the backend under test."""
+def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Settings for a fresh queue and result container on the backend under test.
+
+    On "memory", queues and result stores of this home live in the test process's memory
+    (`workpool.memory`) until the test ends: for tests whose roles all run in this process.
+    """
     flags: dict[str, object] = {"home": tmp_path / "home", "queue": unique("q"), "results": unique("r")}
     if backend == "azurite":
         server: Azurite = request.getfixturevalue("azurite")
         flags["connection_string"] = server.connection_string
-    return load_settings(**flags)
+    settings = load_settings(**flags)
+    if backend == "memory":
+        with mounted(settings.home):
+            yield settings
+    else:
+        yield settings
 
 
 def backend_env(settings: Settings) -> dict[str, str]:

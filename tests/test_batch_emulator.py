@@ -25,6 +25,7 @@ from tests.support.batch_emulator import BatchEmulator
 from tests.support.batch_emulator.environment import nvidia_smi_stub
 from tests.support.cli import Outcome, run_cli
 from tests.support.images import stage_folder, write_sample_images
+from tests.support.shared import build_once
 from workpool.settings import Settings, load_settings
 
 # Node installs take tens of seconds each on a loaded 2-core machine: room beyond the 300 s default.
@@ -36,21 +37,16 @@ SLEEP_TASK = "consumer.tasks.examples:SleepTask"
 
 
 @pytest.fixture(scope="session")
-def wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wheel_cache(node_wheel_cache: Path) -> Path:
     """XDG_CACHE_HOME for the CLI, holding this checkout's wheel: `launch` builds it only once."""
-    from orchestration import wheel
-
-    home = tmp_path_factory.mktemp("xdg-cache")
-    project = wheel.project()
-    wheel.build_wheel(project, wheel.source_digest(project), home / "workpool" / "wheels")
-    return home
+    return node_wheel_cache
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support.models import save_tiny_classifier
 
-    return save_tiny_classifier(tmp_path_factory.mktemp("models"))
+    return build_once(tmp_path_factory, "batch-tiny-model", save_tiny_classifier)  # once for all xdist workers
 
 
 @dataclass

@@ -32,6 +32,7 @@ from tests.support.models import (
     save_tiny_classifier,
     save_vgg16,
 )
+from tests.support.shared import build_once
 from workpool.messages import BatchMessage
 from workpool.queue import open_queue
 from workpool.runs import ResultRow, RunStore
@@ -43,15 +44,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every model these stories use, built once per session (the smallest inputs Keras allows)."""
-    folder = tmp_path_factory.mktemp("models")
-    return {
-        "inception_v3": save_inception_v3(folder, (75, 75), sharpen=300),
-        "vgg16": save_vgg16(folder, (32, 32), sharpen=300),
-        "cloth": save_cloth_model(folder / "cloth"),
-        "identity": save_identity_model(folder),
-        "tiny": save_tiny_classifier(folder),
-    }
+    """Every model these stories use, built once per session (the smallest inputs Keras allows),
+    shared by every xdist worker (tests/support/shared.py)."""
+
+    def build(folder: Path) -> dict[str, Path]:
+        return {
+            "inception_v3": save_inception_v3(folder, (75, 75), sharpen=300),
+            "vgg16": save_vgg16(folder, (32, 32), sharpen=300),
+            "cloth": save_cloth_model(folder / "cloth"),
+            "identity": save_identity_model(folder),
+            "tiny": save_tiny_classifier(folder),
+        }
+
+    return build_once(tmp_path_factory, "scoring-models", build)
 
 
 def send(settings: Settings, *messages: BatchMessage) -> None:

@@ -138,6 +138,7 @@ def test_a_stop_before_or_during_warm_up_warms_nothing_more(tmp_path: Path) -> N
 
 
 @pytest.mark.embedded
+@pytest.mark.integration  # the consumer tries to load the model files with TensorFlow
 def test_a_model_that_cannot_be_loaded_is_left_to_its_batches(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from workpool.settings import load_settings
 

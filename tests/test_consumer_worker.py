@@ -2,7 +2,8 @@
 retry with backoff, poison what can never succeed, and carry on through storage outages.
 
 Scoring here is the model-free example task (`consumer.tasks.examples`), so these stories are
-about the queue and the store, on the embedded backend and on Azurite.
+about the queue and the store, in memory and on Azurite (the embedded backend keeps its own
+tests here where it matters, and the contract suites).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from consumer.runner import Consumer
 from consumer.tasks.base import Array
 from consumer.tasks.examples import SleepTask
 from consumer.worker import Backoff
+from tests.conftest import IN_PROCESS_BACKENDS
 from tests.support.azurite import Azurite
 from tests.support.images import stage_folder, write_sample_images
 from tests.support.messages import record_runs
@@ -43,6 +45,11 @@ class CountingTask(SleepTask):
 
 
 COUNTING = f"{__name__}:CountingTask"
+
+
+@pytest.fixture(params=IN_PROCESS_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture

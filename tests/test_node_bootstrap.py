@@ -26,9 +26,9 @@ STUB_GPU = "GPU 0: NVIDIA A100 80GB PCIe (UUID: GPU-00000000-1111-2222-3333-4444
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    proj = project()
-    return build_wheel(proj, source_digest(proj), cache=tmp_path_factory.mktemp("wheels"))
+def wheel(node_wheel_cache: Path) -> Path:
+    proj = project()  # the session's wheel (tests/conftest.py): found in its cache, not built again
+    return build_wheel(proj, source_digest(proj), cache=node_wheel_cache / "workpool" / "wheels")
 
 
 def node(tmp_path: Path, wheel: Path | None, gpu: bool = False) -> tuple[Path, dict[str, str]]:

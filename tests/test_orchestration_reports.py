@@ -273,6 +273,7 @@ def test_status_shows_the_runs_still_going_else_the_latest(settings: Settings, r
     assert snap["cluster"] is None
 
 
+@pytest.mark.integration  # the export starts its worker processes in the product code
 def test_export_from_worker_processes_equals_the_export_from_threads(
     runs: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

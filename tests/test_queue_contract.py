@@ -1,4 +1,4 @@
-"""The work-queue contract, run against both backends (embedded SQLite and Azurite).
+"""The work-queue contract, run against every backend (embedded SQLite, in-memory, Azurite).
 
 Each test is one behaviour from the design's queue contract. Expiry is tested with 1-second
 visibility timeouts and polling, never long sleeps.
@@ -14,12 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CONTRACT_BACKENDS
 from tests.support.queue_worker import drain
 from tests.support.waiting import wait_for
 from workpool.errors import LeaseLostError
 from workpool.messages import MAX_MESSAGE_BYTES, encoded_size
 from workpool.queue import MAX_RECEIVE, PoisonRecord, WorkQueue, open_queue
 from workpool.settings import Settings
+
+
+@pytest.fixture(params=CONTRACT_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
@@ -254,6 +260,8 @@ def test_create_is_idempotent(queue: WorkQueue) -> None:
 
 
 @pytest.mark.slow
+# Not on "memory": its messages live in this process, and processes compete for them here.
+@pytest.mark.parametrize("backend", [b for b in CONTRACT_BACKENDS if b != "memory"])
 def test_four_processes_compete_for_200_messages_and_each_is_taken_once(settings: Settings, tmp_path: Path) -> None:
     queue = open_queue(settings)
     queue.create()

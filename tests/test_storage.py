@@ -1,6 +1,6 @@
-"""Object stores (local directory, blob container) and the run layout, on both backends.
+"""Object stores (local directory, in-memory, blob container) and the run layout, on every backend.
 
-The same tests run on a local directory and on an Azurite blob container: the image-source
+The same tests run on a local directory, in memory and on an Azurite blob container: the image-source
 side (list under a prefix, sorted; read bytes; clear errors when missing) and the result-store
 side (idempotent writes, manifest, results, timing and poison records).
 """
@@ -16,11 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CONTRACT_BACKENDS
 from workpool.errors import NotFoundError, UsageError
 from workpool.runs import BatchRecord, Manifest, PoisonReport, ResultRow, RunExistsError, RunStore
 from workpool.settings import Settings
 from workpool.storage import ObjectStore, open_location, open_result_store, parse_location
 from workpool.storage.base import ObjectExistsError
+
+
+@pytest.fixture(params=CONTRACT_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
@@ -30,9 +36,12 @@ def store(settings: Settings) -> ObjectStore:
     return s
 
 
-def test_a_missing_directory_or_container_is_named(settings: Settings, tmp_path: Path) -> None:
-    uri = "az://no-such-container/x" if settings.uses_azure_storage else str(tmp_path / "no-such-dir")
-    source, prefix = open_location(settings, uri)
+def test_a_missing_directory_or_container_is_named(settings: Settings, backend: str, tmp_path: Path) -> None:
+    if backend == "memory":
+        source, prefix = open_result_store(settings.model_copy(update={"results": "no-such-store"})), "x"
+    else:
+        uri = "az://no-such-container/x" if settings.uses_azure_storage else str(tmp_path / "no-such-dir")
+        source, prefix = open_location(settings, uri)
     with pytest.raises(NotFoundError, match="no-such-"):
         source.check()
     with pytest.raises(NotFoundError, match="no-such-"):

@@ -101,6 +101,11 @@ class BatchRecord(BaseModel):
     scored_at: datetime
     acked_at: datetime
     images_per_s: float
+    # The GPUs' mean utilization (%) and peak memory in use since the worker's previous batch was
+    # scored (consumer/gpu_stats.py); None, and left out of the record, where there is no GPU.
+    gpu_busy_pct: float | None = None
+    gpu_memory_mb: float | None = None
+    gpu_window_s: float | None = None
 
 
 class PoisonReport(BaseModel):

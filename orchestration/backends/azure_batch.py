@@ -62,7 +62,7 @@ from orchestration.backends.cluster_common import (
     text_of,
 )
 from orchestration.backends.vm_sizes import checked_vm_size, is_spot, warn_about_priority
-from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
+from orchestration.launcher import ClusterState, Launcher, LogSource, NodeInfo, PlannedRequest
 from orchestration.node import BOOTSTRAP_FILE
 from orchestration.wheel import NodeFiles, ShippedFile, planned_files, ship_node_files
 from workpool.errors import NotFoundError, SettingsError, UsageError, WorkpoolError
@@ -711,6 +711,16 @@ class AzureBatchLauncher(Launcher):
         numbered = [(n, t) for t in tasks if (n := consumer_index(t.id)) is not None]
         return [t for _, t in sorted(numbered, key=lambda pair: pair[0])]
 
+    def log_sources(self) -> list[LogSource]:
+        """Every consumer task's stdout.txt and stderr.txt, read through the Batch API (`orchestration logs`)."""
+        sources = []
+        for task in self._tasks():
+            info = task.node_info
+            node = info.node_id if info is not None and info.node_id else task.id
+            for stream in ("stdout", "stderr"):
+                sources.append(_task_file_source(self, task.id, node, stream))
+        return sources
+
     def _active_tasks(self) -> list[Any]:
         return [t for t in self._tasks() if text_of(t.state) in ACTIVE_TASK_STATES]
 
@@ -874,6 +884,31 @@ def _refused_tasks(what: str, error: Any, wanted: int, made: Made) -> str:
     added = wanted - len(failures) - pending
     note = f"{added} of {wanted} added" + (f", {pending} not sent" if pending else "")
     return f"{what}: {len(failures)} refused ({'; '.join(reasons)}); {note}; {made.note()}"
+
+
+def _task_file_source(launcher: AzureBatchLauncher, task_id: str, node: str, stream: str) -> LogSource:
+    """A consumer task's output file, sized and read (a byte range) through the Batch API."""
+    job, path = launcher._job, f"{stream}.txt"
+
+    def size() -> int | None:
+        with cluster_errors(f"reading {path} of Azure Batch task {task_id}", launcher.settings):
+            try:
+                return int(launcher._client().get_task_file_properties(job, task_id, path).content_length)
+            except HttpResponseError as exc:  # not started yet (TaskFilesUnavailable), or gone
+                if exc.status_code in (404, 409):
+                    return None
+                raise
+
+    def read(offset: int) -> bytes:
+        with cluster_errors(f"reading {path} of Azure Batch task {task_id}", launcher.settings):
+            try:
+                return b"".join(launcher._client().download_task_file(job, task_id, path, ocp_range=f"bytes={offset}-"))
+            except HttpResponseError as exc:
+                if exc.status_code in (404, 409, 416):
+                    return b""
+                raise
+
+    return LogSource(node, stream, size, read, aliases=(task_id,))
 
 
 def _bootstrap_command() -> str:

@@ -17,9 +17,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
+from orchestration.launcher import ClusterState, Launcher, LogSource, NodeInfo, PlannedRequest
 from orchestration.local_state import (
     SUPERVISOR_MODULE,
     PoolRecord,
@@ -230,6 +231,13 @@ class LocalLauncher(Launcher):
             )
         return requests
 
+    def log_sources(self) -> list[LogSource]:
+        """Each node's log (its consumer's stdout and stderr, written by the supervisor), in slot
+        order; nodes stopped since still have theirs until `teardown --delete`."""
+        files = [p for p in self.log_dir.glob("*.log") if p.name != "supervisor.log"]
+        files.sort(key=lambda p: (len(p.stem), p.stem))  # node-2 before node-10
+        return [LogSource(p.stem, "log", partial(_file_size, p), partial(_read_from, p)) for p in files]
+
     # --- helpers -----------------------------------------------------------------------------
     def _kill_orphans(self) -> None:
         """Nodes left running by a supervisor that was killed itself (SIGKILL, OOM): stop them."""
@@ -249,6 +257,22 @@ class LocalLauncher(Launcher):
     @property
     def log_dir(self) -> Path:
         return self.directory / "logs"
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
 
 
 def _signal(pid: int, signum: int) -> None:

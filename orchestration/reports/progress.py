@@ -9,7 +9,8 @@ read per batch, and a `--watch` loop stays cheap however long the run.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,8 @@ class RunProgress:
     images_per_s: float  # over the last minute (or since the first dequeue, if sooner)
     eta_s: float | None
     complete: bool
+    # Per worker with a GPU: its GPUs' busy share (%) over the last minute; absent without a GPU.
+    gpu_busy_pct: dict[str, float] = field(default_factory=dict)
 
     @property
     def batches_finished(self) -> int:
@@ -88,6 +91,7 @@ class RunTracker:
             images_per_s=rate,
             eta_s=eta,
             complete=complete,
+            gpu_busy_pct=gpu_busy_by_worker(self.records.values(), since=now - timedelta(seconds=RATE_WINDOW_S)),
         )
 
     def looks_complete(self) -> bool:
@@ -100,6 +104,19 @@ class RunTracker:
     def unfinished(self) -> list[str]:
         """Batches still pending at the last refresh."""
         return self.state.pending
+
+
+def gpu_busy_by_worker(records: Iterable[BatchRecord], since: datetime | None = None) -> dict[str, float]:
+    """Each worker's GPU busy share (%), weighted by the windows its records cover (acked after
+    `since`, when given). Workers whose records carry no GPU figures are absent, never 0."""
+    weighted: dict[str, tuple[float, float]] = {}
+    for r in records:
+        if r.gpu_busy_pct is None or (since is not None and r.acked_at < since):
+            continue
+        weight = r.gpu_window_s if r.gpu_window_s and r.gpu_window_s > 0 else 1e-3
+        total, span = weighted.get(r.worker, (0.0, 0.0))
+        weighted[r.worker] = (total + r.gpu_busy_pct * weight, span + weight)
+    return {w: round(total / span, 1) for w, (total, span) in sorted(weighted.items())}
 
 
 def rate_over_window(records: list[BatchRecord], now: datetime, window_s: float = RATE_WINDOW_S) -> float:

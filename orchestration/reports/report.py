@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestration.reports.drain import DrainReport, drain_report
-from orchestration.reports.progress import RunTracker
+from orchestration.reports.progress import RunTracker, gpu_busy_by_worker
 from workpool.pool_events import PoolEvent, node_seconds, pool_size_steps, read_pool_events
 from workpool.runs import BatchRecord, Manifest, PoisonReport, RunStore
 
@@ -113,13 +113,19 @@ class RunReport:
     poisoned: list[PoisonReport] = field(default_factory=list)
     events: list[PoolEvent] = field(default_factory=list)
     window_end: datetime | None = None  # the last ack, or when this report was made
+    gpu_busy_pct: dict[str, float] = field(default_factory=dict)  # per worker with a GPU, over the run
 
     @property
     def enqueued_at(self) -> datetime:
         return self.manifest.created_at
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.drain.to_json(), **self.cost.to_json(), "enqueued_at": self.enqueued_at.isoformat()}
+        return {
+            **self.drain.to_json(),
+            **self.cost.to_json(),
+            "enqueued_at": self.enqueued_at.isoformat(),
+            "gpu_busy_pct": self.gpu_busy_pct,
+        }
 
     def render(self) -> str:
         c = self.cost
@@ -133,6 +139,9 @@ class RunReport:
             lines.append(f"  idle tail        {c.tail_node_seconds:.1f} node-seconds after the last ack (not counted)")
         if c.images_per_s_per_node is not None:
             lines.append(f"  per node         {c.images_per_s_per_node:.2f} images/s")
+        if self.gpu_busy_pct:
+            busy = ", ".join(f"{worker} {pct:.0f}%" for worker, pct in self.gpu_busy_pct.items())
+            lines.append(f"  GPU busy         {busy}")
         if c.time_to_first_result_s is not None:
             lines.append(f"  first result     {c.time_to_first_result_s:.1f} s after the enqueue")
         if c.cost is not None:
@@ -175,6 +184,7 @@ def build_report(
         poisoned=list(tracker.poison.values()),
         events=events,
         window_end=end,
+        gpu_busy_pct=gpu_busy_by_worker(tracker.records.values()),
     )
 
 

@@ -168,6 +168,10 @@ def render(snapshot: Snapshot) -> Group:
             "done" if r.complete else format_eta(r.eta_s),
         )
     parts.append(runs if snapshot.runs else "no runs on this queue yet")
+    for r in snapshot.runs:
+        if r.gpu_busy_pct:  # workers without a GPU are absent, not 0 %
+            busy = ", ".join(f"{worker} {pct:.0f}%" for worker, pct in r.gpu_busy_pct.items())
+            parts.append(f"[bold]GPU busy[/] (last minute) {r.run_id}: {busy}")
     return Group(*parts)
 
 

@@ -4,7 +4,8 @@ Top: one lane per worker, each acked batch a bar from its dequeue to its ack: th
 is waiting (prefetched, decoding, waiting for the worker), the solid part scoring, the thin end
 writing results and acking. Re-delivered batches (attempt > 1) are hatched, preemptions marked
 with a red ✕ on the preempted worker's lane. Stragglers, idle gaps and cold starts show as long
-bars, white space, and lanes that begin late.
+bars, white space, and lanes that begin late. A worker with a GPU has its GPUs' busy share over
+the run under its name (consumer/gpu_stats.py); one without has none.
 
 Bottom: the batches not yet done (the queue's backlog and in-flight work, from the manifest's
 time and the records), and the pool's size over time from its event log, with every launch,
@@ -64,7 +65,7 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
     cold = _cold_start(lanes, report, t0)
     lanes.set_yticks(range(len(workers)))
     if len(workers) <= MAX_LANES_LABELLED:
-        lanes.set_yticklabels([_short(w, workers) for w in workers], fontsize=8)
+        lanes.set_yticklabels([_lane_label(w, workers, report.gpu_busy_pct) for w in workers], fontsize=8)
     else:
         lanes.set_yticklabels([])
         lanes.set_ylabel(f"{len(workers)} workers")
@@ -169,6 +170,12 @@ def _lanes(spans: list[BatchSpan], events: list[PoolEvent]) -> list[str]:
         if event.kind == "preempt" and event.node:
             seen.setdefault(event.node, None)
     return list(seen)
+
+
+def _lane_label(worker: str, workers: list[str], gpu_busy_pct: dict[str, float]) -> str:
+    """The worker's short name, and its GPUs' busy share where it has a GPU (absent otherwise)."""
+    busy = gpu_busy_pct.get(worker)
+    return _short(worker, workers) + ("" if busy is None else f"\nGPU {busy:.0f}%")
 
 
 def _short(worker: str, workers: list[str]) -> str:

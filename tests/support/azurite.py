@@ -17,6 +17,10 @@ ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
+class PortTakenError(RuntimeError):
+    """Azurite could not listen: another process holds one of its ports."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,10 +40,14 @@ class Azurite:
 
     def __init__(self, location: Path | None = None) -> None:
         self.location = location
+        self._pick_ports()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
+
+    def _pick_ports(self) -> None:
         self.blob_port = free_port()
         self.queue_port = free_port()
         self.table_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def connection_string(self) -> str:
@@ -50,6 +58,21 @@ class Azurite:
         )
 
     def start(self, timeout_s: float = 30.0) -> None:
+        """Start and wait until it listens. Before its first start only, a port another process
+        took since `free_port` picked it (parallel test workers start Azurites at once) is
+        replaced by fresh ones; a restart keeps its ports, which its clients already know."""
+        for attempt in range(3):
+            try:
+                self._start(timeout_s)
+            except PortTakenError:
+                if self._started_once or attempt == 2:
+                    raise
+                self._pick_ports()
+            else:
+                self._started_once = True
+                return
+
+    def _start(self, timeout_s: float) -> None:
         args = [
             str(AZURITE_BIN),
             "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
@@ -69,7 +92,10 @@ class Azurite:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"Azurite exited with {self.proc.returncode}: {err[-2000:]}")
+                code = self.proc.returncode
+                self.stop()
+                error = PortTakenError if "EADDRINUSE" in err else RuntimeError
+                raise error(f"Azurite exited with {code}: {err[-2000:]}")
             if all(_listening(p) for p in (self.blob_port, self.queue_port)):
                 return
             time.sleep(0.1)

@@ -9,13 +9,18 @@ __all__ = ["MAX_RECEIVE", "Depth", "PoisonRecord", "Received", "WorkQueue", "ope
 
 
 def open_queue(settings: Settings, name: str | None = None) -> WorkQueue:
-    """The configured work queue (Azure when storage credentials are set, else embedded)."""
+    """The configured work queue (Azure when storage credentials are set, else embedded, or the
+    in-memory one a test mounted on the home: `workpool.memory`)."""
     name = name or settings.queue
     if settings.uses_azure_storage:
         from workpool.azure_clients import queue_service
         from workpool.queue.azure import AzureQueue
 
         return AzureQueue(queue_service(settings), name)
+    from workpool.memory import mounted_at
+
+    if (memory := mounted_at(settings.home)) is not None:
+        return memory.queues.queue(name)
     from workpool.queue.embedded import EmbeddedQueue
     from workpool.storage.local import ensure_home
 

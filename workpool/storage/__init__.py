@@ -77,7 +77,12 @@ def open_location(settings: Settings, uri: str) -> tuple[ObjectStore, str]:
 
 
 def open_result_store(settings: Settings) -> ObjectStore:
-    """The result store: the `WORKPOOL_RESULTS` container on Azure, else `<home>/results`."""
+    """The result store: the `WORKPOOL_RESULTS` container on Azure, else `<home>/results` (or
+    the in-memory store a test mounted on the home: `workpool.memory`)."""
     if settings.uses_azure_storage:
         return blob_store(settings, settings.results)
+    from workpool.memory import mounted_at
+
+    if (memory := mounted_at(settings.home)) is not None:
+        return memory.stores.store(settings.results)
     return LocalStore(ensure_home(settings.home) / "results")

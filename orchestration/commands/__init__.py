@@ -1,0 +1,1 @@
+"""Commands of `orchestration` that live in their own module (registered in orchestration/cli.py)."""
