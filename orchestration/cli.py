@@ -2,6 +2,10 @@
 
 Every command reads the one settings object (WORKPOOL_* variables, --config FILE). Exit codes:
 0 success, 1 failure during the work (a poisoned batch included), 2 bad usage or settings.
+
+A thin shell over the Python API (orchestration/api, `from workpool import Pool, Run`): each
+command parses its flags, calls one API method and prints. A new command goes in a module of its
+own, registered here with one `app.command(...)` line.
 """
 
 from __future__ import annotations
@@ -15,31 +19,17 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from orchestration.autoscale import process as autoscale_process
-from orchestration.autoscale.deadline import parse_deadline
-from orchestration.autoscale.loop import PoolGoneError
-from orchestration.autoscale.policy import Limits, parse_range
-from orchestration.backends import BACKENDS, open_launcher
+from orchestration.api import Autoscale, Pool
+from orchestration.backends import BACKENDS
 from orchestration.commands.dashboard import dashboard as dashboard_command
 from orchestration.commands.logs import logs as logs_command
-from orchestration.deployment import resolve_backend
-from orchestration.launcher import Launcher
-from orchestration.pool import launch_until_drained, pending_runs
-from orchestration.reports.drain import DrainReport, wait_for_drain
-from orchestration.reports.export import export_results
-from orchestration.reports.plot import plot_benchmark
-from orchestration.reports.report import RunReport, build_report
-from orchestration.reports.status import StatusReader, cluster_json, render, watch
-from orchestration.tools.benchmark import BenchmarkPlan, parse_tiers, render_table, run_benchmark
-from orchestration.tools.random_models import ARCHITECTURES, build_model
-from orchestration.tools.samples import write_samples
+from orchestration.reports.drain import DrainReport
+from orchestration.reports.report import RunReport
+from orchestration.reports.status import render, watch
+from orchestration.tools.benchmark import parse_tiers
+from orchestration.tools.random_models import ARCHITECTURES
 from workpool.cli import EXIT_FAILURE, EXIT_OK, ConfigOption, LogLevelOption, handle_errors, settings_for
-from workpool.errors import NotFoundError, UsageError, WorkpoolError
-from workpool.pool_events import record_size_change, utcnow
-from workpool.queue import open_queue
-from workpool.runs import RunStore
-from workpool.settings import Settings
-from workpool.storage import open_result_store
+from workpool.errors import UsageError, WorkpoolError
 
 app = typer.Typer(
     help="Run the scoring pool: launch and scale nodes, watch progress, measure the drain, export results.",
@@ -62,17 +52,54 @@ ForceOption = Annotated[
     typer.Option("--force", help="Start more nodes than the backend runs well (local: more than 4 per CPU core)."),
 ]
 
+# The autoscaler's options, shared by `launch --autoscale` and `autoscale` (orchestration.api.Autoscale).
+DeadlineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--deadline",
+        help="Finish the queue's work by then: a duration (20m, 1h30m), a time of day (14:30, local) or an "
+        "ISO time. Sizes the pool from the measured per-node rate, within the maximum.",
+    ),
+]
+IdleOption = Annotated[
+    float | None,
+    typer.Option(
+        "--idle-s",
+        min=0,
+        help="Seconds the queue stays empty (in flight included) before going to the minimum. "
+        "Default: WORKPOOL_AUTOSCALE_IDLE_S (120).",
+    ),
+]
+BatchesPerNodeOption = Annotated[
+    float | None,
+    typer.Option(
+        "--batches-per-node",
+        min=0.001,
+        help="Visible batches that ask for one node. Default: WORKPOOL_AUTOSCALE_BATCHES_PER_NODE (4).",
+    ),
+]
+CooldownOption = Annotated[
+    float | None,
+    typer.Option(
+        "--cooldown-s",
+        min=0,
+        help="Seconds after a size change before the pool may shrink again. "
+        "Default: WORKPOOL_AUTOSCALE_COOLDOWN_S (60).",
+    ),
+]
+IntervalOption = Annotated[
+    float | None,
+    typer.Option(
+        "--interval-s", min=0.1, help="Seconds between decisions. Default: WORKPOOL_AUTOSCALE_INTERVAL_S (5)."
+    ),
+]
 
-def _runs(settings: Settings) -> RunStore:
-    return RunStore(open_result_store(settings))
 
-
-def _require_run(runs: RunStore, run_id: str) -> None:
-    """A run id that names no run is the user's mistake (exit 2), as in `producer requeue`."""
-    try:
-        runs.read_manifest(run_id)
-    except NotFoundError as exc:
-        raise UsageError(str(exc)) from None
+def _pool(config: Path | None, log_level: str, backend: str | None = None, **flags: Any) -> Pool:
+    """The API's pool on the settings these flags name; its progress lines go to stderr."""
+    pool = Pool.from_settings(settings_for(config, log_level, **flags), backend=backend, config=config)
+    pool.say = lambda line: typer.echo(line, err=True)
+    return pool
 
 
 def _echo_json(data: Any) -> None:
@@ -82,6 +109,10 @@ def _echo_json(data: Any) -> None:
 def _check_backend(backend: str | None) -> None:
     if backend is not None and backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
+app.command("dashboard")(dashboard_command)
+app.command("logs")(logs_command)
 
 
 app.command("dashboard")(dashboard_command)
@@ -101,9 +132,15 @@ def launch(
             metavar="MIN:MAX",
             help="Instead of --nodes: size the pool from the queue between MIN and MAX nodes (0 allowed). "
             "The autoscaler runs detached beside the pool (log in <home>/autoscale/<queue>.log; teardown stops "
-            "it), or in the foreground with --wait. Its other settings: WORKPOOL_AUTOSCALE_* (see `autoscale`).",
+            "it), or in the foreground with --wait. Its options: --deadline, --idle-s, --batches-per-node, "
+            "--cooldown-s, --interval-s (as for `autoscale`).",
         ),
     ] = None,
+    deadline: DeadlineOption = None,
+    idle_s: IdleOption = None,
+    batches_per_node: BatchesPerNodeOption = None,
+    cooldown_s: CooldownOption = None,
+    interval_s: IntervalOption = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -126,81 +163,44 @@ def launch(
     drain reports are printed) and the nodes are torn down.
     """
     _check_backend(backend)
-    if (nodes is None) == (autoscale_range is None):
+    options = {"deadline": deadline, "idle_s": idle_s, "batches_per_node": batches_per_node}
+    options |= {"cooldown_s": cooldown_s, "interval_s": interval_s}
+    if autoscale_range is None and any(v is not None for v in options.values()):
+        given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
+        raise UsageError(f"{', '.join(given)}: autoscaler options, for use with --autoscale MIN:MAX")
+    scaling = None if autoscale_range is None else Autoscale.parse(autoscale_range, **options)
+    if (nodes is None) == (scaling is None):
         raise UsageError("give --nodes N (a fixed size) or --autoscale MIN:MAX, one of them")
-    settings = settings_for(config, log_level)
-    launcher = open_launcher(backend, settings)
-    if autoscale_range is not None and not dry_run:
-        _launch_autoscaled(settings, launcher, autoscale_range, wait, json_out, config)
-        return
-    nodes = nodes if nodes is not None else parse_range(autoscale_range or "")[0]
+    pool = _pool(config, log_level, backend)
     if dry_run:
+        count = scaling.min_nodes if scaling is not None else nodes
         planned = [
             {"method": r.method, "path": r.path, "body": r.body, "note": r.note}
-            for r in launcher.describe(nodes, force=force)
+            for r in pool.plan_launch(nodes, autoscale=scaling, force=force)
         ]
         if json_out:
-            _echo_json({"backend": backend, "nodes": nodes, "requests": planned})
+            _echo_json({"backend": backend, "nodes": count, "requests": planned})
         else:
-            typer.echo(f"Would launch {nodes} node(s) on {backend} for queue {settings.queue}:")
+            typer.echo(f"Would launch {count} node(s) on {backend} for queue {pool.queue}:")
             for r in planned:
                 typer.echo(f"  {r['method']} {r['path']}" + (f"  # {r['note']}" if r["note"] else ""))
                 if r["body"] is not None:
                     typer.echo("    " + json.dumps(r["body"], ensure_ascii=False, default=str))
         return
     if not wait:
-        requested_at = utcnow()
-        launcher.launch(nodes, force=force)
-        record_size_change(settings, "launch", backend, nodes, at=requested_at, reason="launch --nodes")
-        typer.echo(f"launched {nodes} node(s) on {backend} for queue {settings.queue}", err=True)
+        cluster = pool.launch(nodes, autoscale=scaling, force=force)
         if json_out:
-            _echo_json(cluster_json(launcher.state()))
+            _echo_json(cluster.to_dict())
         return
-    reports = launch_until_drained(settings, launcher, nodes, force=force, say=lambda line: typer.echo(line, err=True))
-    _print_reports(reports, json_out, settings)
+    reports = pool.launch_until_drained(nodes, autoscale=scaling, force=force)
+    _print_reports(pool, reports, json_out)
     if not all(r.ok for r in reports):
         raise typer.Exit(EXIT_FAILURE)
 
 
-def _launch_autoscaled(
-    settings: Settings, launcher: Launcher, text: str, wait: bool, json_out: bool, config: Path | None
-) -> None:
-    """`launch --autoscale MIN:MAX`: the pool at the size the queue asks for, and its autoscaler."""
-    low, high = parse_range(text)
-    settings = autoscale_process.with_finishing_nodes(settings)
-    launcher = open_launcher(launcher.name, settings)
-    scaler = autoscale_process.build(settings, launcher, autoscale_process.limits_from(settings, low, high))
-
-    def say(line: str) -> None:
-        typer.echo(line, err=True)
-
-    if wait:
-        runs = pending_runs(settings, scaler.runs)
-        try:
-            reports = autoscale_process.autoscale_until_drained(scaler, runs, say=say)
-        finally:
-            launcher.teardown()
-            record_size_change(settings, "teardown", launcher.name, 0, reason="drained (launch --autoscale --wait)")
-            say(f"tore down the {launcher.name} pool")
-        _print_reports(reports, json_out, settings)
-        if not all(r.ok for r in reports):
-            raise typer.Exit(EXIT_FAILURE)
-        return
-    requested_at = utcnow()
-    size = autoscale_process.launch_with_autoscaler(scaler)
-    record_size_change(settings, "launch", launcher.name, size, at=requested_at, reason=f"launch --autoscale {text}")
-    pid = autoscale_process.start_detached(settings, launcher.name, low, high, None, config)
-    say(
-        f"launched {size} node(s) on {launcher.name} for queue {settings.queue}; autoscaler pid {pid} sizes it "
-        f"between {low} and {high} (log: {autoscale_process.log_path(settings)})"
-    )
-    if json_out:
-        _echo_json(cluster_json(launcher.state()))
-
-
-def _print_reports(reports: list[DrainReport], json_out: bool, settings: Settings) -> None:
+def _print_reports(pool: Pool, reports: list[DrainReport], json_out: bool) -> None:
     """The drain reports, with the cost figures of `report` (node-seconds, cost, ...)."""
-    shown = [_with_cost(settings, r) for r in reports]
+    shown = [_with_cost(pool, r) for r in reports]
     if json_out:
         _echo_json(shown[0].to_json() if len(shown) == 1 else [r.to_json() for r in shown])
     else:
@@ -208,10 +208,9 @@ def _print_reports(reports: list[DrainReport], json_out: bool, settings: Setting
             typer.echo(report.render())
 
 
-def _with_cost(settings: Settings, drain: DrainReport) -> DrainReport | RunReport:
+def _with_cost(pool: Pool, drain: DrainReport) -> DrainReport | RunReport:
     try:
-        price = settings.price_per_node_hour
-        return build_report(_runs(settings), drain.run_id, price_per_node_hour=price, drain=drain)
+        return pool.run(drain.run_id).report(drain=drain)
     except WorkpoolError as exc:  # the drain is what was waited for: report it without the cost figures
         typer.echo(f"warning: cost figures unavailable: {exc}", err=True)
         return drain
@@ -232,12 +231,7 @@ def scale(
     released, not lost). Works from any shell while `launch --wait` or a run is going.
     """
     _check_backend(backend)
-    settings = settings_for(config, log_level)
-    name = resolve_backend(settings, backend)
-    requested_at = utcnow()
-    open_launcher(name, settings).scale(nodes, force=force)
-    record_size_change(settings, "scale", name, nodes, at=requested_at, reason="scale --nodes")
-    typer.echo(f"scaled the {name} pool of queue {settings.queue} to {nodes} node(s)", err=True)
+    _pool(config, log_level, backend).scale(nodes, force=force)
 
 
 @app.command()
@@ -263,12 +257,7 @@ def status(
     Per run: batches done/total, poisoned, images ok/failed, images/s over the last minute, ETA.
     """
     _check_backend(backend)
-    settings = settings_for(config, log_level)
-    launcher = open_launcher(resolve_backend(settings, backend), settings)
-    runs = _runs(settings)
-    if run is not None:
-        _require_run(runs, run)
-    reader = StatusReader(runs, open_queue(settings), launcher, run)
+    reader = _pool(config, log_level, backend).status_reader(run)
     if watch_:
         watch(reader, Console())
         return
@@ -296,11 +285,9 @@ def wait_command(
     The drain wall time runs from the run's first dequeue to its last ack, read from the batch
     records. Exit 1 if any batch was poisoned, or lost (the queue emptied without it).
     """
-    settings = settings_for(config, log_level)
-    runs = _runs(settings)
-    _require_run(runs, run)
-    report = wait_for_drain(runs, open_queue(settings), run, poll_s=poll_s, timeout_s=timeout_s)
-    _print_reports([report], json_out, settings)
+    pool = _pool(config, log_level)
+    report = pool.run(run).wait(timeout_s, poll_s=poll_s, progress=False)
+    _print_reports(pool, [report], json_out)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE)
 
 
@@ -318,10 +305,7 @@ def results(
     Columns: image, status, error, top_label, top_score, predictions (JSON text in CSV and
     Parquet), batch_id, worker. Images of a poisoned batch are error rows with the reason.
     """
-    settings = settings_for(config, log_level)
-    runs = _runs(settings)
-    _require_run(runs, run)
-    summary = export_results(runs, run, out)
+    summary = _pool(config, log_level).run(run).export(out)
     if json_out:
         _echo_json(summary.to_json())
     else:
@@ -342,14 +326,7 @@ def teardown(
 ) -> None:
     """Stop every node (gracefully: in-flight batches are released) and forget the pool."""
     _check_backend(backend)
-    settings = settings_for(config, log_level)
-    name = resolve_backend(settings, backend)
-    # The autoscaler first: it would otherwise scale the pool back up while it is torn down.
-    if (stopped := autoscale_process.stop_detached(settings)) is not None:
-        typer.echo(f"stopped the autoscaler (pid {stopped})", err=True)
-    open_launcher(name, settings).teardown(delete=delete)
-    record_size_change(settings, "teardown", name, 0, reason="teardown")
-    typer.echo(f"tore down the {name} pool of queue {settings.queue}", err=True)
+    _pool(config, log_level, backend).teardown(delete=delete)
 
 
 @app.command()
@@ -357,46 +334,11 @@ def teardown(
 def autoscale(
     min_nodes: Annotated[int, typer.Option("--min", min=0, help="Fewest nodes (0: scale to zero when idle).")],
     max_nodes: Annotated[int, typer.Option("--max", min=1, help="Most nodes, whatever the backlog or deadline.")],
-    deadline: Annotated[
-        str | None,
-        typer.Option(
-            "--deadline",
-            help="Finish the queue's work by then: a duration (20m, 1h30m), a time of day (14:30, local) or an "
-            "ISO time. Sizes the pool from the measured per-node rate, within --max.",
-        ),
-    ] = None,
-    idle_s: Annotated[
-        float | None,
-        typer.Option(
-            "--idle-s",
-            min=0,
-            help="Seconds the queue stays empty (in flight included) before going to "
-            "--min. Default: WORKPOOL_AUTOSCALE_IDLE_S (120).",
-        ),
-    ] = None,
-    batches_per_node: Annotated[
-        float | None,
-        typer.Option(
-            "--batches-per-node",
-            min=0.001,
-            help="Visible batches that ask for one node. Default: WORKPOOL_AUTOSCALE_BATCHES_PER_NODE (4).",
-        ),
-    ] = None,
-    cooldown_s: Annotated[
-        float | None,
-        typer.Option(
-            "--cooldown-s",
-            min=0,
-            help="Seconds after a size change before the pool may shrink again. "
-            "Default: WORKPOOL_AUTOSCALE_COOLDOWN_S (60).",
-        ),
-    ] = None,
-    interval_s: Annotated[
-        float | None,
-        typer.Option(
-            "--interval-s", min=0.1, help="Seconds between decisions. Default: WORKPOOL_AUTOSCALE_INTERVAL_S (5)."
-        ),
-    ] = None,
+    deadline: DeadlineOption = None,
+    idle_s: IdleOption = None,
+    batches_per_node: BatchesPerNodeOption = None,
+    cooldown_s: CooldownOption = None,
+    interval_s: IntervalOption = None,
     backend: BackendOption = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = "INFO",
@@ -410,29 +352,16 @@ def autoscale(
     with its inputs and shown by `status`. The pool must be running (`launch --nodes 0` or
     `launch --autoscale MIN:MAX`, which starts this loop itself).
     """
+    from orchestration.autoscale.loop import PoolGoneError
+
     _check_backend(backend)
-    settings = settings_for(config, log_level)
-    name = resolve_backend(settings, backend)
-    limits = Limits(
-        min_nodes=min_nodes,
-        max_nodes=max_nodes,
-        batches_per_node=settings.autoscale_batches_per_node if batches_per_node is None else batches_per_node,
-        idle_s=settings.autoscale_idle_s if idle_s is None else idle_s,
-        cooldown_s=settings.autoscale_cooldown_s if cooldown_s is None else cooldown_s,
-    )
-    until = None if deadline is None else parse_deadline(deadline, utcnow())
-    launcher = open_launcher(name, settings)
-    scaler = autoscale_process.build(settings, launcher, limits, deadline=until, interval_s=interval_s)
+    options = Autoscale(min_nodes, max_nodes, deadline, idle_s, batches_per_node, cooldown_s, interval_s)
+    pool = _pool(config, log_level, backend)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    typer.echo(
-        f"autoscaling the {name} pool of queue {settings.queue} between {min_nodes} and {max_nodes} node(s)"
-        + (f", deadline {until.isoformat(timespec='seconds')}" if until else ""),
-        err=True,
-    )
     try:
-        scaler.run(stop)
+        pool.autoscale(options, stop)
     except PoolGoneError as exc:
         typer.echo(f"error: {exc}; the autoscaler stops", err=True)
         raise typer.Exit(EXIT_FAILURE) from None
@@ -471,41 +400,21 @@ def benchmark(
     """
     _check_backend(backend)
     tier_list = parse_tiers(tiers)
-    settings = settings_for(config, log_level)
-    if arch is not None and model is not None:
-        raise UsageError("give --arch or --model, not both")
-    if task == "classification" and model is None:
-        if backend != "local":
-            raise UsageError("cluster nodes cannot read a model built here: give --model az://<container>/<path>")
-        model = str(build_model(arch or "inceptionv3", settings.home / "models"))
-    elif arch is not None:
-        model = str(build_model(arch, settings.home / "models"))
-    if source is None:
-        if backend != "local":
-            raise UsageError("cluster nodes cannot read images generated here: give --source az://<container>/<prefix>")
-        folder = settings.home.absolute() / "benchmark" / "images"
-        write_samples(folder, images)
-        source = str(folder)
-    plan = BenchmarkPlan(
-        tiers=tier_list,
-        images=images,
-        source=source,
-        task=task,
-        model=model,
-        labels=labels,
-        backend=backend,
-        batch_size=batch_size,
-        timeout_s=timeout_s,
-    )
-    result = run_benchmark(settings, plan, open_launcher, say=lambda line: typer.echo(line, err=True))
+    pool = _pool(config, log_level, backend)
+    table = pool.benchmark(
+        source, tiers=tier_list, images=images, task=task, model=model, arch=arch, labels=labels,
+        batch_size=batch_size, timeout_s=timeout_s,
+    )  # fmt: skip
     if plot is not None:
-        plot_benchmark(result, plot)
+        from orchestration.reports.plot import plot_benchmark
+
+        plot_benchmark(table.result, plot)
         typer.echo(f"wrote {plot}", err=True)
     if json_out:
-        _echo_json(result.to_json())
+        _echo_json(table.to_json())
     else:
-        typer.echo(render_table(result))
-    if not result.ok:
+        typer.echo(str(table))
+    if not table.ok:
         raise typer.Exit(EXIT_FAILURE)
 
 
@@ -538,10 +447,8 @@ def report(
     also per 1,000 images. Works on a finished or a running run, from any machine.
     Example: `orchestration report --run photos-1 --plot photos-1.png --price-per-node-hour 3.67`
     """
-    settings = settings_for(config, log_level, price_per_node_hour=price_per_node_hour)
-    runs = _runs(settings)
-    _require_run(runs, run)
-    result = build_report(runs, run, price_per_node_hour=settings.price_per_node_hour)
+    pool = _pool(config, log_level, price_per_node_hour=price_per_node_hour)
+    result = pool.run(run).report()
     if plot is not None:
         from orchestration.reports.timeline_plot import plot_timeline
 

@@ -15,6 +15,7 @@ import typer
 from producer.enqueue import EnqueueRequest, EnqueueSummary, enqueue
 from producer.requeue import RequeueSummary, requeue_failed, requeue_missing
 from producer.sources import IMAGE_EXTENSIONS
+from producer.validate import with_batch_size
 from workpool.cli import ConfigOption, LogLevelOption, handle_errors, settings_for
 from workpool.errors import UsageError
 from workpool.storage import open_result_store
@@ -103,10 +104,8 @@ def enqueue_command(
     * `producer enqueue az://photos/2024/ --task cloth_recognition --model az://models/cloth.keras`
     * `producer enqueue @names.txt --batch-size 32 --limit 1000 --json`
     """
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     config_file, level = _global(ctx, config, log_level)
-    settings = settings_for(config_file, level, batch_size=batch_size)
+    settings = with_batch_size(settings_for(config_file, level), batch_size)
     summary = enqueue(
         settings,
         EnqueueRequest(source=source, run_id=run, task=task, model=model, labels=labels, limit=limit),

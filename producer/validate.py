@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from workpool.errors import NotFoundError, UsageError
-from workpool.messages import ID_PATTERN
+from workpool.messages import ID_PATTERN, MAX_BATCH_IMAGES
 from workpool.settings import Settings
 from workpool.storage import blob_store, parse_location
 
@@ -39,6 +39,15 @@ def check_run_id(run_id: str) -> str:
             "starting with a letter or digit"
         )
     return run_id
+
+
+def with_batch_size(settings: Settings, batch_size: int | None) -> Settings:
+    """The settings with `--batch-size` applied (None: as they are); a size out of range is refused naming the flag."""
+    if batch_size is None:
+        return settings
+    if not 1 <= batch_size <= MAX_BATCH_IMAGES:
+        raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH_IMAGES}, got {batch_size}")
+    return settings.model_copy(update={"batch_size": batch_size})
 
 
 def check_task(task: str) -> str:

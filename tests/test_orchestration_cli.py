@@ -1,44 +1,67 @@
 """The orchestration CLI's contract at its edges: usage errors exit 2, dry runs start nothing and
-show no secret, a second launch is refused, and the benchmark runs its tiers end to end."""
+show no secret, a second launch is refused, and the benchmark runs its tiers end to end.
+
+Where no real process is needed the commands run in this process (Typer's CliRunner)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from orchestration.cli import app
+from tests.support.cli import Outcome
 from tests.support.images import write_sample_images
 from tests.support.orchestration_cli import SLEEP_TASK, enqueue, live_node_pids, orchestration, torn_down
 from workpool.settings import Settings, load_settings
 
 
-def test_every_command_has_help() -> None:
-    settings = load_settings()
-    for command in ("launch", "scale", "status", "wait", "results", "benchmark", "teardown"):
-        out = orchestration(settings, command, "--help")
+def invoke(home: Path, queue: str, *args: str) -> Outcome:
+    """`orchestration ARGS` in this process, on `home` and `queue`; the logging it configured is undone."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        result = CliRunner().invoke(app, list(args), env={"WORKPOOL_HOME": str(home), "WORKPOOL_QUEUE": queue})
+    finally:
+        root.handlers[:], root.level = handlers, level
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return Outcome(result.exit_code, result.stdout, result.stderr)
+
+
+def test_every_command_has_help(tmp_path: Path) -> None:
+    commands = ("launch", "scale", "status", "wait", "results", "benchmark", "teardown", "autoscale", "report")
+    for command in (*commands, "dashboard", "logs"):
+        out = invoke(tmp_path, "help", command, "--help")
         assert out.code == 0 and "Usage" in out.stdout, command
+    assert "--idle-s" in invoke(tmp_path, "help", "launch", "--help").stdout
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "message"),
     [
-        ["launch", "--nodes", "2", "--backend", "kubernetes"],
-        ["launch"],
-        ["scale", "--nodes", "2"],  # nothing is running
-        ["results", "--run", "r", "--out", "out.xlsx"],
-        ["benchmark", "--tiers", "1,x"],
-        ["benchmark", "--arch", "vgg16", "--model", "m.keras"],
-        ["wait"],
-        ["wait", "--run", "no-such-run"],
-        ["status", "--run", "no-such-run"],
-        ["results", "--run", "no-such-run", "--out", "out.csv"],
+        (["launch", "--nodes", "2", "--backend", "kubernetes"], "--backend 'kubernetes': expected one of"),
+        (["launch"], "give --nodes N (a fixed size) or --autoscale MIN:MAX, one of them"),
+        (["launch", "--nodes", "1", "--deadline", "20m"], "--deadline: autoscaler options"),
+        (["launch", "--autoscale", "3"], "--autoscale: expected MIN:MAX"),
+        (["scale", "--nodes", "2"], "no local pool is running for queue usage"),
+        (["results", "--run", "r", "--out", "out.xlsx"], "run 'r' not found"),
+        (["benchmark", "--tiers", "1,x"], "--tiers '1,x'"),
+        (["benchmark", "--arch", "vgg16", "--model", "m.keras"], "give --arch or --model, not both"),
+        (["wait"], "Missing option '--run'"),
+        (["wait", "--run", "no-such-run"], "no-such-run"),
+        (["status", "--run", "no-such-run"], "no-such-run"),
+        (["report", "--run", "no-such-run"], "no-such-run"),
+        (["results", "--run", "no-such-run", "--out", "out.csv"], "no-such-run"),
+        (["autoscale", "--min", "0", "--max", "2", "--deadline", "someday"], "--deadline"),
     ],
 )
-def test_bad_usage_exits_2_with_one_clear_line(tmp_path: Path, args: list[str]) -> None:
-    settings = load_settings(home=tmp_path / "home", queue="usage")
-    out = orchestration(settings, *args)
+def test_bad_usage_exits_2_with_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    out = invoke(tmp_path / "home", "usage", *args)
     assert out.code == 2, (out.stdout, out.stderr)
+    assert message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
 
 

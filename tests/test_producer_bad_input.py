@@ -1,21 +1,39 @@
 """Bad input to `producer enqueue`: one clear line, exit code 2, nothing enqueued, no manifest.
 
-Every case runs the real CLI on both backends, and then looks at the queue and the result store
-to prove that nothing was left behind.
+Every case runs the real CLI (in this process: Typer's CliRunner) on both backends, and then
+looks at the queue and the result store to prove that nothing was left behind.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from tests.support.producer_cli import drain_messages, producer, queue_depth, recorded_runs
+from producer.cli import app
+from tests.conftest import backend_env
+from tests.support.cli import Outcome
+from tests.support.producer_cli import drain_messages, queue_depth, recorded_runs
 from workpool.runs import RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
+
+
+def producer(settings: Settings, *args: str) -> Outcome:
+    """`producer ARGS` in this process on the settings' backend; the logging it configured is undone."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        result = CliRunner().invoke(app, list(args), env=backend_env(settings))
+    finally:
+        root.handlers[:], root.level = handlers, level
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return Outcome(result.exit_code, result.stdout, result.stderr)
+
 
 # Each case: (arguments given a tmp folder holding `images/` with 3 images, expected words in stderr)
 Case = Callable[[Path], tuple[list[str], str]]
@@ -51,6 +69,7 @@ CASES: dict[str, Case] = {
     ),
     "batch size zero": lambda t: ([str(t / "images"), "--batch-size", "0"], "--batch-size"),
     "batch size negative": lambda t: ([str(t / "images"), "--batch-size", "-5"], "--batch-size"),
+    "batch size too large": lambda t: ([str(t / "images"), "--batch-size", "2000"], "--batch-size must be between"),
     "unknown task": lambda t: ([str(t / "images"), "--task", "detection"], "unknown task 'detection'"),
     "malformed custom task": lambda t: ([str(t / "images"), "--task", "pkg.mod:"], "pkg.module:Class"),
     "invalid run id": lambda t: ([str(t / "images"), "--run", "my run!"], "run id"),

@@ -279,6 +279,12 @@ class Settings(BaseSettings):
     managed_identity_client_id: str | None = Field(
         None, description="Client id of that identity; nodes get it as AZURE_CLIENT_ID for DefaultAzureCredential."
     )
+    aml_idle_scale_down_s: int = Field(
+        300,
+        ge=0,
+        description="Azure Machine Learning compute: seconds a node stays idle before the cluster releases it "
+        "(AmlCompute idle_time_before_scale_down).",
+    )
     cluster_poll_interval_s: float = Field(
         10.0, ge=0, description="Seconds between polls of long-running cluster operations."
     )

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -30,9 +30,10 @@ from orchestration.launcher import Launcher
 from orchestration.local_state import pid_alive
 from orchestration.reports.drain import DrainReport, wait_for_drain
 from workpool.errors import UsageError
+from workpool.handoff import setting_text
 from workpool.queue import open_queue
 from workpool.runs import RunStore
-from workpool.settings import Settings
+from workpool.settings import Settings, env_name
 from workpool.storage import open_result_store
 
 log = logging.getLogger("orchestration.autoscale")
@@ -103,9 +104,17 @@ def launch_with_autoscaler(autoscaler: Autoscaler) -> int:
 
 
 def start_detached(
-    settings: Settings, backend: str, min_nodes: int, max_nodes: int, deadline: datetime | None, config: Path | None
+    settings: Settings,
+    backend: str,
+    min_nodes: int,
+    max_nodes: int,
+    deadline: datetime | None,
+    config: Path | None,
+    options: Sequence[str] = (),
 ) -> int:
-    """Start `orchestration autoscale` detached from this terminal; returns its pid."""
+    """Start `orchestration autoscale` detached from this terminal; returns its pid.
+
+    `options`: more of its flags (--idle-s, --cooldown-s, ...), as `launch --autoscale` got them."""
     running = read_state(open_result_store(settings), settings.queue)
     if running and running["running"] and _ours(running):
         raise UsageError(
@@ -118,9 +127,15 @@ def start_detached(
         args += ["--deadline", deadline.isoformat()]
     if config is not None:
         args += ["--config", str(config.absolute())]
+    args += list(options)
     env = dict(os.environ)
-    # The settings this command resolved from flags are not in the environment; the queue and
-    # home are what the autoscaler must agree on, so they travel explicitly.
+    # Every setting this command resolved (its flags, a `Pool`'s keyword overrides, the config
+    # file) travels in the environment, secrets included (never on the command line), so the
+    # autoscaler and the nodes it adds see exactly these settings; queue and home always.
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value is not None and value != info.default:
+            env[env_name(name)] = setting_text(value)
     env["WORKPOOL_QUEUE"] = settings.queue
     env["WORKPOOL_HOME"] = str(settings.home.absolute())
     env["PYTHONUNBUFFERED"] = "1"
@@ -132,6 +147,9 @@ def start_detached(
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+    # A long-lived caller (a notebook's `Pool.launch`) reaps it when it ends: no zombie, no
+    # "subprocess still running" warning when the Popen object goes.
+    threading.Thread(target=proc.wait, name=f"reap-autoscaler-{proc.pid}", daemon=True).start()
     return proc.pid
 
 

@@ -6,15 +6,19 @@ from orchestration.launcher import Launcher
 from workpool.errors import UsageError
 from workpool.settings import Settings
 
-BACKENDS = ("local", "batchai", "azure-batch")
+BACKENDS = ("local", "aml", "azure-batch", "batchai")
 
 
 def open_launcher(backend: str, settings: Settings) -> Launcher:
-    """The launcher for `backend` (local | batchai | azure-batch), configured by `settings`."""
+    """The launcher for `backend` (local | aml | azure-batch | batchai), configured by `settings`."""
     if backend == "local":
         from orchestration.backends.local import LocalLauncher
 
         return LocalLauncher(settings)
+    if backend == "aml":
+        from orchestration.backends.aml import AmlLauncher
+
+        return AmlLauncher(settings)
     if backend == "batchai":
         from orchestration.backends.batchai import BatchAILauncher
 

@@ -2,7 +2,8 @@
 
 Azure Batch AI was retired in 2019; this backend is kept because it was asked for and drives
 the real management SDK (azure-mgmt-batchai 7.0.0, api-version 2018-05-01). Its successors are
-Azure Machine Learning compute and Azure Batch (`--backend azure-batch`, see docs/azure.md).
+Azure Machine Learning compute (`--backend aml`) and Azure Batch (`--backend azure-batch`, see
+docs/azure.md); `launch` and `--dry-run` say so (RETIRED).
 
 Shape: workspace → experiment → cluster (manual scale to N, a node setup task that installs
 the project) → N jobs with `nodeCount` 1 each running `consumer run`. One job per node means a
@@ -46,6 +47,10 @@ from workpool.settings import Settings
 log = logging.getLogger(__name__)
 
 API_VERSION = "2018-05-01"
+RETIRED = (
+    "Azure Batch AI is retired (its API no longer answers on Azure); this backend is the card's recorded path. "
+    "Its successor is Azure Machine Learning compute: use `--backend aml` (docs/azure.md)"
+)
 # Job execution states in which the job holds (or will hold) a node.
 ACTIVE_JOB_STATES = {"queued", "running"}
 _serializer: Any = Serializer({k: v for k, v in m.__dict__.items() if isinstance(v, type)})  # type: ignore[no-untyped-call]
@@ -67,6 +72,7 @@ class BatchAILauncher(Launcher):
 
     # --- the Launcher interface -----------------------------------------------------------
     def _launch(self, nodes: int) -> None:
+        log.warning(RETIRED)
         self._require()
         require_azure_storage(self.settings, "batchai")
         made = Made(self.name)
@@ -159,6 +165,9 @@ class BatchAILauncher(Launcher):
                     "one single-node consumer job per node",
                 )
             )
+        log.warning(RETIRED)
+        first = plan[0]
+        plan[0] = PlannedRequest(first.method, first.path, first.body, f"{RETIRED}; {first.note}".rstrip("; "))
         return plan
 
     # --- resources ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from orchestration.reports.html import fields_html
 from orchestration.reports.progress import RunProgress, RunTracker
 from workpool.errors import NotFoundError, WorkpoolError
 from workpool.queue import WorkQueue
@@ -50,6 +51,14 @@ class DrainReport:
     @property
     def ok(self) -> bool:
         return self.batches_poisoned == 0 and not self.missing_batches
+
+    @property
+    def wall_s(self) -> float:
+        """The drain wall time (first dequeue → last ack), in seconds."""
+        return self.drain_wall_s
+
+    def _repr_html_(self) -> str:
+        return fields_html(f"Run {self.run_id}: drain report", self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         return {

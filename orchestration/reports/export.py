@@ -20,11 +20,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workpool.errors import NotFoundError, UsageError
 from workpool.runs import RunStore, read_concurrently
 from workpool.storage.base import ObjectStore
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 COLUMNS = ["image", "status", "error", "top_label", "top_score", "predictions", "batch_id", "worker"]
@@ -230,11 +233,11 @@ def _write_jsonl(rows: Iterator[dict[str, Any]], path: Path) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, chunk: int = 50_000) -> None:
+def arrow_schema() -> pa.Schema:
+    """The columns as Arrow types: Parquet's, and `Run.results()`'s table."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    schema = pa.schema(
+    return pa.schema(
         [
             ("image", pa.string()),
             ("status", pa.string()),
@@ -246,6 +249,24 @@ def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, chunk: int = 50_0
             ("worker", pa.string()),
         ]
     )
+
+
+def arrow_table(rows: Iterator[dict[str, Any]]) -> pa.Table:
+    """Rows (flat: predictions as JSON text) as one Arrow table with `arrow_schema()`."""
+    import pyarrow as pa
+
+    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+    for row in rows:
+        for name, values in columns.items():
+            values.append(row[name])
+    return pa.Table.from_pydict(columns, schema=arrow_schema())
+
+
+def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, chunk: int = 50_000) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = arrow_schema()
     with pq.ParquetWriter(str(path), schema) as writer:
         columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
 

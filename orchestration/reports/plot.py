@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestration.tools.benchmark import BenchmarkResult, model_label
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 def plot_benchmark(result: BenchmarkResult, path: Path) -> Path:
-    import matplotlib
+    """Write the benchmark figure as a PNG."""
+    fig = benchmark_figure(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
 
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
+
+def benchmark_figure(result: BenchmarkResult) -> Figure:
+    """Wall time and speedup against nodes (a Figure outside pyplot: no backend chosen, nothing kept)."""
+    from matplotlib.figure import Figure
 
     tiers = result.tiers
     nodes = [t.nodes for t in tiers]
     base = tiers[0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig = Figure(figsize=(10, 4.2))
+    left, right = fig.subplots(1, 2)
 
     walls = [t.drain_wall_s for t in tiers]
     left.plot(nodes, walls, "o-", color="tab:blue", label="measured")
@@ -44,7 +55,4 @@ def plot_benchmark(result: BenchmarkResult, path: Path) -> Path:
     plan = result.plan
     fig.suptitle(f"{plan.images} images · {model_label(plan)} · {plan.backend} backend", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

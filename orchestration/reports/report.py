@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestration.reports.drain import DrainReport, drain_report
+from orchestration.reports.html import fields_html
 from orchestration.reports.progress import RunTracker, gpu_busy_by_worker
 from workpool.pool_events import PoolEvent, node_seconds, pool_size_steps, read_pool_events
 from workpool.runs import BatchRecord, Manifest, PoisonReport, RunStore
@@ -126,6 +127,9 @@ class RunReport:
             "enqueued_at": self.enqueued_at.isoformat(),
             "gpu_busy_pct": self.gpu_busy_pct,
         }
+
+    def _repr_html_(self) -> str:
+        return fields_html(f"Run {self.drain.run_id}: report", self.to_json())
 
     def render(self) -> str:
         c = self.cost

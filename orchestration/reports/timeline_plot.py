@@ -19,10 +19,13 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestration.reports.report import BatchSpan, RunReport
 from workpool.pool_events import PoolEvent
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 WAIT, SCORE, FINISH = "#b9d3ee", "#1f77b4", "#0b3d66"
 POOL, BACKLOG, PREEMPT, COLD = "#2ca02c", "#ff7f0e", "#d62728", "#e6e6e6"
@@ -31,11 +34,18 @@ MAX_LANES_LABELLED = 40
 
 
 def plot_timeline(report: RunReport, path: Path) -> Path:
-    import matplotlib
+    """Write the timeline figure as a PNG."""
+    fig = timeline_figure(report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
 
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
+
+def timeline_figure(report: RunReport) -> Figure:
+    """The run's timeline: a lane per worker, the backlog and the pool size (a Figure outside
+    pyplot: no backend is chosen, nothing global is kept, a notebook shows it)."""
     from matplotlib.artist import Artist
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -48,9 +58,8 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
     workers = _lanes(report.spans, shown_events)
     lane_h = 0.32 if len(workers) <= MAX_LANES_LABELLED else max(8.0 / len(workers), 0.05)
     top_h = max(1.6, lane_h * len(workers) + 0.9)
-    fig, (lanes, pool) = plt.subplots(
-        2, 1, figsize=(12, top_h + 2.6), sharex=True, gridspec_kw={"height_ratios": [top_h, 2.4]}
-    )
+    fig = Figure(figsize=(12, top_h + 2.6))
+    lanes, pool = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [top_h, 2.4]})
 
     # --- one lane per worker -----------------------------------------------------------------
     index = {w: i for i, w in enumerate(workers)}
@@ -117,10 +126,7 @@ def plot_timeline(report: RunReport, path: Path) -> Path:
     pool.legend(handles=handles, loc="upper right", fontsize=8)
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _bar(ax: Any, span: BatchSpan, y: int, t0: datetime) -> None:
