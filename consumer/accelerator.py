@@ -8,6 +8,10 @@ Nothing fails, the run just takes days. So: when the driver lists GPUs (`nvidia-
 `--allow-cpu` (WORKPOOL_ALLOW_CPU) scores on the CPU anyway. `CUDA_VISIBLE_DEVICES=-1` (or empty)
 means the user chose the CPU: no check.
 
+A GPU VM size (the N-series: NC, ND, NV families, `WORKPOOL_VM_SIZE`) where the driver lists no
+GPU at all fails too: an image without a driver, or a driver that does not drive the card, would
+otherwise score on the CPU without a word.
+
 The node bootstrap runs the same check (`python -m consumer.accelerator`) at the end of the
 start task, so such a node fails its start task instead of taking work.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +30,18 @@ from workpool.errors import WorkpoolError
 log = logging.getLogger(__name__)
 
 
+# Azure's GPU families: NC (compute), ND (deep learning), NV (visualisation), e.g. Standard_NC24ads_A100_v4.
+_GPU_SIZE = re.compile(r"^(standard_)?n[cdv]\d", re.IGNORECASE)
+VM_SIZE_ENV = "WORKPOOL_VM_SIZE"
+
+
 class AcceleratorError(WorkpoolError):
-    """The machine has GPUs the framework cannot use."""
+    """The machine has GPUs the framework cannot use, or a GPU size shows none."""
+
+
+def is_gpu_size(vm_size: str | None) -> bool:
+    """Whether an Azure VM size is a GPU size (NC, ND, NV families)."""
+    return bool(vm_size) and _GPU_SIZE.match((vm_size or "").strip()) is not None
 
 
 def listed_gpus() -> list[str]:
@@ -54,20 +69,33 @@ def cpu_chosen(env: dict[str, str] | None = None) -> bool:
     return pinned is not None and pinned.strip() in ("", "-1")
 
 
-def check_accelerator(allow_cpu: bool) -> None:
-    """Raise AcceleratorError when the driver lists GPUs and TensorFlow sees none (unless allowed)."""
+def check_accelerator(allow_cpu: bool, vm_size: str | None = None) -> None:
+    """Raise AcceleratorError when this machine would score on the CPU where a GPU was meant (unless allowed).
+
+    - the driver lists GPUs and TensorFlow sees none;
+    - `vm_size` is a GPU size (NC, ND, NV) and the driver lists no GPU at all.
+    Both pass with `allow_cpu` (a warning says so); `CUDA_VISIBLE_DEVICES=-1` skips the check.
+    """
     if cpu_chosen():
         return
     listed = listed_gpus()
     if not listed:
+        if not is_gpu_size(vm_size):
+            return
+        message = (
+            f"this node is a GPU size ({vm_size}) but no GPU is visible (nvidia-smi lists none): the image has no "
+            "NVIDIA driver or its driver does not drive this GPU; refusing to score on the CPU "
+            "(--allow-cpu or WORKPOOL_ALLOW_CPU=true to do it anyway)"
+        )
+    elif framework_gpus():
         return
-    if framework_gpus():
-        return
-    message = (
-        f"this machine has {len(listed)} GPU(s) ({listed[0]}{', …' if len(listed) > 1 else ''}) but TensorFlow sees "
-        "none: it lacks the CUDA libraries (install workpool with its `gpu` extra: tensorflow[and-cuda]) or the "
-        "driver does not match; refusing to score on the CPU (--allow-cpu or WORKPOOL_ALLOW_CPU=true to do it anyway)"
-    )
+    else:
+        message = (
+            f"this machine has {len(listed)} GPU(s) ({listed[0]}{', …' if len(listed) > 1 else ''}) but TensorFlow "
+            "sees none: it lacks the CUDA libraries (install workpool with its `gpu` extra: tensorflow[and-cuda]) or "
+            "the driver does not match; refusing to score on the CPU (--allow-cpu or WORKPOOL_ALLOW_CPU=true to do "
+            "it anyway)"
+        )
     if allow_cpu:
         log.warning("%s; scoring on the CPU as --allow-cpu asks", message.split("; refusing")[0])
         return
@@ -75,11 +103,14 @@ def check_accelerator(allow_cpu: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m consumer.accelerator [--allow-cpu]`: the node bootstrap's check; exit 1 with the reason."""
+    """`python -m consumer.accelerator [--allow-cpu]`: the node bootstrap's check; exit 1 with the reason.
+
+    The VM size comes from WORKPOOL_VM_SIZE (the launcher puts it in the node's environment).
+    """
     args = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of stderr
     try:
-        check_accelerator(allow_cpu="--allow-cpu" in args)
+        check_accelerator(allow_cpu="--allow-cpu" in args, vm_size=os.environ.get(VM_SIZE_ENV))
     except AcceleratorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -24,6 +24,26 @@ from workpool.cli import EXIT_FAILURE, ConfigOption, LogLevelOption, handle_erro
 from workpool.errors import UsageError, WorkpoolError
 from workpool.handoff import child_env
 from workpool.processes import signals
+from workpool.settings import Settings
+
+# Settings handed to consumers (tagged `to_consumers` in workpool/settings.py) that `consumer run`
+# takes from the environment or the config file only, never as a flag, and why. Every other
+# consumer setting is a flag of `consumer run`; tests/test_settings_handoff.py holds the two
+# lists to the tags, so a new consumer setting is either given a flag or listed here.
+ENVIRONMENT_ONLY: dict[str, str] = {
+    "home": "the embedded storage's folder: where the launcher put it",
+    "queue": "which queue a node serves is its pool's, set where the pool is launched",
+    "results": "the result store goes with the queue",
+    "connection_string": "a secret: never on a command line, where `ps` shows it",
+    "account_url": "storage credentials travel together, in the environment",
+    "sas_token": "a secret: never on a command line, where `ps` shows it",
+    "batch_size": "the producer's batch size, used only to warm WORKPOOL_MODEL at the right shape",
+    "message_ttl_s": "the time-to-live of the messages the producer sends; consumers send none",
+    "stop_finish_s": "set on the nodes of an autoscaled pool by the launcher, not by hand",
+    "model_cache": "a path of this machine: the node's own disk",
+    "scheduled_events_url": "the metadata service's address: set on cluster nodes by the launcher",
+    "node_workers": "read by the local supervisor, which gives nodes `--workers` on their command line",
+}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Score image batches from the work queue.")
 log = logging.getLogger("consumer")
@@ -93,18 +113,8 @@ def run(
     ] = None,
 ) -> None:
     """Dequeue, score and ack batches. Last line: 'Worker <id> Processed <n> images, took <H:MM:SS.ffffff>'."""
-    flags = {
-        "idle_exit_s": idle_exit_s,
-        "visibility_timeout_s": visibility_timeout_s,
-        "max_attempts": max_attempts,
-        "prefetch_batches": prefetch_batches,
-        "decode_threads": decode_threads,
-        "precision": precision,
-        "xla": xla,
-        "allow_unsafe_models": allow_unsafe_models,
-        "allow_cpu": allow_cpu,
-        "model": model,
-    }
+    # Every option named after a setting is that setting's flag (derived, so none is forgotten).
+    flags = {name: value for name, value in locals().items() if name in Settings.model_fields}
     settings = settings_for(config, log_level, **flags)
     if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
         raise UsageError(f"--workers: expected 'auto' or a positive number, got {workers!r}")
@@ -118,7 +128,9 @@ def run(
         code = run_workers(base_id, count, gpus, extra_args, env=child_env(settings), stop_when=_stop_reason)
         raise typer.Exit(code)
 
-    check_accelerator(settings.allow_cpu)  # GPUs the framework cannot see: refuse rather than crawl on the CPU
+    check_accelerator(
+        settings.allow_cpu, settings.vm_size
+    )  # no GPU where one was meant: refuse, never crawl on the CPU
     # Refuse decompression bombs between Pillow's limit and twice it (Pillow only warns there).
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     consumer = Consumer(settings, worker_id)
@@ -150,7 +162,9 @@ def run(
         raise typer.Exit(EXIT_FAILURE)
     if consumer.abandoned:
         # The worker thread is inside a model call that cannot be interrupted; its batch has
-        # been released already, so leave without waiting for it.
+        # been released already (`give_back`). Returning would leave the process waiting for that
+        # thread at exit, forever if the call never returns (the interpreter joins pool threads):
+        # tests/test_consumer_stuck.py shows it. The only way left is a hard exit.
         sys.stderr.flush()
         os._exit(0)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from consumer.runner import format_took
 from workpool.processes import signals
-from workpool.processes.restarts import CrashLoopBackoff, describe_exit
+from workpool.processes.restarts import CrashLoopBackoff
 
 log = logging.getLogger("consumer.gpu_fanout")
 
@@ -156,8 +156,7 @@ class GpuFanout:
         args = [sys.executable, "-m", "consumer", "run", "--workers", "1", "--worker-id", slot.worker_id,
                 "--totals-file", str(self.totals_dir / slot.totals_name), "--parent-pid", str(os.getpid()),
                 *self.child_args]  # fmt: skip
-        with signals.held():  # the child inherits them held until its handlers are in place
-            slot.proc = subprocess.Popen(args, env=env)
+        slot.proc = signals.spawn_held(args, env=env)
         slot.started_at = time.monotonic()
 
     def stop_all(self, signum: signal.Signals) -> None:
@@ -187,15 +186,8 @@ class GpuFanout:
             elif code == EXIT_SETTINGS or self.stopping is not None:
                 slot.outcome = code
             else:
-                delay = self.backoff.delay_s(slot.worker_id, code, ran_s)
+                delay = self.backoff.after_death(slot.worker_id, code, ran_s, log, f"worker {slot.worker_id}")
                 slot.respawn_at = time.monotonic() + delay
-                log.warning(
-                    "worker %s died (%s) after %.1f s; respawning in %.0f s",
-                    slot.worker_id,
-                    describe_exit(code),
-                    ran_s,
-                    delay,
-                )
 
     def images(self) -> int:
         """Every worker's images, all its lives included."""

@@ -23,6 +23,7 @@ Failures are sorted here, never raised past a job:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue as queue_module
@@ -44,7 +45,7 @@ from consumer.tasks import ScoringTask, TaskCache
 from workpool.errors import ImageError, MessageError, NotFoundError, StorageUnavailableError, WorkpoolError
 from workpool.messages import BatchMessage
 from workpool.queue import Received, WorkQueue
-from workpool.retry import RetryPolicy, retry_transient
+from workpool.retry import Backoff, RetryPolicy, retry_transient
 from workpool.runs import Manifest, RunStore
 from workpool.settings import Settings
 from workpool.storage import ObjectStore, open_location, open_result_store
@@ -311,8 +312,12 @@ class Prefetcher:
         self._ready: queue_module.Queue[Job | BaseException] = queue_module.Queue()
         self._slots = threading.Semaphore(max(depth, 1))
         self._stop = threading.Event()
+        self._count_delivery = True
         self._thread: threading.Thread | None = None
         self._outage_since: float | None = None
+        self._failed_receives = 0  # in a row: the outage's back-off attempt
+        # Polls while the queue is unreachable: jittered, with a ceiling growing from 1 s to 10 s.
+        self.outage_backoff = Backoff(base_s=1.0, cap_s=10.0)
 
     # --- background mode ---------------------------------------------------------------------
     def start(self) -> None:
@@ -321,7 +326,11 @@ class Prefetcher:
             self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, count_delivery: bool = True) -> None:
+        """Stop receiving. A batch received meanwhile is given straight back, its delivery
+        forgiven once any stop said `count_delivery=False` (a preemption)."""
+        if not count_delivery:
+            self._count_delivery = False
         self._stop.set()
         self._slots.release()  # wake the thread if it waits for a slot
 
@@ -334,7 +343,7 @@ class Prefetcher:
         if self.depth == 0:
             job = self.receive_one()
             if job is None:
-                time.sleep(min(timeout_s, self.poll_s))
+                time.sleep(min(timeout_s, self._idle_wait_s()))
             return job
         try:
             item = self._ready.get(timeout=timeout_s)
@@ -358,7 +367,8 @@ class Prefetcher:
                         self._stop.wait(self._idle_wait_s())
                 if job is not None and self._stop.is_set():
                     # Received while stopping: give it straight back.
-                    self.leases.finish(job.message_id, lambda m: self.queue.release(m, 0))
+                    release = functools.partial(self.queue.release, delay_s=0, count_delivery=self._count_delivery)
+                    self.leases.finish(job.message_id, release)
                 elif job is not None:
                     self._ready.put(job)
         except BaseException as exc:  # handed to the worker, which stops the consumer
@@ -384,10 +394,12 @@ class Prefetcher:
             if self._outage_since is None:
                 log.warning("queue unreachable, will keep trying: %s", exc)
                 self._outage_since = self._clock()
+            self._failed_receives += 1
             return None
         if self._outage_since is not None:
             log.info("queue reachable again after %.1f s", self._clock() - self._outage_since)
             self._outage_since = None
+            self._failed_receives = 0
         if not messages:
             if self.empty_since is None:
                 self.empty_since = self._clock()
@@ -414,7 +426,7 @@ class Prefetcher:
             self._stop.wait(0.02)
 
     def _idle_wait_s(self) -> float:
-        if self._outage_since is not None:
-            # Back off while storage is down: 1 s, growing to 10 s.
-            return min(1.0 + (self._clock() - self._outage_since) / 2, 10.0)
+        if self._failed_receives:
+            # Back off while storage is down (jittered: the pool's nodes do not poll in step).
+            return self.outage_backoff.delay_s(self._failed_receives - 1)
         return self.poll_s

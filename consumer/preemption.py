@@ -37,13 +37,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from workpool.errors import WorkpoolError
-
-if TYPE_CHECKING:
-    from consumer.runner import Consumer
+from workpool.pool_events import PoolEvent, record_pool_event
+from workpool.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -202,87 +201,74 @@ def _short(exc: BaseException) -> str:
 
 
 class PreemptionGuard:
-    """A consumer's side of a preemption notice: watch, give everything back, wait for the end.
+    """The watcher's thread, the one call it makes, and the wait for the end.
 
-    The consumer calls `start` once its threads run, passes `count_delivery` to its last
-    releases at shutdown, and calls `hold` after shutting down.
+    It knows nothing of the consumer: on a notice for this VM it calls `on_notice(event, vm)`
+    once (from the watcher's thread), and the consumer gives every batch back there, uncounted
+    (`Consumer.give_back(count_delivery=False)`). The consumer calls `start` once its threads
+    run, and `hold` after shutting down.
     """
 
-    def __init__(self, consumer: Consumer, url: str, *, poll_s: float = POLL_S, fetch: Fetch = http_get) -> None:
-        self.consumer = consumer
-        self.watcher = PreemptionWatcher(url, self._on_notice, poll_s=poll_s, fetch=fetch)
-        self.released = 0
+    def __init__(
+        self,
+        url: str,
+        on_notice: Callable[[ScheduledEvent, str], None],
+        *,
+        poll_s: float = POLL_S,
+        fetch: Fetch = http_get,
+    ) -> None:
+        self.on_notice = on_notice
+        self.watcher = PreemptionWatcher(url, self._notice, poll_s=poll_s, fetch=fetch)
         self._stop = threading.Event()  # the watcher's own: it outlives the consumer's stop
         self._thread: threading.Thread | None = None
-
-    @classmethod
-    def for_consumer(cls, consumer: Consumer) -> PreemptionGuard | None:
-        url = consumer.settings.scheduled_events_url
-        return cls(consumer, url) if url else None
 
     @property
     def preempted(self) -> bool:
         return self.watcher.notice is not None
 
-    @property
-    def count_delivery(self) -> bool:
-        """Whether a release now counts as a delivery (not once this VM is being preempted)."""
-        return not self.preempted
-
     def start(self) -> None:
         if self._thread is None:
             self._thread = self.watcher.start(self._stop)
 
-    def _on_notice(self, event: ScheduledEvent) -> None:
-        """Stop receiving, release every held batch at once (forgiven), and say so in the pool's log."""
-        consumer = self.consumer
-        consumer.stop_event.set()
-        consumer.prefetcher.stop()
-        self.released = consumer.leases.release_all(count_delivery=False)
-        log.warning(
-            "worker %s: VM preempted (%s %s): released %d held batch(es) for other consumers, not counted as attempts",
-            consumer.worker_id,
-            event.event_type,
-            event.event_id,
-            self.released,
-        )
-        record_preemption(consumer, event, self.released, vm=self.watcher.own_name(event))
+    def _notice(self, event: ScheduledEvent) -> None:
+        self.on_notice(event, self.watcher.own_name(event))
 
-    def hold(self, stop_when: Callable[[], str | None], poll_s: float = 0.2) -> None:
+    def hold(self, stop_when: Callable[[], str | None], who: str, poll_s: float = 0.2) -> WorkpoolError | None:
         """After shutdown: wait for the VM to go (a signal, or the kill), or for the notice to be withdrawn.
 
-        A withdrawn notice ends the consumer with an error (exit 1), so that its task (Azure
-        Batch retries it) or the local supervisor starts a fresh consumer on the VM that stays.
+        A withdrawn notice is returned as an error: the consumer ends with it (exit 1), so that
+        its task (Azure Batch retries it) or the local supervisor starts a fresh consumer on the
+        VM that stays.
         """
         try:
             if not self.preempted:
-                return
-            log.info("worker %s: waiting for the VM to be evicted", self.consumer.worker_id)
+                return None
+            log.info("worker %s: waiting for the VM to be evicted", who)
             while stop_when() is None:
                 if self.watcher.withdrawn:
-                    self.consumer.error = WorkpoolError(
+                    return WorkpoolError(
                         "the preemption notice was withdrawn; exiting so that a fresh consumer takes over"
                     )
-                    return
                 time.sleep(poll_s)
+            return None
         finally:
             self._stop.set()
 
 
-def record_preemption(consumer: Consumer, event: ScheduledEvent, released: int, *, vm: str) -> None:
+def record_preemption(
+    store: ObjectStore, event: ScheduledEvent, released: int, *, queue: str, node: str, vm: str
+) -> None:
     """A `preempt` event in the pool's log (best effort: the release matters, not its record).
 
     Every consumer of the VM records its own (its lane in the timeline gets the mark); `vm` and
     the event id let the report count VMs, not consumers.
     """
-    from workpool.pool_events import PoolEvent, record_pool_event
-
     record_pool_event(
-        consumer.runs.store,
+        store,
         PoolEvent(
             kind="preempt",
-            queue=consumer.settings.queue,
-            node=consumer.worker_id,
+            queue=queue,
+            node=node,
             reason=f"{event.event_type} notice {event.event_id} (not before {event.not_before or 'now'})",
             inputs={"released_batches": released, "event_id": event.event_id, "vm": vm},
         ),

@@ -8,14 +8,22 @@ Threads, and why there are several:
   thread only);
 - the prefetch thread receives and prepares the next batches; the lease thread renews.
 
-Stopping (SIGTERM, SIGINT or `--idle-exit-s`): stop receiving, release every held message
-(the one being scored and the prefetched ones) so they are visible again at once, and return.
-A batch caught mid-score is abandoned, not finished: its results would arrive after its message
-was released, and another consumer is free to score it immediately. A stop during start-up
-starts nothing more: no lease is taken after it.
-With `WORKPOOL_STOP_FINISH_S` (the nodes of an autoscaled pool) a stop first releases the
-prefetched batches and gives the one being scored that long to be written and acked, so a
-scale-in abandons nothing mid-score (a preemption notice still releases everything at once).
+Stopping: every way a consumer stops gives its batches back through ONE method,
+`Consumer.give_back(count_delivery=..., finish_s=...)`:
+- shutdown (SIGTERM, SIGINT, `--idle-exit-s`, a `--workers` parent that is gone, and a pool's
+  scale-in, which is a SIGTERM to the node: local supervisor, Azure Batch task termination):
+  `give_back(count_delivery=True, finish_s=WORKPOOL_STOP_FINISH_S)`;
+- a preemption notice (consumer/preemption.py calls back, from its watcher thread):
+  `give_back(count_delivery=False)`: at once, and not counted against `--max-attempts`.
+It stops receiving, releases every held message (the one being scored and the prefetched ones)
+so they are visible again at once, waits briefly for the worker and prefetch threads, and
+releases whatever they took meanwhile. A batch caught mid-score is abandoned, not finished: its
+results would arrive after its message was released, and another consumer is free to score it
+immediately. A stop during start-up starts nothing more: no lease is taken after it.
+With `finish_s` (`WORKPOOL_STOP_FINISH_S`, set on the nodes of an autoscaled pool) it first
+releases the prefetched batches and gives the one being scored that long to be written and
+acked, so a scale-in abandons nothing mid-score; a preemption notice during that wait cuts it
+short and releases everything at once, uncounted.
 """
 
 from __future__ import annotations
@@ -32,13 +40,13 @@ from collections.abc import Callable
 from consumer.gpu_stats import GpuSampler
 from consumer.lease import LeaseKeeper
 from consumer.pipeline import Prefetcher, Preparer
-from consumer.preemption import PreemptionGuard
+from consumer.preemption import PreemptionGuard, ScheduledEvent, record_preemption
 from consumer.tasks import TaskCache
 from consumer.warmup import warm_up
-from consumer.worker import Backoff, Worker
+from consumer.worker import Worker
 from workpool.errors import StorageUnavailableError, WorkpoolError
 from workpool.queue import WorkQueue, open_queue
-from workpool.retry import RetryPolicy, retry_transient
+from workpool.retry import Backoff, RetryPolicy, retry_transient
 from workpool.runs import RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
@@ -111,9 +119,14 @@ class Consumer:
         # Held while the lease keeper and the prefetcher start, and by shutdown before it stops
         # them: either they started before the stop (and are stopped), or they never start.
         self._starting = threading.Lock()
+        # One give-back at a time (shutdown on the main thread, a preemption notice on its own).
+        self._giving_back = threading.Lock()
+        # Set by a preemption notice: from then on no release counts as a delivery.
+        self._forgiven = threading.Event()
         self.started = time.monotonic()
         # With WORKPOOL_SCHEDULED_EVENTS_URL: a preempted VM gives its batches back at once, uncounted.
-        self.preemption = PreemptionGuard.for_consumer(self)
+        url = settings.scheduled_events_url
+        self.preemption = PreemptionGuard(url, self._on_preemption) if url else None
 
     def prepare_storage(self) -> None:
         """Create the queue and result store if missing, waiting out an unreachable account.
@@ -194,54 +207,81 @@ class Consumer:
             tick()
             self._worker_thread.join(poll_s)
         self.shutdown()
-        if self.preemption is not None:
-            self.preemption.hold(stop_when)  # a preempted consumer stays until its VM goes
+        if self.preemption is not None:  # a preempted consumer stays until its VM goes
+            withdrawn = self.preemption.hold(stop_when, self.worker_id)
+            if withdrawn is not None:
+                self.error = withdrawn
 
     def request_stop(self) -> None:
         self.stop_event.set()
 
-    def shutdown(self) -> None:
+    def give_back(self, *, count_delivery: bool = True, finish_s: float = 0.0) -> int:
+        """Stop, and give every batch this consumer holds back to the queue; how many it released.
+
+        The one stop path (see the module's docstring): stop receiving (and start nothing more if
+        start-up is still going), optionally let the batch being scored finish for up to
+        `finish_s`, release everything held, wait up to STOP_GRACE_S for the worker and prefetch
+        threads, and release what they took meanwhile. `count_delivery=False` (a preemption)
+        forgives the deliveries, also those of any later call. Safe to call from any thread, and
+        more than once.
+        """
+        if not count_delivery:
+            self._forgiven.set()  # before the stop: a shutdown that follows counts nothing either
         self.stop_event.set()
         with self._starting:  # after this, the worker thread starts nothing more
             pass
-        self.prefetcher.stop()
-        self._finish_in_hand()
-        counted = self.preemption is None or self.preemption.count_delivery
-        released = self.leases.release_all(count_delivery=counted)
+        self.prefetcher.stop(count_delivery=not self._forgiven.is_set())
+        released = self._finish_in_hand(finish_s) if finish_s > 0 else 0
+        with self._giving_back:
+            counted = not self._forgiven.is_set()
+            released += self.leases.release_all(count_delivery=counted)
+            self.prefetcher.join(STOP_GRACE_S)
+            if self._worker_thread is not None:
+                self._worker_thread.join(STOP_GRACE_S)
+                self.abandoned = self._worker_thread.is_alive()
+            # Anything taken between the release above and the threads noticing the stop.
+            released += self.leases.release_all(count_delivery=counted)
+        return released
+
+    def shutdown(self) -> None:
+        released = self.give_back(count_delivery=True, finish_s=self.settings.stop_finish_s)
         if released:
             log.info("worker %s released %d held batch(es) for other consumers", self.worker_id, released)
-        self.prefetcher.join(STOP_GRACE_S)
-        if self._worker_thread is not None:
-            self._worker_thread.join(STOP_GRACE_S)
-            self.abandoned = self._worker_thread.is_alive()
-            # Anything taken between the release above and the worker noticing the stop.
-            self.leases.release_all(count_delivery=counted)
         self.preparer.close()
         if self.worker.gpu is not None:
             self.worker.gpu.stop()
 
-    def _finish_in_hand(self) -> None:
-        """With `stop_finish_s` (a pool's scale-in): release the prefetched batches at once and give
-        the batch being scored that long to be written and acked, so it is not abandoned mid-score.
+    def _on_preemption(self, event: ScheduledEvent, vm: str) -> None:
+        """The preemption guard's callback: everything back at once, uncounted, and on the record."""
+        released = self.give_back(count_delivery=False)
+        log.warning(
+            "worker %s: VM preempted (%s %s): released %d held batch(es) for other consumers, not counted as attempts",
+            self.worker_id,
+            event.event_type,
+            event.event_id,
+            released,
+        )
+        record_preemption(self.runs.store, event, released, queue=self.settings.queue, node=self.worker_id, vm=vm)
 
-        Not on a preemption notice (the guard has released everything already: the VM goes).
-        """
-        finish_s = self.settings.stop_finish_s
+    def _finish_in_hand(self, finish_s: float) -> int:
+        """Release the prefetched batches at once and give the batch being scored up to `finish_s`
+        to be written and acked, so it is not abandoned mid-score (a pool's scale-in). A
+        preemption notice meanwhile ends the wait. Returns how many batches it released."""
         worker = self._worker_thread
-        if finish_s <= 0 or worker is None or not worker.is_alive():
-            return
-        if self.preemption is not None and self.preemption.preempted:
-            return
+        if worker is None or not worker.is_alive() or self._forgiven.is_set():
+            return 0
         self.prefetcher.join(STOP_GRACE_S)
         waiting = [job.message_id for job in self.prefetcher.drain()]
-        for message_id in waiting:
-            self.leases.finish(message_id, lambda m: self.queue.release(m, 0))
-        if waiting:
-            log.info("worker %s released %d prefetched batch(es) for other consumers", self.worker_id, len(waiting))
+        released = sum(bool(self.leases.finish(m, lambda m: self.queue.release(m, 0))) for m in waiting)
+        if released:
+            log.info("worker %s released %d prefetched batch(es) for other consumers", self.worker_id, released)
         if not self.leases.held():
-            return  # idle, or still starting up: nothing to finish, stop at once
+            return released  # idle, or still starting up: nothing to finish, stop at once
         log.info("worker %s finishing the batch in hand (up to %.0f s) before stopping", self.worker_id, finish_s)
-        worker.join(finish_s)
+        deadline = time.monotonic() + finish_s
+        while worker.is_alive() and not self._forgiven.is_set() and (left := deadline - time.monotonic()) > 0:
+            worker.join(min(left, 0.1))
+        return released
 
     def run(self, stop_when: Callable[[], str | None] = lambda: None, tick: Callable[[], None] = lambda: None) -> None:
         reason = stop_when()

@@ -5,7 +5,7 @@
         process(job):
             bad message             → dead-letter at once (+ poison report)
             delivered too often     → dead-letter (it crashed or timed out every consumer)
-            batch-level failure     → release with exponential backoff, or dead-letter after
+            batch-level failure     → release with jittered exponential backoff, or dead-letter after
                                       max_attempts deliveries
             else: score → write results (durable) → ack → write the timing record
 
@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +37,7 @@ from consumer.lease import LeaseKeeper
 from consumer.pipeline import Job, Prefetcher
 from workpool.errors import LeaseLostError, MessageError, TransientError, WorkpoolError
 from workpool.queue import WorkQueue
-from workpool.retry import RetryPolicy, retry_transient
+from workpool.retry import Backoff, RetryPolicy, retry_transient
 from workpool.runs import BatchRecord, PoisonReport, ResultRow, RunStore
 
 log = logging.getLogger(__name__)
@@ -94,15 +93,11 @@ class Finisher:
             self._pool.shutdown(wait=False)
 
 
-@dataclass
-class Backoff:
-    """Delays for releasing a failed batch: base·2^(attempt-1), capped."""
-
-    base_s: float = 2.0
-    max_s: float = 300.0
-
-    def delay_s(self, attempt: int) -> int:
-        return int(min(self.base_s * 2 ** max(attempt - 1, 0), self.max_s))
+# A failed batch comes back after a jittered pause (workpool/retry.py) whose ceiling is 2 s at its
+# first failure, doubling up to 5 minutes: the batches of a model server that went down do not
+# all return in the same second.
+def release_backoff() -> Backoff:
+    return Backoff(base_s=2.0, cap_s=300.0)
 
 
 class Worker:
@@ -129,7 +124,7 @@ class Worker:
         self.worker_id = worker_id
         self.max_attempts = max_attempts
         self.idle_exit_s = idle_exit_s
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or release_backoff()
         self._clock = clock
         self._now = now
         self._sleep = sleep
@@ -335,7 +330,7 @@ class Worker:
         if attempt >= self.max_attempts:
             self.poison(job, f"failed {attempt} times; last error: {reason}", stop)
             return
-        delay = self.backoff.delay_s(attempt)
+        delay = self.backoff.whole_seconds(attempt - 1)
         log.warning("%s attempt=%d failed, retrying in %d s: %s", where, attempt, delay, reason)
         try:
             # Through an outage the release waits for storage to come back, so the batch returns

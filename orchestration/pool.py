@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from orchestration.launcher import Launcher
-from orchestration.reports.drain import DrainReport, wait_for_drain
+from orchestration.reports.drain import DrainReport, messages_on, wait_for_drain
 from orchestration.reports.progress import RunTracker
 from workpool.errors import NotFoundError, WorkpoolError
 from workpool.pool_events import record_size_change, utcnow
@@ -76,7 +76,7 @@ def launch_until_drained(
         say(f"launched {nodes} node(s) on {launcher.name} for queue {settings.queue}")
         if not waiting_for:
             say("no pending runs on this queue: waiting for the queue to empty")
-            while queue.depth().messages:
+            while messages_on(queue):
                 watch(None)
                 time.sleep(1.0)
         for run_id in waiting_for:

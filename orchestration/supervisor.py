@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -55,7 +54,6 @@ class Supervisor:
         self.backoff = CrashLoopBackoff()  # a node that keeps dying young waits longer each time
         self.target = 0
         self.generation = 0
-        self._stop = False
         self._gone = False  # the state folder was deleted: stop without recreating it
         self._last_written: Any = None
         self._written_at = 0.0
@@ -72,12 +70,11 @@ class Supervisor:
 
     # --- main loop -------------------------------------------------------------------------
     def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._request_stop)
-        signal.signal(signal.SIGINT, self._request_stop)
+        signals.install()  # SIGTERM/SIGINT (teardown, Ctrl-C) only noted: the loop below reads them
         write_json(self.directory / "supervisor.json", {"pid": os.getpid(), "started_at": time.time()})
         log.info("supervisor %d watching %s", os.getpid(), self.directory)
         try:
-            while not self._stop:
+            while signals.received() is None:
                 if not self.directory.is_dir():
                     # Someone deleted the pool's folder (rm -rf .workpool, a cleaned temp dir):
                     # nobody can reach this pool any more, so it must not run on unseen.
@@ -93,9 +90,6 @@ class Supervisor:
                 time.sleep(self.interval_s)
         finally:
             self.shutdown()
-
-    def _request_stop(self, signum: int, frame: object) -> None:
-        self._stop = True
 
     # --- steps -------------------------------------------------------------------------------
     def reap(self) -> None:
@@ -118,10 +112,9 @@ class Supervisor:
                 log.info("%s stopped (%s)", node_id, how)
                 continue
             ran_s = now - (record.started_at or now)
-            delay = self.backoff.delay_s(node_id, code, ran_s)
+            delay = self.backoff.after_death(node_id, code, ran_s, log)
             record.state, record.pid, record.last_exit = "restarting", None, how
             self.respawn_at[node_id] = now + delay
-            log.warning("%s died (%s) after %.1f s; respawning in %.0f s", node_id, how, ran_s, delay)
 
     def reconcile(self, target: int) -> None:
         self.target = target
@@ -154,14 +147,13 @@ class Supervisor:
         out.flush()
         # Started with SIGTERM/SIGINT held until the node's own handlers are in place: a node
         # scaled in the moment it started still stops cleanly (workpool/processes/signals.py).
-        with signals.held():
-            proc = subprocess.Popen(
-                node_command(sys.executable, record.id, self._env.get("WORKPOOL_NODE_WORKERS", "auto")),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self._env,
-            )
+        proc = signals.spawn_held(
+            node_command(sys.executable, record.id, self._env.get("WORKPOOL_NODE_WORKERS", "auto")),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=self._env,
+        )
         if record.state == "restarting":
             record.restarts += 1
         record.state, record.pid, record.started_at = "running", proc.pid, time.time()

@@ -1,21 +1,29 @@
 """Ship the code you run: a wheel of this very project, uploaded for cluster nodes to install.
 
 `launch` builds a wheel from the project's source tree (`pip wheel --no-deps`, in a scratch copy
-so the tree stays clean), caches it by the content of the sources, and uploads it to the result
-store under a content-addressed name:
+so the tree stays clean), caches it by the content of the sources, and uploads it to the node-files
+container (WORKPOOL_NODE_FILES: not the result container, which every consumer can write; nodes
+only read it) under a content-addressed name:
 
     wheels/<sha256 of the sources, 16 hex>/workpool-<version>-py3-none-any.whl
     wheels/<sha256 of the sources, 16 hex>/workpool-bootstrap.sh   (orchestration/node/bootstrap.sh)
+    wheels/<…>/constraints-<sha256, 16 hex>.txt   (the dependency versions launch runs with)
 
-The folder carries the digest so the wheel keeps a file name pip accepts. Nodes get it as a Batch
-resource file: read with the pool's managed identity, or through a short-lived read-only SAS
+The folder carries the digest so the wheel keeps a file name pip accepts. Each shipped file also
+carries its own sha256 (`ShippedFile.sha256`): the start task checks it before anything runs, so a
+file replaced in storage after `launch` is refused on the node. Nodes get the files as Batch
+resource files: read with the pool's managed identity, or through a short-lived read-only SAS
 made with the storage account key (or, signed in with Entra ID, a user delegation key). Nothing
 is installed from a package index by a guessable name.
+
+Reusable by every backend that installs this project on nodes: `file_sha256`, `project`,
+`source_digest`, `build_wheel`, `launch_constraints`, `planned_files`, `ship_node_files`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -35,6 +43,7 @@ import workpool
 from orchestration.node import BOOTSTRAP, BOOTSTRAP_FILE
 from workpool.errors import NotFoundError, SettingsError, WorkpoolError
 from workpool.settings import Settings, StorageMode, env_name
+from workpool.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,11 @@ WHEEL_PREFIX = "wheels/"
 # Long enough for nodes added by Batch (Spot replacements) during a day's run; `launch` and
 # `scale` renew it on the pool before they add nodes. A managed identity needs no SAS at all.
 SAS_LIFETIME = timedelta(hours=24)
+CONSTRAINTS_FILE = "workpool-constraints.txt"
+# The oldest Keras nodes may run: 3.14 closes the safe-mode gaps of `.keras` loading.
+KERAS_FLOOR = (3, 14)
+# Never pinned for nodes: the installer itself and this project (installed from its wheel).
+_UNPINNED = {"pip", "setuptools", "wheel", "uv"}
 _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 _BUILD_TIMEOUT_S = 600
 
@@ -72,6 +86,7 @@ class ShippedFile:
     blob_name: str
     url: str
     query: str | None = None
+    sha256: str | None = None  # of the content nodes must get; None: a wheel a dry run has not built
 
     @property
     def download_url(self) -> str:
@@ -80,13 +95,14 @@ class ShippedFile:
 
 @dataclass(frozen=True)
 class NodeFiles:
-    """What the start task downloads: the bootstrap script and the project wheel it installs.
+    """What the start task downloads: the bootstrap script, the project wheel, the pip constraints.
 
     `wheel` is None when WORKPOOL_NODE_PACKAGE overrides what nodes install.
     """
 
     bootstrap: ShippedFile
     wheel: ShippedFile | None
+    constraints: ShippedFile | None = None
 
 
 def project(root: Path = PROJECT_ROOT) -> Project:
@@ -169,47 +185,125 @@ def _has_setuptools() -> bool:
     return importlib.util.find_spec("setuptools") is not None
 
 
-def planned_files(settings: Settings, *, with_wheel: bool = True) -> NodeFiles:
-    """What `ship_node_files` would upload, for `--dry-run`: from the sources; nothing built, signed or sent."""
-    proj = project() if with_wheel else None
-    folder = blob_folder(source_digest(proj) if proj is not None else _bootstrap_digest())
-    bootstrap = ShippedFile(BOOTSTRAP_FILE, folder + BOOTSTRAP_FILE, _blob_url(settings, folder + BOOTSTRAP_FILE))
-    wheel = None
-    if proj is not None:
-        wheel = ShippedFile(proj.wheel_file, folder + proj.wheel_file, _blob_url(settings, folder + proj.wheel_file))
-    return NodeFiles(bootstrap, wheel)
+def file_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def ship_node_files(settings: Settings, *, identity: bool, with_wheel: bool = True) -> NodeFiles:
-    """Build (or reuse) the wheel, upload it and the bootstrap once under their content address.
+def launch_constraints(proj: Project | None = None) -> bytes:
+    """pip constraints: every distribution installed here (what `launch` was tested with), pinned `==`.
 
-    Returns where nodes read them: with `identity` through the pool's managed identity (no SAS
-    is made), else through read-only SAS links valid for SAS_LIFETIME. Without `with_wheel`
-    (WORKPOOL_NODE_PACKAGE overrides the wheel) only the bootstrap is uploaded.
+    Nodes install with `-c` on it, so a dependency resolves to the version this machine runs,
+    never to whatever an index serves that day. Refuses (SettingsError) a Keras below KERAS_FLOOR.
     """
-    from workpool.storage import open_result_store
+    own = {_canonical((proj or project()).name)} if proj is not None else {"workpool"}
+    pins: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = _canonical(dist.metadata["Name"] or "")
+        if name and name not in own and name not in _UNPINNED:
+            pins[name] = dist.version
+    keras = pins.get("keras")
+    if keras is not None and _release(keras) < KERAS_FLOOR:
+        floor = ".".join(map(str, KERAS_FLOOR))
+        raise SettingsError(
+            f"this environment has keras {keras}; nodes need keras >= {floor} (its safe-mode fixes): "
+            f"`pip install 'keras>={floor}'` here, then launch again"
+        )
+    lines = ["# workpool: the dependency versions `launch` ran with; nodes install under these pins"]
+    lines += [f"{name}=={version}" for name, version in sorted(pins.items())]
+    return ("\n".join(lines) + "\n").encode()
 
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _release(version: str) -> tuple[int, ...]:
+    numbers = []
+    for part in version.split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        numbers.append(int(digits.group()))
+    return tuple(numbers)
+
+
+def planned_files(settings: Settings, *, with_wheel: bool = True) -> NodeFiles:
+    """What `ship_node_files` would upload, for `--dry-run`: from the sources; nothing built, signed or sent.
+
+    The wheel's sha256 is known when this version's wheel is in the local cache, else None.
+    """
     proj = project() if with_wheel else None
     digest = source_digest(proj) if proj is not None else _bootstrap_digest()
     folder = blob_folder(digest)
-    store = open_result_store(settings)
-    uploads: list[tuple[str, Callable[[], bytes]]] = [(BOOTSTRAP_FILE, BOOTSTRAP.read_bytes)]
+    bootstrap = _planned(settings, BOOTSTRAP_FILE, folder + BOOTSTRAP_FILE, file_sha256(BOOTSTRAP.read_bytes()))
+    wheel = None
     if proj is not None:
-        uploads.append((proj.wheel_file, lambda: build_wheel(proj, digest).read_bytes()))
-    shipped = []
-    for file_name, content in uploads:
-        name = folder + file_name
-        if not store.exists(name):
-            data = content()
-            try:
-                store.write(name, data)
-            except NotFoundError:
-                store.ensure()  # the result container may not exist before the first enqueue
-                store.write(name, data)
-            log.info("uploaded %s (%d KiB) to the result store", name, len(data) // 1024)
+        cached = cache_dir() / digest[:16] / proj.wheel_file
+        sha = file_sha256(cached.read_bytes()) if cached.is_file() else None
+        wheel = _planned(settings, proj.wheel_file, folder + proj.wheel_file, sha)
+    pins = launch_constraints(proj)
+    constraints = _planned(settings, CONSTRAINTS_FILE, _constraints_blob(folder, pins), file_sha256(pins))
+    return NodeFiles(bootstrap, wheel, constraints)
+
+
+def _planned(settings: Settings, file_name: str, blob_name: str, sha256: str | None) -> ShippedFile:
+    return ShippedFile(file_name, blob_name, _blob_url(settings, blob_name), sha256=sha256)
+
+
+def _constraints_blob(folder: str, pins: bytes) -> str:
+    return f"{folder}constraints-{file_sha256(pins)[:16]}.txt"
+
+
+def node_files_store(settings: Settings) -> ObjectStore:
+    """The container nodes install from (WORKPOOL_NODE_FILES), not the result container."""
+    from workpool.storage import blob_store
+
+    return blob_store(settings, settings.node_files)
+
+
+def ship_node_files(settings: Settings, *, identity: bool, with_wheel: bool = True) -> NodeFiles:
+    """Build (or reuse) the wheel, upload it, the bootstrap and the constraints under their content address.
+
+    Returns where nodes read them and the sha256 each must have: with `identity` through the
+    pool's managed identity (no SAS is made), else through read-only SAS links valid for
+    SAS_LIFETIME. A blob already there is read back and replaced when its content differs (a
+    wheel rebuilt elsewhere, or a file replaced in storage). Without `with_wheel`
+    (WORKPOOL_NODE_PACKAGE overrides the wheel) the wheel is not uploaded.
+    """
+    proj = project() if with_wheel else None
+    digest = source_digest(proj) if proj is not None else _bootstrap_digest()
+    folder = blob_folder(digest)
+    store = node_files_store(settings)
+    pins = launch_constraints(proj)
+    uploads: list[tuple[str, str, Callable[[], bytes]]] = [
+        (BOOTSTRAP_FILE, folder + BOOTSTRAP_FILE, BOOTSTRAP.read_bytes)
+    ]
+    if proj is not None:
+        uploads.append((proj.wheel_file, folder + proj.wheel_file, lambda: build_wheel(proj, digest).read_bytes()))
+    uploads.append((CONSTRAINTS_FILE, _constraints_blob(folder, pins), lambda: pins))
+    shipped = {}
+    for file_name, name, content in uploads:
+        data = content()
+        sha = file_sha256(data)
+        _upload_unless_same(store, name, data, sha)
         url = _blob_url(settings, name)
-        shipped.append(ShippedFile(file_name, name, url, None if identity else _read_sas(settings, name)))
-    return NodeFiles(shipped[0], shipped[1] if len(shipped) > 1 else None)
+        query = None if identity else _read_sas(settings, name)
+        shipped[file_name] = ShippedFile(file_name, name, url, query, sha)
+    wheel = shipped.get(proj.wheel_file) if proj is not None else None
+    return NodeFiles(shipped[BOOTSTRAP_FILE], wheel, shipped[CONSTRAINTS_FILE])
+
+
+def _upload_unless_same(store: ObjectStore, name: str, data: bytes, sha: str) -> None:
+    if store.exists(name):
+        if file_sha256(store.read(name)) == sha:
+            return
+        log.warning("%s in the node-files container differs from this launch's (sha256 %s): replacing it", name, sha)
+    try:
+        store.write(name, data)
+    except NotFoundError:
+        store.ensure()  # the node-files container does not exist before the first launch
+        store.write(name, data)
+    log.info("uploaded %s (%d KiB, sha256 %s) to the node-files container", name, len(data) // 1024, sha)
 
 
 def _bootstrap_digest() -> str:
@@ -224,7 +318,7 @@ def _blob_url(settings: Settings, name: str) -> str:
             f"cluster nodes read the wheel from Azure Storage: set AZURE_STORAGE_CONNECTION_STRING or "
             f"{env_name('account_url')}"
         )
-    url = blob_service(settings).get_blob_client(settings.results, name).url
+    url = blob_service(settings).get_blob_client(settings.node_files, name).url
     return url.split("?", 1)[0]
 
 
@@ -238,7 +332,7 @@ def _read_sas(settings: Settings, name: str) -> str:
     account, key = _account_and_key(settings)
     if key is not None:
         return generate_blob_sas(
-            account, settings.results, name, account_key=key, permission=permission, start=start, expiry=expiry
+            account, settings.node_files, name, account_key=key, permission=permission, start=start, expiry=expiry
         )
     if settings.storage_mode is StorageMode.IDENTITY:
         from workpool.azure_clients import azure_errors, blob_service
@@ -247,7 +341,7 @@ def _read_sas(settings: Settings, name: str) -> str:
             delegation = blob_service(settings).get_user_delegation_key(start, expiry)
         return generate_blob_sas(
             account,
-            settings.results,
+            settings.node_files,
             name,
             user_delegation_key=delegation,
             permission=permission,

@@ -9,6 +9,7 @@ node extras are empty (WORKPOOL_NODE_EXTRAS=""). The wheel is built once per ses
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.batch import models as bm
 
+from orchestration.backends.azure_batch_checks import batch_client
 from tests.conftest import unique
 from tests.support.azurite import Azurite
 from tests.support.batch_emulator import BatchEmulator
@@ -27,6 +30,7 @@ from tests.support.cli import Outcome, run_cli
 from tests.support.images import stage_folder, write_sample_images
 from tests.support.shared import build_once
 from workpool.settings import Settings, load_settings
+from workpool.storage import blob_store
 
 # Node installs take tens of seconds each on a loaded 2-core machine: room beyond the 300 s default.
 pytestmark = [pytest.mark.batch_emulator, pytest.mark.azurite, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -106,6 +110,9 @@ def cluster(batch_emulator: BatchEmulator, azurite: Azurite, tmp_path: Path, whe
         "WORKPOOL_BATCH_JOB": JOB,
         "WORKPOOL_VM_SIZE": "Standard_NC4as_T4_v3",
         "WORKPOOL_NODE_EXTRAS": "",  # the emulated nodes have no GPU: no CUDA libraries
+        # A GPU size on nodes without a GPU: refused unless allowed (the emulator has no GPU to give).
+        "WORKPOOL_ALLOW_CPU": "true",
+        "WORKPOOL_BATCH_SHARE_STORAGE_KEY": "true",  # no managed identity in the emulator: the key travels
         "WORKPOOL_CLUSTER_POLL_INTERVAL_S": "0.2",
         "XDG_CACHE_HOME": str(wheel_cache),
         # The consumers on the nodes watch the emulator's Scheduled Events, not this machine's.
@@ -298,7 +305,7 @@ def test_failing_start_tasks_show_their_reason_in_status_and_stop_launch_wait(cl
     cluster.enqueue(4, "--task", SLEEP_TASK)
     broken = {"WORKPOOL_POOL": "broken", "WORKPOOL_BATCH_JOB": "broken", "WORKPOOL_NODE_PACKAGE": BAD_REQUIREMENT}
 
-    for env in ({}, broken):
+    for env in ({"WORKPOOL_ALLOW_CPU": "false"}, broken):
         launched = cluster.cli("launch", "--backend", "azure-batch", "--nodes", "1", **env)
         assert launched.code == 0, launched.stderr
     (bad,) = cluster.batch.wait_for_nodes("broken", "starttaskfailed", 1, timeout_s=120)
@@ -328,6 +335,42 @@ def test_failing_start_tasks_show_their_reason_in_status_and_stop_launch_wait(cl
 BAD_REQUIREMENT = "workpool-no-such-requirement==9.9.9"
 
 
+def test_a_wheel_replaced_in_storage_after_launch_fails_the_start_task_naming_its_hash(cluster: Cluster) -> None:
+    launched = cluster.cli("launch", "--backend", "azure-batch", "--nodes", "1")
+    assert launched.code == 0, launched.stderr
+    cluster.batch.wait_for_nodes(POOL, "running", 1, timeout_s=240)  # installed, its consumer running
+    # Someone who can write the node-files container replaces the wheel `launch` uploaded.
+    store = blob_store(cluster.settings, cluster.settings.node_files)
+    (name,) = [n for n in store.list("wheels/") if n.endswith(".whl")]
+    original = store.read(name)
+    tampered = original.replace(b"workpool", b"pwnedpool", 1)
+    store.write(name, tampered)
+
+    # Batch adds a node on its own (as it does for a preempted Spot node): no `launch` or `scale` runs.
+    placement = load_settings(
+        batch_account_url=cluster.batch.url,
+        batch_account_name=cluster.batch.account,
+        batch_account_key=cluster.batch.key,
+        pool=POOL,
+        vm_size="Standard_NC4as_T4_v3",
+    )
+    client = batch_client(placement)
+    client.begin_resize_pool(POOL, bm.BatchPoolResizeOptions(target_dedicated_nodes=2), polling_interval=1)
+    (failed,) = cluster.batch.wait_for_nodes(POOL, "starttaskfailed", 1, timeout_s=240)
+
+    stderr = cluster.batch.node_file(POOL, failed["id"], "startup/stderr.txt")
+    wheel = name.rsplit("/", 1)[1]
+    assert f"{wheel} has sha256 {hashlib.sha256(tampered).hexdigest()}" in stderr
+    assert f"expected sha256 {hashlib.sha256(original).hexdigest()}" in stderr
+    assert "workpool-bootstrap" not in stderr  # refused before the bootstrap ran
+    shared = cluster.batch.node_root(POOL, failed["id"]) / "shared" / "workpool"
+    assert not shared.exists()  # nothing installed
+    status = cluster.cli("status", "--backend", "azure-batch", "--json")
+    assert status.code == 0, status.stderr
+    shown = json.dumps(status.json())
+    assert failed["id"] in shown and "starttaskfailed" in shown and "has sha256" in shown, shown
+
+
 def test_spot_nodes_the_account_has_no_quota_for_stop_launch_wait_in_plain_words(cluster: Cluster) -> None:
     cluster.batch.refuse_nodes(
         spot=True, code="AccountSpotCoreQuotaReached", message="The specified account has reached spot core quota"
@@ -340,7 +383,7 @@ def test_spot_nodes_the_account_has_no_quota_for_stop_launch_wait_in_plain_words
 
     assert waited.code == 1, waited.stdout + waited.stderr
     assert "AccountSpotCoreQuotaReached: The specified account has reached spot core quota" in waited.stderr
-    assert "user subscription" in waited.stderr  # which Batch account mode Spot nodes need
+    assert "Spot nodes need Spot vCPU quota" in waited.stderr and "since March 2026" in waited.stderr
     assert cluster.batch.nodes(POOL) == []
 
 

@@ -9,6 +9,7 @@ and, end to end, against the Batch emulator.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -21,7 +22,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from orchestration.backends.azure_batch import AzureBatchLauncher, batch_scope
+from orchestration.backends.azure_batch import AzureBatchLauncher
+from orchestration.backends.azure_batch_checks import batch_scope
 from tests.conftest import TEST_TASK_MODULES, unique
 from tests.support.azurite import Azurite
 from tests.support.fake_batch_pool import FakeBatchPool
@@ -40,13 +42,22 @@ from tests.support.recording_server import (
 )
 from workpool.errors import NotFoundError, SettingsError, WorkpoolError
 from workpool.settings import SCHEDULED_EVENTS_URL, Settings, load_settings
+from workpool.storage import blob_store
 
 IDENTITY = (
     "/subscriptions/sub-1/resourceGroups/rg-pool/providers/Microsoft.ManagedIdentity/userAssignedIdentities/scorer"
 )
 ARM_POOL = "/subscriptions/sub-1/resourceGroups/rg-pool/providers/Microsoft.Batch/batchAccounts/scoring/pools/gpu"
 SIZE = "Standard_NC24ads_A100_v4"
-BOOTSTRAP_LINE = "/bin/bash -c 'exec /bin/bash \"$AZ_BATCH_TASK_WORKING_DIR/workpool-bootstrap.sh\"'"
+WHEEL = "workpool-0.1.0-py3-none-any.whl"
+
+
+def checks_then_runs_the_bootstrap(command_line: str, files: dict[str, bytes]) -> None:
+    """The start task's command line checks each file's sha256 (of what was uploaded), then runs the bootstrap."""
+    for name, content in files.items():
+        assert f"{hashlib.sha256(content).hexdigest()}:{name}" in command_line
+    assert command_line.startswith("/bin/bash -c ") and "sha256sum" in command_line
+    assert command_line.endswith('exec /bin/bash "$AZ_BATCH_TASK_WORKING_DIR/workpool-bootstrap.sh"\'')
 
 
 @pytest.fixture
@@ -77,6 +88,8 @@ def settings_for(server: RecordingServer, storage: str | None = None, **override
         "queue": "images",
         "results": unique("scores"),
         "connection_string": storage or CONNECTION_STRING,
+        # Keys stay home by default; these tests opt in (tests of the default unset it).
+        "batch_share_storage_key": True,
     }
     values.update(overrides)
     return load_settings(**values)
@@ -132,13 +145,22 @@ def test_launch_ships_this_wheel_and_the_bootstrap_as_read_only_resource_files(
         "nodeAgentSKUId": "batch.node.ubuntu 24.04",
     }
     start = pool["startTask"]
-    assert start["commandLine"] == BOOTSTRAP_LINE
     assert start["userIdentity"] == {"autoUser": {"scope": "pool", "elevationLevel": "admin"}}
     assert start["waitForSuccess"] is True
     files = {f["filePath"]: f["httpUrl"] for f in start["resourceFiles"]}
-    assert set(files) == {"workpool-bootstrap.sh", "workpool-0.1.0-py3-none-any.whl"}
+    assert set(files) == {"workpool-bootstrap.sh", WHEEL, "workpool-constraints.txt"}
+    checks_then_runs_the_bootstrap(start["commandLine"], {name: fetch(url) for name, url in files.items()})
     env = {e["name"]: e["value"] for e in start["environmentSettings"]}
-    assert env == {"WORKPOOL_NODE_EXTRAS": "gpu", "WORKPOOL_NODE_WHEEL": "workpool-0.1.0-py3-none-any.whl"}
+    assert env == {
+        "WORKPOOL_NODE_EXTRAS": "gpu",
+        "WORKPOOL_NODE_WHEEL": WHEEL,
+        "WORKPOOL_NODE_CONSTRAINTS": "workpool-constraints.txt",
+        "WORKPOOL_VM_SIZE": SIZE,
+    }
+    # Not in the result container (every consumer can write there): in the node-files container.
+    assert all(urlparse(url).path.split("/")[2] == "workpool-node-files" for url in files.values())
+    pins = fetch(files["workpool-constraints.txt"]).decode()
+    assert "\nkeras==3." in pins and "\ntensorflow==" in pins and "workpool==" not in pins
 
     # The links work, read the content-addressed blobs, and only read them.
     wheel_url = files["workpool-0.1.0-py3-none-any.whl"]
@@ -186,6 +208,28 @@ def test_a_second_launch_reuses_the_uploaded_wheel(server: RecordingServer, fake
 
 
 @pytest.mark.azurite
+def test_a_node_file_replaced_in_storage_is_put_back_by_the_next_launch(
+    server: RecordingServer, fake: FakeBatchPool, storage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(server, storage)
+    AzureBatchLauncher(settings).launch(1)
+    start = server.sent("POST", "^/pools$")[0].body["startTask"]
+    wheel_url = next(f["httpUrl"] for f in start["resourceFiles"] if f["filePath"] == WHEEL)
+    original = fetch(wheel_url)
+    store = blob_store(settings, settings.node_files)
+    name = urlparse(wheel_url).path.split("/", 3)[3]  # /<account>/<container>/<blob>
+    store.write(name, original + b"tampered")
+    AzureBatchLauncher(settings).teardown(delete=True)
+
+    AzureBatchLauncher(settings).launch(1)
+
+    assert store.read(name) == original
+    assert f"{name} in the node-files container differs from this launch's" in caplog.text
+    again = server.sent("POST", "^/pools$")[-1].body["startTask"]["commandLine"]
+    assert f"{hashlib.sha256(original).hexdigest()}:{WHEEL}" in again
+
+
+@pytest.mark.azurite
 def test_spot_nodes_are_the_pools_preemptible_target_and_lowpriority_is_an_alias_that_warns(
     server: RecordingServer, fake: FakeBatchPool, storage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -216,7 +260,7 @@ def test_a_refused_spot_pool_says_which_account_mode_spot_needs(
 
     message = str(error.value)
     assert "AccountLowPriorityCoreQuotaReached" in message
-    assert "Spot nodes need a Batch account whose pool allocation mode is user subscription" in message
+    assert "Spot nodes need Spot vCPU quota" in message and "user-subscription mode" not in message
 
 
 @pytest.mark.azurite
@@ -259,6 +303,7 @@ def test_with_a_managed_identity_nodes_read_the_wheel_with_it_and_no_key_travels
         "WORKPOOL_SCHEDULED_EVENTS_URL": SCHEDULED_EVENTS_URL,  # nodes watch for their preemption
         "WORKPOOL_LOCAL_ROOTS": "none",  # nodes read no local path a message names (docs/security.md)
         "WORKPOOL_TASK_MODULES": TEST_TASK_MODULES,  # the tests' own task modules (tests/conftest.py)
+        "WORKPOOL_VM_SIZE": SIZE,  # a GPU size: a node that shows no GPU refuses to score on its CPU
         "AZURE_CLIENT_ID": "1111-2222",
     }
     assert storage not in server.everything_sent()
@@ -299,7 +344,7 @@ def test_launch_on_an_existing_pool_renews_the_start_task_then_resizes_and_adds_
         ("POST", "/jobs/workpool/addtaskcollection"),
     ]
     patched = server.sent("PATCH", "/pools/gpu$")[0].body["startTask"]
-    assert patched["commandLine"] == BOOTSTRAP_LINE and len(patched["resourceFiles"]) == 2
+    assert "sha256sum" in patched["commandLine"] and len(patched["resourceFiles"]) == 3
     assert added_task_ids(server) == ["consumer-0003"]
 
 
@@ -470,7 +515,7 @@ def test_a_pool_that_settled_empty_with_a_resize_error_is_the_pools_failure_in_p
     detail = AzureBatchLauncher(settings).state().detail
 
     assert reason is not None and reason.startswith("pool gpu has no nodes: AccountLowPriorityCoreQuotaReached")
-    assert "Spot nodes need a Batch account whose pool allocation mode is user subscription" in reason
+    assert "Spot nodes need Spot vCPU quota" in reason and "since March 2026" in reason
     assert "resize error AccountLowPriorityCoreQuotaReached: The Batch account's low-priority core" in detail
     assert "Spot nodes need" in detail
 
@@ -674,6 +719,8 @@ def test_missing_batch_settings_are_named_before_anything_is_sent(server: Record
         ("STANDARD_NC24RS_V3", "Standard_NC40ads_H100_v5"),
         ("Standard_ND24s", "Standard_NC24ads_A100_v4"),
         ("Standard_NV12", "Standard_NC4as_T4_v3"),
+        ("Standard_NV12s_v3", "Standard_NV36ads_A10_v5"),
+        ("standard_nv32as_v4", "Standard_NC4as_T4_v3"),
     ],
 )
 def test_a_retired_size_is_refused_naming_a_current_successor(
@@ -728,7 +775,7 @@ def test_describe_needs_no_credentials_shows_the_resource_files_and_masks_every_
     ]
     start = plan[0].body["startTask"]
     files = {f["filePath"]: f["httpUrl"] for f in start["resourceFiles"]}
-    assert set(files) == {"workpool-bootstrap.sh", "workpool-0.1.0-py3-none-any.whl"}
+    assert set(files) == {"workpool-bootstrap.sh", WHEEL, "workpool-constraints.txt"}
     for url in files.values():
         assert url.startswith("https://imagesacct.blob.core.windows.net/") and url.endswith("?***")
     assert plan[0].body["vmSize"] == SIZE
@@ -756,7 +803,7 @@ def test_describe_a_container_pool_runs_the_image_with_the_gpus(server: Recordin
     assert "startTask" not in props  # the image holds everything: nothing to install
     task = plan[2].body["value"][0]
     assert task["containerSettings"]["imageName"] == image
-    assert task["containerSettings"]["containerRunOptions"] == "--gpus all"
+    assert "containerRunOptions" not in task["containerSettings"]  # Batch gives container tasks the GPUs
     assert task["commandLine"] == "/opt/workpool/venv/bin/consumer run --workers auto --worker-id consumer-0001"
     assert server.requests == []
 
@@ -768,7 +815,7 @@ def test_describe_a_container_pool_without_identity(server: RecordingServer) -> 
     config = plan[0].body["virtualMachineConfiguration"]
     assert config["containerConfiguration"]["containerImageNames"] == [image]
     assert "startTask" not in plan[0].body
-    assert plan[2].body["value"][0]["containerSettings"]["containerRunOptions"] == "--gpus all"
+    assert "containerRunOptions" not in plan[2].body["value"][0]["containerSettings"]
     assert not [s for s in SECRETS if s in json.dumps([p.__dict__ for p in plan])]
 
 
@@ -781,7 +828,7 @@ def test_a_package_override_is_masked_in_the_dry_run_and_replaces_the_wheel(serv
     env = {e["name"]: e["value"] for e in start["environmentSettings"]}
     assert env["WORKPOOL_NODE_PACKAGE"] == wheel.split("?")[0] + "?***"
     assert "WORKPOOL_NODE_WHEEL" not in env
-    assert [f["filePath"] for f in start["resourceFiles"]] == ["workpool-bootstrap.sh"]
+    assert [f["filePath"] for f in start["resourceFiles"]] == ["workpool-bootstrap.sh", "workpool-constraints.txt"]
     assert "d2hlZWwtc2ln" not in json.dumps([p.__dict__ for p in plan])
 
 
@@ -808,7 +855,7 @@ def test_without_an_identity_keys_travel_only_in_the_job_environment_with_a_warn
     job_env = {e["name"]: e["value"] for e in server.sent("POST", "^/jobs$")[0].body["commonEnvironmentSettings"]}
     assert job_env["AZURE_STORAGE_CONNECTION_STRING"] == storage
     assert BATCH_KEY not in server.everything_sent()
-    assert "travels to the nodes in the job's environment" in caplog.text
+    assert "travels to the nodes in the job's environment" in caplog.text and "Batch Account Reader" in caplog.text
     assert not [s for s in secrets if s in caplog.text]
 
 
@@ -821,3 +868,72 @@ def test_a_sas_token_alone_cannot_sign_the_wheel_link_and_says_what_to_do(server
     with pytest.raises(SettingsError) as error:
         _read_sas(settings, "wheels/x/workpool-0.1.0-py3-none-any.whl")
     assert "WORKPOOL_MANAGED_IDENTITY_ID" in str(error.value) and SAS_TOKEN not in str(error.value)
+
+
+# --- keys stay home, checks shared by launch and dry run -----------------------------------------------
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_without_an_identity_no_storage_key_goes_into_the_job_unless_the_user_opts_in(
+    server: RecordingServer, dry_run: bool
+) -> None:
+    chosen = launcher(server, batch_share_storage_key=False)
+
+    with pytest.raises(SettingsError) as refused:
+        chosen.describe(1) if dry_run else chosen.launch(1)
+
+    message = str(refused.value)
+    assert "WORKPOOL_MANAGED_IDENTITY_ID" in message and "WORKPOOL_BATCH_SHARE_STORAGE_KEY=true" in message
+    assert "Batch Account Reader" in message
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_an_identity_pool_without_subscription_or_resource_group_is_refused_by_the_dry_run_too(
+    server: RecordingServer, dry_run: bool
+) -> None:
+    chosen = identity_launcher(server, None, UnusableCredential(), subscription_id=None, resource_group=None)
+
+    with pytest.raises(SettingsError) as refused:
+        chosen.describe(1) if dry_run else chosen.launch(1)
+
+    assert "WORKPOOL_SUBSCRIPTION_ID" in str(refused.value) and "WORKPOOL_RESOURCE_GROUP" in str(refused.value)
+    assert server.requests == []
+
+
+def test_the_dry_run_warns_as_launch_does(server: RecordingServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+
+    launcher(server).describe(1)
+
+    assert "travels to the nodes in the job's environment" in caplog.text
+    assert "links valid for 24 h" in caplog.text and "use an identity" in caplog.text
+
+
+def test_shared_key_auth_is_refused_for_a_user_subscription_account(server: RecordingServer) -> None:
+    chosen = launcher(server, batch_pool_allocation="usersubscription")
+
+    for attempt in (lambda: chosen.describe(1), lambda: chosen.launch(1), chosen.state):
+        with pytest.raises(SettingsError) as refused:
+            attempt()
+        assert "WORKPOOL_BATCH_ACCOUNT_KEY" in str(refused.value) and "Microsoft Entra ID" in str(refused.value)
+    assert server.requests == []
+
+
+def test_spot_on_a_batch_service_account_uses_the_low_priority_fields(server: RecordingServer) -> None:
+    plan = identity_launcher(server, None, UnusableCredential(), vm_priority="spot").describe(2)
+
+    scale = plan[0].body["properties"]["scaleSettings"]["fixedScale"]
+    assert (scale["targetDedicatedNodes"], scale["targetLowPriorityNodes"]) == (0, 2)
+
+
+def test_a_container_pool_gets_an_os_disk_its_image_fits_on(server: RecordingServer) -> None:
+    image = "scoringacr.azurecr.io/workpool:0.1.0"
+
+    default = identity_launcher(server, None, UnusableCredential(), node_image=image).describe(1)
+    chosen = identity_launcher(server, None, UnusableCredential(), node_image=image, node_os_disk_gb=256).describe(1)
+    plain = identity_launcher(server, None, UnusableCredential()).describe(1)
+
+    def disk(plan: list[Any]) -> Any:
+        return plan[0].body["properties"]["deploymentConfiguration"]["virtualMachineConfiguration"].get("osDisk")
+
+    assert disk(default) == {"diskSizeGB": 128} and disk(chosen) == {"diskSizeGB": 256}
+    assert disk(plain) is None  # a start-task pool keeps the image's own disk

@@ -58,6 +58,7 @@ def batch_env(server: RecordingServer, home: Path, storage: str | None = None, *
         WORKPOOL_POOL="gpu",
         WORKPOOL_VM_SIZE="Standard_NC24ads_A100_v4",
         WORKPOOL_CLUSTER_POLL_INTERVAL_S="0",
+        WORKPOOL_BATCH_SHARE_STORAGE_KEY="true",  # no identity here: the storage key travels, by choice
     )
     if storage is None:
         env.update(
@@ -139,8 +140,9 @@ def test_azure_batch_dry_run_prints_the_requests_without_credentials_or_secrets(
     ]
     pool = plan["requests"][0]["body"]
     files = {f["filePath"]: f["httpUrl"] for f in pool["startTask"]["resourceFiles"]}
-    assert set(files) == {"workpool-bootstrap.sh", "workpool-0.1.0-py3-none-any.whl"}
+    assert set(files) == {"workpool-bootstrap.sh", "workpool-0.1.0-py3-none-any.whl", "workpool-constraints.txt"}
     assert all(url.endswith("?***") for url in files.values())  # the SAS is made at launch, never shown
+    assert "travels to the nodes in the job's environment" in result.stderr  # the warnings launch gives
     assert pool["vmSize"] == "Standard_NC24ads_A100_v4"
     assert pool["virtualMachineConfiguration"]["imageReference"]["sku"] == "2404"
     assert "NC6" not in result.stdout and "WORKPOOL_NODE_PACKAGE" not in result.stdout
@@ -159,9 +161,25 @@ def test_azure_batch_dry_run_of_a_container_pool_shows_the_image(server: Recordi
     assert result.returncode == 0, result.stderr
     assert f"nodes run the container image {image}" in result.stdout
     assert '"containerConfiguration": {"type": "dockerCompatible", "containerImageNames": ["' + image in result.stdout
-    assert '"containerRunOptions": "--gpus all"' in result.stdout
+    assert "containerRunOptions" not in result.stdout  # Batch gives container tasks the GPUs itself
+    assert '"osDisk": {"diskSizeGB": 128}' in result.stdout  # Docker keeps the image on the OS disk
     assert "startTask" not in result.stdout and "WORKPOOL_NODE_PACKAGE" not in result.stdout
     assert_no_secret(result.stdout, result.stderr)
+    assert server.requests == []
+
+
+def test_azure_batch_dry_run_of_an_identity_pool_without_its_placement_exits_2(
+    server: RecordingServer, tmp_path: Path
+) -> None:
+    identity = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/scorer"
+    env = batch_env(server, tmp_path / "home", WORKPOOL_MANAGED_IDENTITY_ID=identity)
+    del env["WORKPOOL_BATCH_ACCOUNT_KEY"]
+
+    result = orchestration(env, "launch", "--backend", "azure-batch", "--nodes", "1", "--dry-run")
+
+    assert result.returncode == 2, result.stdout
+    assert "WORKPOOL_SUBSCRIPTION_ID" in result.stderr and "WORKPOOL_RESOURCE_GROUP" in result.stderr
+    assert "/subscriptions/None" not in result.stdout + result.stderr
     assert server.requests == []
 
 

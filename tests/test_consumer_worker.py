@@ -19,7 +19,6 @@ import pytest
 from consumer.runner import Consumer
 from consumer.tasks.base import Array
 from consumer.tasks.examples import SleepTask
-from consumer.worker import Backoff
 from tests.conftest import IN_PROCESS_BACKENDS
 from tests.support.azurite import Azurite
 from tests.support.images import stage_folder, write_sample_images
@@ -27,6 +26,7 @@ from tests.support.messages import record_runs
 from tests.support.waiting import wait_for
 from workpool.messages import BatchMessage
 from workpool.queue import PoisonRecord, WorkQueue, open_queue
+from workpool.retry import Backoff
 from workpool.runs import RunStore
 from workpool.settings import Settings, load_settings
 from workpool.storage import open_result_store
@@ -76,7 +76,7 @@ def runs(settings: Settings) -> RunStore:
 
 
 def consumer_for(settings: Settings, **changes: Any) -> Consumer:
-    return Consumer(settings.model_copy(update=changes), "w1", backoff=Backoff(base_s=1), poll_s=0.05)
+    return Consumer(settings.model_copy(update=changes), "w1", backoff=Backoff(base_s=1, cap_s=1), poll_s=0.05)
 
 
 def test_a_batch_scoring_three_times_the_visibility_timeout_is_scored_and_acked_once(

@@ -121,6 +121,7 @@ def _azure_batch(tmp_path: Path, server: RecordingServer, storage: str) -> Itera
         queue="images",
         results=unique("scores"),
         connection_string=storage,
+        batch_share_storage_key=True,
     )
 
     def running() -> int:

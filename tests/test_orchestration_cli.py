@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -214,11 +215,13 @@ def test_the_supervisor_backs_off_a_node_that_keeps_failing_at_start_up(tmp_path
         return pool.nodes[0].restarts if pool and pool.nodes else 0
 
     try:
-        # Then it keeps restarting the node, pausing longer after each quick exit
+        # Then it keeps restarting the node: at once after the first quick exit, then after a
+        # jittered pause under a ceiling that doubles (2 s, 4 s, ...: workpool/retry.py's Backoff)
         wait_for(lambda: restarts() >= 2, timeout_s=30, what="two restarts")
         log = (directory / "logs" / "supervisor.log").read_text()
         assert "died (exit 2)" in log
-        assert "respawning in 0 s" in log and "respawning in 2 s" in log
+        pauses = [float(p) for p in re.findall(r"respawning in (\d+\.\d) s", log)]
+        assert pauses[0] == 0.0 and 0.0 <= pauses[1] <= 2.0, pauses
         pool = read_pool(directory)
         assert pool is not None and pool.nodes[0].last_exit == "exit 2"
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,25 +145,40 @@ class Flaky:
         return "done"
 
 
-def test_transient_failures_are_retried_with_growing_pauses() -> None:
+def test_transient_failures_are_retried_with_jittered_pauses_under_a_growing_ceiling() -> None:
     pauses: list[float] = []
     flaky = Flaky(failures=4)
-    assert retry_transient(flaky, "op", RetryPolicy(first_delay_s=0.5, max_delay_s=2.0), sleep=pauses.append) == "done"
-    assert pauses == [0.5, 1.0, 2.0, 2.0]
+    policy = RetryPolicy(first_delay_s=0.5, max_delay_s=2.0)
+    assert retry_transient(flaky, "op", policy, sleep=pauses.append, rng=random.Random(7)) == "done"
+    # Full jitter: each pause lies anywhere under its ceiling, 0.5 s doubling up to 2 s
+    ceilings = [0.5, 1.0, 2.0, 2.0]
+    assert len(pauses) == 4
+    assert all(0 <= pause <= ceiling for pause, ceiling in zip(pauses, ceilings, strict=True)), pauses
+    assert len(set(pauses)) == 4  # drawn, not fixed
 
 
 def test_patience_runs_out_and_the_last_error_is_raised() -> None:
     now = [0.0]
+    pauses: list[float] = []
     flaky = Flaky(failures=100)
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
     with pytest.raises(StorageUnavailableError):
         retry_transient(
             flaky,
             "op",
             RetryPolicy(first_delay_s=1, max_delay_s=1, give_up_after_s=5),
-            sleep=lambda s: now.__setitem__(0, now[0] + s),
+            sleep=sleep,
             clock=lambda: now[0],
+            rng=random.Random(3),
         )
-    assert flaky.calls == 6  # at 0, 1, 2, 3, 4 and 5 s; one more pause would pass the 5 s budget
+    # Every pause is at most 1 s, so at least six tries fit in the 5 s of patience; it gave up
+    # only when the next pause would have passed them
+    assert flaky.calls == len(pauses) + 1 >= 6
+    assert sum(pauses) <= 5
 
 
 def test_permanent_errors_are_not_retried() -> None:

@@ -249,6 +249,18 @@ class Settings(BaseSettings):
         description="Override of what nodes install: a pinned pip requirement or wheel URL "
         "(default: the wheel of this very version, built and uploaded by `launch`).",
     )
+    node_files: str = Field(
+        "workpool-node-files",
+        description="Blob container for what nodes install (wheel, bootstrap, constraints): `launch` writes it, "
+        "nodes only read it; give consumers no write access to it (docs/azure.md).",
+    )
+    node_os_disk_gb: int | None = Field(
+        None,
+        ge=30,
+        le=4095,
+        description="OS disk of Azure Batch nodes in GB (default: the image's; container pools: 128, "
+        "Docker keeps its images there).",
+    )
     node_extras: str = Field(
         "gpu", description="Extras installed with the project on nodes (comma-separated; empty for none)."
     )
@@ -273,6 +285,15 @@ class Settings(BaseSettings):
     batch_job: str = Field("workpool", description="Azure Batch job id holding the consumer tasks.")
     batch_account_name: str | None = Field(None, description="Azure Batch account name (default: from the URL).")
     batch_account_key: SecretStr | None = Field(None, description="Azure Batch shared key (default: Entra ID).")
+    batch_pool_allocation: Literal["batchservice", "usersubscription"] = Field(
+        "batchservice",
+        description="The Batch account's pool allocation mode (user subscription refuses shared-key auth).",
+    )
+    batch_share_storage_key: bool = Field(
+        False,
+        description="Azure Batch without a managed identity: put the storage connection string or SAS token in "
+        "the job's environment (anyone with Batch Account Reader on the account can read it).",
+    )
     managed_identity_id: str | None = Field(
         None, description="Resource id of a user-assigned managed identity for Azure Batch pool nodes."
     )
@@ -325,7 +346,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("results")
+    @field_validator("results", "node_files")
     @classmethod
     def _container_name(cls, value: str) -> str:
         if not _CONTAINER_NAME.match(value):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from orchestration.api.display import Info, WaitProgress
 from orchestration.api.tables import results_table
@@ -19,9 +19,23 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from matplotlib.figure import Figure
 
-    from orchestration.api.pool import Pool
     from producer.enqueue import EnqueueSummary
     from producer.requeue import RequeueSummary
+    from workpool.settings import Settings
+
+
+class PoolView(Protocol):
+    """What a run needs of its pool (`orchestration.api.pool.Pool` is one): its settings and queue.
+
+    A protocol rather than the Pool class itself, so that this module and pool.py (which makes
+    runs) do not import each other (tests/test_architecture.py: no import cycle, type-only ones
+    included)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def queue(self) -> str: ...
 
 
 class Run:
@@ -30,7 +44,7 @@ class Run:
     Get one from `Pool.enqueue` (then `.summary` says what was sent) or `Pool.run(run_id)`.
     """
 
-    def __init__(self, pool: Pool, run_id: str, summary: EnqueueSummary | None = None) -> None:
+    def __init__(self, pool: PoolView, run_id: str, summary: EnqueueSummary | None = None) -> None:
         self.pool = pool
         self.id = run_id
         self.summary = summary

@@ -34,6 +34,7 @@ from orchestration.reports.progress import RunTracker
 from workpool.errors import NotFoundError, UsageError, WorkpoolError
 from workpool.pool_events import record_size_change
 from workpool.queue import WorkQueue
+from workpool.retry import Backoff
 from workpool.runs import BatchRecord, RunStore
 from workpool.settings import Settings
 
@@ -41,6 +42,8 @@ log = logging.getLogger("orchestration.autoscale")
 
 # Workers that acked a batch this recently count as running now (for workers per node).
 ACTIVE_WORKER_S = 60.0
+# The longest pause after failed ticks in a row (storage or the cluster API down).
+FAILED_TICK_CAP_S = 60.0
 
 
 class PoolGoneError(WorkpoolError):
@@ -253,17 +256,25 @@ class Autoscaler:
 
     def run(self, stop: threading.Event) -> None:
         """Tick every `interval_s` until `stop` is set; a failing tick (storage, cluster API) is
-        logged and retried, a pool that is gone ends the loop."""
+        logged and retried after a jittered back-off (workpool/retry.py) whose ceiling starts at
+        `interval_s` and doubles with each failure in a row, up to a minute; a pool that is gone
+        ends the loop."""
+        failures = Backoff(base_s=self.interval_s, cap_s=max(self.interval_s, FAILED_TICK_CAP_S))
+        failed = 0
         try:
             self.prepare()
             while not stop.is_set():
+                pause = self.interval_s
                 try:
                     self.step()
+                    failed = 0
                 except PoolGoneError:
                     raise
                 except WorkpoolError as exc:
-                    log.warning("autoscaler tick failed, retrying in %.0f s: %s", self.interval_s, exc)
-                stop.wait(self.interval_s)
+                    pause = failures.delay_s(failed)
+                    failed += 1
+                    log.warning("autoscaler tick failed, retrying in %.1f s: %s", pause, exc)
+                stop.wait(pause)
         finally:
             if self.last is not None:
                 self._write_state(self.last, stopped=True)

@@ -28,7 +28,7 @@ from orchestration.autoscale.policy import Limits
 from orchestration.autoscale.state import read_state
 from orchestration.launcher import Launcher
 from orchestration.local_state import pid_alive
-from orchestration.reports.drain import DrainReport, wait_for_drain
+from orchestration.reports.drain import DrainReport, messages_on, wait_for_drain
 from workpool.errors import UsageError
 from workpool.handoff import setting_text
 from workpool.queue import open_queue
@@ -213,7 +213,7 @@ def autoscale_until_drained(
     with running_in_background(autoscaler):
         if not run_ids:
             say("no pending runs on this queue: waiting for the queue to empty")
-            while autoscaler.queue.depth().messages:
+            while messages_on(autoscaler.queue):
                 time.sleep(1.0)
         for run_id in run_ids:
             say(f"waiting for run {run_id} to drain")

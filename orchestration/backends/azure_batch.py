@@ -1,86 +1,60 @@
 """Azure Batch launcher (`--backend azure-batch`): a GPU pool, a job, one consumer task per node.
 
-The live engine for `orchestration launch --nodes 32` (docs/azure.md walks through it). Drives
-the real SDKs: azure-batch 15 (data plane: pools, nodes, jobs, tasks) and, only when the pool
-gets a user-assigned managed identity, azure-mgmt-batch (the identity can be set only through ARM).
+The live engine for `orchestration launch --nodes 32` (docs/azure.md walks through it), on the real
+SDKs: azure-batch (pools, nodes, jobs, tasks) and, only for a pool with a user-assigned managed
+identity, azure-mgmt-batch (only ARM sets an identity). This module decides *when* to send what;
+the request bodies are pure functions in azure_batch_bodies.py (also what `--dry-run` prints), and
+the checks before anything is sent, the same for launch and dry run, are in azure_batch_checks.py.
 
-Two kinds of pool:
-- **start-task install** (default): `launch` builds a wheel of this very project and uploads it
-  with the node bootstrap (orchestration/node/bootstrap.sh) to the result store
-  (orchestration/wheel.py); the pool's start task downloads both as resource files (through the
-  pool's managed identity, else short-lived read-only SAS links), installs the wheel with its
-  `gpu` extra into a virtualenv in $AZ_BATCH_NODE_SHARED_DIR and fails when the node has GPUs
-  TensorFlow cannot see;
-- **container pool** (`WORKPOOL_NODE_IMAGE=<registry>/<image>:<tag>`): the node prefetches the
-  image (built from the project's Dockerfile) and each consumer task runs in it with the GPUs.
-
-Shape: pool of N nodes (one task slot each) → job `WORKPOOL_BATCH_JOB` whose common environment
-carries the queue and storage settings → tasks `consumer-0001…` running `consumer run
---workers auto`, one per node. Spot nodes: when one is preempted Batch requeues its task; its
-consumers release their batches at once on the preemption notice (consumer/preemption.py),
-else the batches come back to the queue when their visibility timeout passes.
+Pools: **start-task install** (default: the start task checks the sha256 of the wheel, bootstrap
+and constraints `launch` uploaded to the node-files container, then installs; orchestration/wheel.py
+and orchestration/node/bootstrap.sh) or **container pool** (`WORKPOOL_NODE_IMAGE`).
+Shape: pool of N nodes (one task slot each) → job `WORKPOOL_BATCH_JOB` → tasks `consumer-0001…`
+running `consumer run`; a preempted Spot node's task is requeued by Batch.
 
 Resizes never race: a pool still resizing is stopped (stop-resize) and awaited before the next
 resize or node removal, and a 409 is retried after that. Scale-in terminates the surplus
 consumer tasks (SIGTERM: they release their batches) and removes exactly the nodes they ran on.
-
-Secrets: Azure Batch has no secret environment variables. With a managed identity
-(`WORKPOOL_MANAGED_IDENTITY_ID`) nodes sign in to storage with `DefaultAzureCredential` and no
-key travels at all. Without one, a SAS token or connection string travels in the job's
-environment: encrypted at rest by Batch and never on a command line, but readable by anyone who
-can read the Batch account's jobs; the launcher says so in a warning.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
-from urllib.parse import urlparse
 
 from azure.batch import BatchClient
 from azure.batch import models as bm
-from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
+from orchestration.backends import azure_batch_bodies as bodies
+from orchestration.backends.azure_batch_checks import batch_client, check_launch, require_batch, spot_hint
+from orchestration.backends.azure_batch_logs import task_file_source
 from orchestration.backends.cluster_common import (
-    NODE_VENV,
     Made,
     arm_client_options,
-    bearer_policy,
     cluster_errors,
     consumer_index,
     consumer_name,
     default_credential,
-    require,
-    require_azure_storage,
+    refused_tasks,
     service_error,
     text_of,
 )
-from orchestration.backends.vm_sizes import checked_vm_size, is_spot, warn_about_priority
+from orchestration.backends.vm_sizes import is_spot, warn_about_priority
 from orchestration.launcher import ClusterState, Launcher, LogSource, NodeInfo, PlannedRequest
-from orchestration.node import BOOTSTRAP_FILE
-from orchestration.wheel import NodeFiles, ShippedFile, planned_files, ship_node_files
-from workpool.errors import NotFoundError, SettingsError, UsageError, WorkpoolError
-from workpool.handoff import node_environment
-from workpool.logs import REDACTED, redact
-from workpool.settings import Settings, env_name
+from orchestration.wheel import NodeFiles, planned_files, ship_node_files
+from workpool.errors import NotFoundError, UsageError, WorkpoolError
+from workpool.logs import redact
+from workpool.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BATCH_API_VERSION = "2025-06-01"
-ARM_BATCH_API_VERSION = "2025-06-01"  # azure-mgmt-batch 19
 ACTIVE_TASK_STATES = {"active", "preparing", "running"}
-TASKS_PER_REQUEST = 100  # the task-collection API takes at most 100 tasks per request
 NODES_PER_REMOVAL = 100  # the remove-nodes API takes at most 100 node ids per request
-TASK_RETRIES = 3  # a consumer that crashes is restarted this often before its task fails
-START_TASK_RETRIES = 2
-# Where the bootstrap puts the virtualenv on a start-task pool (read by the consumer tasks).
-NODE_SHARED_VENV = "$AZ_BATCH_NODE_SHARED_DIR/workpool/venv"
 # How long to wait for a pool to become steady (stop-resize, remove-nodes) or a job/pool to go.
 SETTLE_TIMEOUT_S = 20 * 60.0
 # How long scale-in lets terminated consumers finish releasing their batches before their nodes
@@ -90,12 +64,6 @@ PROGRESS_EVERY_S = 30.0
 STDERR_TAIL_CHARS = 1500
 MAX_STDERR_READS = 3  # per command: a pool of 32 failed nodes usually fails 32 times the same way
 FAILED_NODE_STATES = {"starttaskfailed", "unusable"}
-# Entra ID scope of the Batch data plane, per cloud (ARM host → Batch resource).
-_BATCH_SCOPES = {
-    "management.azure.com": "https://batch.core.windows.net//.default",
-    "management.chinacloudapi.cn": "https://batch.chinacloudapi.cn//.default",
-    "management.usgovcloudapi.net": "https://batch.core.usgovcloudapi.net//.default",
-}
 
 
 class AzureBatchLauncher(Launcher):
@@ -113,9 +81,7 @@ class AzureBatchLauncher(Launcher):
 
     # --- the Launcher interface -----------------------------------------------------------
     def _launch(self, nodes: int) -> None:
-        self._require()
-        require_azure_storage(self.settings, "azure-batch")
-        self._warn_about_keys()
+        check_launch(self.settings)
         made = Made(self.name)
         pool = self._get_pool(made)
         if pool is not None and text_of(pool.state) == "deleting":
@@ -133,7 +99,7 @@ class AzureBatchLauncher(Launcher):
         self._converge_tasks(nodes, made)
 
     def _scale(self, nodes: int) -> None:
-        self._require()
+        require_batch(self.settings)
         made = Made(self.name)
         pool = self._get_pool(made)
         if pool is None or text_of(pool.state) == "deleting":
@@ -155,7 +121,7 @@ class AzureBatchLauncher(Launcher):
         self._resize(nodes, made)
 
     def state(self) -> ClusterState:
-        self._require()
+        require_batch(self.settings)
         pool = self._get_pool()
         if pool is None:
             return ClusterState(self.name, 0, [], f"pool {self._pool} does not exist")
@@ -164,7 +130,7 @@ class AzureBatchLauncher(Launcher):
             f"{pool.current_dedicated_nodes or 0} dedicated + {pool.current_low_priority_nodes or 0} spot nodes"
         )
         for error in pool.resize_errors or []:
-            detail += f"; resize error {error.code}: {error.message}{self._spot_hint(str(error.code))}"
+            detail += f"; resize error {error.code}: {error.message}{spot_hint(self.settings, str(error.code))}"
         tasks = self._tasks()
         counts: dict[str, int] = {}
         for task in tasks:
@@ -180,7 +146,7 @@ class AzureBatchLauncher(Launcher):
         Every node failed its start task (or is unusable), or the pool settled at 0 nodes with
         resize errors (no quota, a size the region lacks). `launch --wait` stops on it.
         """
-        self._require()
+        require_batch(self.settings)
         pool = self._get_pool()
         if pool is None or _target_of(pool) == 0:
             return None
@@ -190,11 +156,11 @@ class AzureBatchLauncher(Launcher):
             return f"all {len(nodes)} node(s) failed: {first.id}: {self._node_detail(first)}"
         if not nodes and text_of(pool.allocation_state) == "steady" and pool.resize_errors:
             errors = "; ".join(f"{e.code}: {e.message}" for e in pool.resize_errors)
-            return f"pool {self._pool} has no nodes: {errors}{self._spot_hint(errors)}"
+            return f"pool {self._pool} has no nodes: {errors}{spot_hint(self.settings, errors)}"
         return None
 
     def _teardown(self, delete: bool) -> None:
-        self._require()
+        require_batch(self.settings)
         s = self.settings
         made = Made(self.name)
         client = self._client()
@@ -224,44 +190,49 @@ class AzureBatchLauncher(Launcher):
             self._delete_pool(made)
 
     def _describe(self, nodes: int) -> list[PlannedRequest]:
-        self._require()
+        check_launch(self.settings)  # the same checks and warnings as a real launch
         s = self.settings
-        files = None if self._container_image() else planned_files(s, with_wheel=s.node_package is None)
+        files = None if bodies.container_image(self.settings) else planned_files(s, with_wheel=s.node_package is None)
         plan = []
         if self.settings.managed_identity_id:
             plan.append(
                 PlannedRequest(
                     "PUT",
-                    self._arm_pool_path() + f"?api-version={ARM_BATCH_API_VERSION}",
-                    self._arm_pool_body(nodes, files, redacted=True).as_dict(),
+                    bodies.arm_pool_path(self.settings) + f"?api-version={bodies.ARM_BATCH_API_VERSION}",
+                    bodies.arm_pool_body(self.settings, nodes, files, redacted=True).as_dict(),
                     "through Azure Resource Manager: only ARM can give a pool a managed identity",
                 )
             )
         else:
             note = "the GPU pool" + (
-                f"; nodes run the container image {self._container_image()}"
+                f"; nodes run the container image {bodies.container_image(self.settings)}"
                 if files is None
                 else f"; its start task runs {files.bootstrap.blob_name} (uploaded at launch)"
             )
             plan.append(
-                PlannedRequest("POST", self._batch_path("/pools"), self._pool_body(nodes, files, True).as_dict(), note)
+                PlannedRequest(
+                    "POST",
+                    bodies.batch_path("/pools"),
+                    bodies.pool_body(self.settings, nodes, files, True).as_dict(),
+                    note,
+                )
             )
         plan.append(
             PlannedRequest(
                 "POST",
-                self._batch_path("/jobs"),
-                self._job_body(redacted=True).as_dict(),
+                bodies.batch_path("/jobs"),
+                bodies.job_body(self.settings, redacted=True).as_dict(),
                 "the job; its environment reaches every consumer task",
             )
         )
         ids = [consumer_name(i) for i in range(1, nodes + 1)]
-        for start in range(0, len(ids), TASKS_PER_REQUEST):
-            chunk = ids[start : start + TASKS_PER_REQUEST]
+        for start in range(0, len(ids), bodies.TASKS_PER_REQUEST):
+            chunk = ids[start : start + bodies.TASKS_PER_REQUEST]
             plan.append(
                 PlannedRequest(
                     "POST",
-                    self._batch_path(f"/jobs/{self._job}/addtaskcollection"),
-                    {"value": [self._task_body(task_id).as_dict() for task_id in chunk]},
+                    bodies.batch_path(f"/jobs/{self._job}/addtaskcollection"),
+                    {"value": [bodies.task_body(self.settings, task_id).as_dict() for task_id in chunk]},
                     "one consumer task per node",
                 )
             )
@@ -277,11 +248,11 @@ class AzureBatchLauncher(Launcher):
 
     def _ship(self, made: Made) -> NodeFiles | None:
         """Upload the wheel and bootstrap for a start-task pool (None for a container pool)."""
-        if self._container_image():
+        if bodies.container_image(self.settings):
             return None
         s = self.settings
         files = ship_node_files(s, identity=bool(s.managed_identity_id), with_wheel=s.node_package is None)
-        made.add(f"uploaded {files.bootstrap.blob_name.rsplit('/', 1)[0]}/ to container {s.results}")
+        made.add(f"uploaded {files.bootstrap.blob_name.rsplit('/', 1)[0]}/ to container {s.node_files}")
         return files
 
     def _create_pool(self, nodes: int, files: NodeFiles | None, made: Made) -> None:
@@ -293,7 +264,7 @@ class AzureBatchLauncher(Launcher):
                 self._create_pool_through_arm(nodes, files, what, made)
             else:
                 with cluster_errors(what, s, made):
-                    self._client().create_pool(self._pool_body(nodes, files))
+                    self._client().create_pool(bodies.pool_body(s, nodes, files))
         made.add(f"pool {self._pool} with {nodes} nodes")
 
     def _refresh_start_task(self, made: Made) -> None:
@@ -306,12 +277,14 @@ class AzureBatchLauncher(Launcher):
         if files is None:
             return
         with cluster_errors(f"updating the start task of Azure Batch pool {self._pool}", self.settings, made):
-            self._client().update_pool(self._pool, bm.BatchPoolUpdateOptions(start_task=self._start_task(files)))
+            self._client().update_pool(
+                self._pool, bm.BatchPoolUpdateOptions(start_task=bodies.start_task(self.settings, files))
+            )
 
     def _resize(self, nodes: int, made: Made) -> None:
         """Resize to `nodes` once the pool is steady: a resize in progress is stopped first (409 otherwise)."""
         s = self.settings
-        dedicated, spot = self._split(nodes)
+        dedicated, spot = bodies.split(s, nodes)
         options = bm.BatchPoolResizeOptions(target_dedicated_nodes=dedicated, target_low_priority_nodes=spot)
         if nodes < self._current_target():
             # Nodes still running a task (a requeued consumer that landed there) hand it back at once.
@@ -434,79 +407,8 @@ class AzureBatchLauncher(Launcher):
         log.info("pool %s is being deleted: waiting for it to go before making it again", self._pool)
         self._wait(f"pool {self._pool} to be deleted", lambda: self._get_pool(made) is None, made)
 
-    def _start_task(self, files: NodeFiles, redacted: bool = False) -> Any:
-        return bm.BatchStartTask(
-            command_line=_bootstrap_command(),
-            resource_files=[self._resource_file(f, redacted) for f in _files_of(files)],
-            environment_settings=[
-                bm.EnvironmentSetting(name=k, value=v) for k, v in self._start_env(files, redacted).items()
-            ],
-            # The bootstrap may apt-get a Python; the consumer tasks run as the non-admin default user.
-            user_identity=bm.UserIdentity(auto_user=bm.AutoUserSpecification(scope="pool", elevation_level="admin")),
-            wait_for_success=True,
-            max_task_retry_count=START_TASK_RETRIES,
-        )
-
-    def _resource_file(self, file: ShippedFile, redacted: bool = False) -> Any:
-        identity = self.settings.managed_identity_id
-        return bm.ResourceFile(
-            http_url=_shown_url(file, redacted, identity is not None),
-            file_path=file.file_name,
-            identity_reference=bm.BatchNodeIdentityReference(resource_id=identity) if identity else None,
-        )
-
-    def _start_env(self, files: NodeFiles, redacted: bool = False) -> dict[str, str]:
-        s = self.settings
-        env = {"WORKPOOL_NODE_EXTRAS": s.node_extras}
-        if s.node_package is not None:
-            env[env_name("node_package")] = _package_shown(s.node_package, redacted)
-        elif files.wheel is not None:
-            env["WORKPOOL_NODE_WHEEL"] = files.wheel.file_name
-        if s.allow_cpu:
-            env[env_name("allow_cpu")] = "true"
-        return env
-
-    def _pool_body(self, nodes: int, files: NodeFiles | None, redacted: bool = False) -> Any:
-        s = self.settings
-        dedicated, spot = self._split(nodes)
-        image = self._container_image()
-        start_task = None if files is None else self._start_task(files, redacted)
-        registry = self._registry()
-        return bm.BatchPoolCreateOptions(
-            id=self._pool,
-            vm_size=s.vm_size or "",
-            virtual_machine_configuration=bm.VirtualMachineConfiguration(
-                image_reference=bm.BatchVmImageReference(
-                    publisher=s.image_publisher, offer=s.image_offer, sku=s.image_sku, version=s.image_version
-                ),
-                node_agent_sku_id=s.node_agent_sku_id,
-                container_configuration=bm.BatchContainerConfiguration(
-                    type="dockerCompatible",
-                    container_image_names=[image],
-                    container_registries=[registry] if registry is not None else None,
-                )
-                if image
-                else None,
-            ),
-            target_dedicated_nodes=dedicated,
-            target_low_priority_nodes=spot,
-            task_slots_per_node=1,
-            start_task=start_task,
-        )
-
-    def _registry(self) -> Any:
-        """The image's private registry, read with the pool's identity (AcrPull); None otherwise."""
-        server = _registry_server(self._container_image())
-        identity = self.settings.managed_identity_id
-        if server is None or identity is None:
-            return None
-        return bm.ContainerRegistryReference(
-            registry_server=server, identity_reference=bm.BatchNodeIdentityReference(resource_id=identity)
-        )
-
     def _create_pool_through_arm(self, nodes: int, files: NodeFiles | None, what: str, made: Made) -> None:
         s = self.settings
-        require(s, "azure-batch with a managed identity", "subscription_id", "resource_group")
         from azure.mgmt.batch import BatchManagementClient
 
         credential = self._credential if self._credential is not None else default_credential()
@@ -515,77 +417,14 @@ class AzureBatchLauncher(Launcher):
         )
         with cluster_errors(what, s, made):
             pool = client.pool.create(
-                s.resource_group or "", self._account_name(), self._pool, self._arm_pool_body(nodes, files)
+                s.resource_group or "",
+                bodies.account_name(self.settings),
+                self._pool,
+                bodies.arm_pool_body(s, nodes, files),
             )
         state = str(getattr(pool, "provisioning_state", "") or "")
         if state.lower() == "failed":
             raise WorkpoolError(f"{what} failed: provisioning state Failed; {made.note()}")
-
-    def _arm_pool_body(self, nodes: int, files: NodeFiles | None, redacted: bool = False) -> Any:
-        from azure.mgmt.batch import models as am
-
-        s = self.settings
-        identity = s.managed_identity_id or ""
-        dedicated, spot = self._split(nodes)
-        image = self._container_image()
-        start_task = None
-        if files is not None:
-            start_task = am.StartTask(
-                command_line=_bootstrap_command(),
-                resource_files=[
-                    am.ResourceFile(
-                        http_url=_shown_url(f, redacted, True),
-                        file_path=f.file_name,
-                        identity_reference=am.ComputeNodeIdentityReference(resource_id=identity),
-                    )
-                    for f in _files_of(files)
-                ],
-                environment_settings=[
-                    am.EnvironmentSetting(name=k, value=v) for k, v in self._start_env(files, redacted).items()
-                ],
-                user_identity=am.UserIdentity(
-                    auto_user=am.AutoUserSpecification(scope="Pool", elevation_level="Admin")
-                ),
-                wait_for_success=True,
-                max_task_retry_count=START_TASK_RETRIES,
-            )
-        container = None
-        if image:
-            server = _registry_server(image)
-            container = am.ContainerConfiguration(
-                type="DockerCompatible",
-                container_image_names=[image],
-                container_registries=[
-                    am.ContainerRegistry(
-                        registry_server=server,
-                        identity_reference=am.ComputeNodeIdentityReference(resource_id=identity),
-                    )
-                ]
-                if server
-                else None,
-            )
-        return am.Pool(
-            identity=am.BatchPoolIdentity(
-                type="UserAssigned", user_assigned_identities={identity: am.UserAssignedIdentities()}
-            ),
-            properties=am.PoolProperties(
-                vm_size=s.vm_size,
-                deployment_configuration=am.DeploymentConfiguration(
-                    virtual_machine_configuration=am.VirtualMachineConfiguration(
-                        image_reference=am.ImageReference(
-                            publisher=s.image_publisher, offer=s.image_offer, sku=s.image_sku, version=s.image_version
-                        ),
-                        node_agent_sku_id=s.node_agent_sku_id,
-                        container_configuration=container,
-                    )
-                ),
-                scale_settings=am.ScaleSettings(
-                    fixed_scale=am.FixedScaleSettings(target_dedicated_nodes=dedicated, target_low_priority_nodes=spot)
-                ),
-                task_slots_per_node=1,
-                start_task=start_task,
-            ),
-        )
 
     # --- nodes ----------------------------------------------------------------------------
     def _nodes(self) -> list[Any]:
@@ -663,44 +502,10 @@ class AzureBatchLauncher(Launcher):
                 self._client().begin_delete_job(self._job, polling_interval=_poll_seconds(s)).result()
         with cluster_errors(what, s, made):
             try:
-                self._client().create_job(self._job_body())
+                self._client().create_job(bodies.job_body(s))
             except ResourceExistsError:
                 return  # created meanwhile by another launch: use it
         made.add(f"job {self._job}")
-
-    def _job_body(self, redacted: bool = False) -> Any:
-        env = node_environment(self.settings, identity=bool(self.settings.managed_identity_id))
-        settings = [bm.EnvironmentSetting(name=k, value=v) for k, v in env.plain.items()]
-        settings += [bm.EnvironmentSetting(name=k, value=REDACTED if redacted else v) for k, v in env.secret.items()]
-        return bm.BatchJobCreateOptions(
-            id=self._job,
-            pool_info=bm.BatchPoolInfo(pool_id=self._pool),
-            common_environment_settings=settings,
-            # Consumers never finish on their own unless idle_exit_s is set; keep the job open
-            # so `scale` can add tasks to it.
-            all_tasks_complete_mode="noaction",
-        )
-
-    def _task_body(self, task_id: str) -> Any:
-        s = self.settings
-        args = ["run", "--workers", s.node_workers, "--worker-id", task_id]
-        image = self._container_image()
-        if image:
-            return bm.BatchTaskCreateOptions(
-                id=task_id,
-                command_line=shlex.join([f"{NODE_VENV}/bin/consumer", *args]),
-                container_settings=bm.BatchTaskContainerSettings(
-                    image_name=image, container_run_options="--gpus all", registry=self._registry()
-                ),
-                constraints=bm.BatchTaskConstraints(max_task_retry_count=TASK_RETRIES),
-            )
-        # exec: the consumer itself gets Batch's SIGTERM on terminate and releases its batches.
-        script = f'exec "{NODE_SHARED_VENV}/bin/consumer" {shlex.join(args)}'
-        return bm.BatchTaskCreateOptions(
-            id=task_id,
-            command_line=f"/bin/bash -c {shlex.quote(script)}",
-            constraints=bm.BatchTaskConstraints(max_task_retry_count=TASK_RETRIES),
-        )
 
     def _tasks(self) -> list[Any]:
         with cluster_errors(f"listing tasks of Azure Batch job {self._job}", self.settings):
@@ -718,7 +523,7 @@ class AzureBatchLauncher(Launcher):
             info = task.node_info
             node = info.node_id if info is not None and info.node_id else task.id
             for stream in ("stdout", "stderr"):
-                sources.append(_task_file_source(self, task.id, node, stream))
+                sources.append(task_file_source(self._client, self.settings, self._job, task.id, node, stream))
         return sources
 
     def _active_tasks(self) -> list[Any]:
@@ -743,32 +548,12 @@ class AzureBatchLauncher(Launcher):
             try:
                 # The SDK sends at most 100 per request, retries server errors, and counts a
                 # task that already exists (a retried request that had landed) as added.
-                self._client().create_tasks(self._job, [self._task_body(i) for i in ids])
+                self._client().create_tasks(self._job, [bodies.task_body(s, i) for i in ids])
             except bm.CreateTasksError as exc:
-                raise WorkpoolError(redact(_refused_tasks(what, exc, len(ids), made), s.secret_values())) from None
+                raise WorkpoolError(redact(refused_tasks(what, exc, len(ids), made), s.secret_values())) from None
         made.add(f"{len(ids)} consumer tasks ({ids[0]}…)")
 
     # --- plumbing -------------------------------------------------------------------------
-    def _require(self) -> None:
-        require(self.settings, "azure-batch", "batch_account_url", "pool")
-        checked_vm_size(self.settings, "azure-batch")
-
-    def _container_image(self) -> str:
-        return (self.settings.node_image or "").strip()
-
-    def _split(self, nodes: int) -> tuple[int, int]:
-        """(dedicated, spot) target counts: Spot nodes are Batch's `targetLowPriorityNodes`."""
-        return (0, nodes) if is_spot(self.settings) else (nodes, 0)
-
-    def _spot_hint(self, text: str) -> str:
-        if not is_spot(self.settings) and "lowpriority" not in text.lower():
-            return ""
-        return (
-            " (Spot nodes need a Batch account whose pool allocation mode is user subscription, with Spot "
-            "vCPU quota for the VM family; Batch-service accounts no longer get low-priority cores since "
-            f"30 Sep 2025: see docs/azure.md, or set {env_name('vm_priority')}=dedicated)"
-        )
-
     @contextmanager
     def _spot_errors(self) -> Iterator[None]:
         """A refused Spot pool or resize says which account mode Spot needs."""
@@ -777,7 +562,7 @@ class AzureBatchLauncher(Launcher):
         except WorkpoolError as exc:
             if isinstance(exc, UsageError) or not is_spot(self.settings) or "Spot nodes need" in str(exc):
                 raise
-            raise type(exc)(f"{exc}{self._spot_hint(str(exc))}") from None
+            raise type(exc)(f"{exc}{spot_hint(self.settings, str(exc))}") from None
 
     def _wait(self, what: str, done: Callable[[], bool], made: Made) -> None:
         """Poll `done` until true, logging progress, for at most SETTLE_TIMEOUT_S."""
@@ -794,153 +579,10 @@ class AzureBatchLauncher(Launcher):
                 last_said = now
             time.sleep(poll)
 
-    def _warn_about_keys(self) -> None:
-        s = self.settings
-        if s.managed_identity_id:
-            return
-        if s.connection_string is not None or s.sas_token is not None:
-            log.warning(
-                "no managed identity (%s): the storage %s travels to the nodes in the job's environment, "
-                "readable by anyone who can read this Batch account's jobs; prefer a user-assigned identity",
-                env_name("managed_identity_id"),
-                "connection string" if s.connection_string is not None else "SAS token",
-            )
-        elif s.account_url is not None:
-            log.warning(
-                "nodes will sign in to %s with DefaultAzureCredential but the pool has no managed identity "
-                "(%s): their consumers will fail to authenticate",
-                s.account_url,
-                env_name("managed_identity_id"),
-            )
-
-    def _account_name(self) -> str:
-        s = self.settings
-        if s.batch_account_name:
-            return s.batch_account_name
-        host = urlparse(s.batch_account_url or "").hostname or ""
-        name = host.split(".", 1)[0]
-        if not name or host.replace(".", "").isdigit() or host == "localhost":
-            raise SettingsError(f"set {env_name('batch_account_name')}: it cannot be read from {s.batch_account_url}")
-        return name
-
-    def _arm_pool_path(self) -> str:
-        s = self.settings
-        return (
-            f"/subscriptions/{s.subscription_id}/resourceGroups/{s.resource_group}/providers/Microsoft.Batch"
-            f"/batchAccounts/{self._account_name()}/pools/{self._pool}"
-        )
-
-    @staticmethod
-    def _batch_path(path: str) -> str:
-        return f"{path}?api-version={BATCH_API_VERSION}"
-
     def _client(self) -> BatchClient:
         if self._batch is None:
-            s = self.settings
-            url = s.batch_account_url or ""
-            if s.batch_account_key is not None:
-                key = AzureNamedKeyCredential(self._account_name(), s.batch_account_key.get_secret_value())
-                self._batch = BatchClient(url, key, retry_total=2, retry_backoff_factor=0.5)
-            else:
-                credential = self._credential if self._credential is not None else default_credential()
-                self._batch = BatchClient(
-                    url,
-                    credential,
-                    authentication_policy=bearer_policy(credential, batch_scope(s)),
-                    retry_total=2,
-                    retry_backoff_factor=0.5,
-                )
+            self._batch = batch_client(self.settings, self._credential)
         return self._batch
-
-
-def batch_scope(settings: Settings) -> str:
-    """The Entra ID scope of the Batch data plane: WORKPOOL_BATCH_SCOPE, else the ARM endpoint's cloud."""
-    if settings.batch_scope:
-        return settings.batch_scope
-    host = (urlparse(settings.arm_endpoint).hostname or "").lower()
-    if host in _BATCH_SCOPES:
-        return _BATCH_SCOPES[host]
-    if host == "localhost" or host.replace(".", "").isdigit():
-        return _BATCH_SCOPES["management.azure.com"]  # a loopback test server stands in for the public cloud
-    raise SettingsError(
-        f"set {env_name('batch_scope')}: the Batch sign-in scope of the cloud behind "
-        f"{env_name('arm_endpoint')}={settings.arm_endpoint} is not known (e.g. https://batch.core.windows.net//.default)"
-    )
-
-
-def _refused_tasks(what: str, error: Any, wanted: int, made: Made) -> str:
-    """CreateTasksError in words: each refused task with its code and message, and unknown errors."""
-    failures = list(error.failure_tasks or [])
-    reasons = []
-    for result in failures[:5]:
-        err = result.error
-        text = getattr(getattr(err, "message", None), "value", None) or ""
-        reasons.append(
-            f"{result.task_id}: {getattr(err, 'code', None) or text_of(result.status)}" + f" {text}".rstrip()
-        )
-    for exc in list(error.errors or [])[:3]:
-        reasons.append(service_error(exc) if isinstance(exc, HttpResponseError) else f"{type(exc).__name__}: {exc}")
-    pending = len(error.pending_tasks or [])
-    added = wanted - len(failures) - pending
-    note = f"{added} of {wanted} added" + (f", {pending} not sent" if pending else "")
-    return f"{what}: {len(failures)} refused ({'; '.join(reasons)}); {note}; {made.note()}"
-
-
-def _task_file_source(launcher: AzureBatchLauncher, task_id: str, node: str, stream: str) -> LogSource:
-    """A consumer task's output file, sized and read (a byte range) through the Batch API."""
-    job, path = launcher._job, f"{stream}.txt"
-
-    def size() -> int | None:
-        with cluster_errors(f"reading {path} of Azure Batch task {task_id}", launcher.settings):
-            try:
-                return int(launcher._client().get_task_file_properties(job, task_id, path).content_length)
-            except HttpResponseError as exc:  # not started yet (TaskFilesUnavailable), or gone
-                if exc.status_code in (404, 409):
-                    return None
-                raise
-
-    def read(offset: int) -> bytes:
-        with cluster_errors(f"reading {path} of Azure Batch task {task_id}", launcher.settings):
-            try:
-                return b"".join(launcher._client().download_task_file(job, task_id, path, ocp_range=f"bytes={offset}-"))
-            except HttpResponseError as exc:
-                if exc.status_code in (404, 409, 416):
-                    return b""
-                raise
-
-    return LogSource(node, stream, size, read, aliases=(task_id,))
-
-
-def _bootstrap_command() -> str:
-    """The start task: run the bootstrap downloaded next to it (resource files land in the working dir)."""
-    script = 'exec /bin/bash "$AZ_BATCH_TASK_WORKING_DIR/' + BOOTSTRAP_FILE + '"'
-    return f"/bin/bash -c {shlex.quote(script)}"
-
-
-def _files_of(files: NodeFiles) -> list[ShippedFile]:
-    return [files.bootstrap] if files.wheel is None else [files.bootstrap, files.wheel]
-
-
-def _shown_url(file: ShippedFile, redacted: bool, identity: bool) -> str:
-    """The URL a node downloads: with its SAS (masked for dry runs: made at launch), or bare with an identity."""
-    if identity:
-        return file.url
-    if redacted or file.query is None:
-        return f"{file.url}?{REDACTED}"
-    return file.download_url
-
-
-def _package_shown(package: str, redacted: bool) -> str:
-    """WORKPOOL_NODE_PACKAGE, with a URL's query (a SAS token) masked for dry runs and logs."""
-    if redacted and "?" in package:
-        return package.split("?", 1)[0] + "?" + REDACTED
-    return package
-
-
-def _registry_server(image: str) -> str | None:
-    """The registry host of `registry/image:tag` (None for a Docker Hub name)."""
-    first = image.split("/", 1)[0] if "/" in image else ""
-    return first if ("." in first or ":" in first or first == "localhost") else None
 
 
 def _poll_seconds(settings: Settings) -> int:

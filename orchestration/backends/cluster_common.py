@@ -217,3 +217,21 @@ def cluster_errors(what: str, settings: Settings, made: Made | None = None) -> I
         raise fail(f"failed: service unreachable ({type(exc).__name__}: {exc})") from None
     except AzureError as exc:
         raise fail(f"failed: {exc}") from None
+
+
+def refused_tasks(what: str, error: Any, wanted: int, made: Made) -> str:
+    """Azure Batch's CreateTasksError in words: each refused task with its code and message, and unknown errors."""
+    failures = list(error.failure_tasks or [])
+    reasons = []
+    for result in failures[:5]:
+        err = result.error
+        text = getattr(getattr(err, "message", None), "value", None) or ""
+        reasons.append(
+            f"{result.task_id}: {getattr(err, 'code', None) or text_of(result.status)}" + f" {text}".rstrip()
+        )
+    for exc in list(error.errors or [])[:3]:
+        reasons.append(service_error(exc) if isinstance(exc, HttpResponseError) else f"{type(exc).__name__}: {exc}")
+    pending = len(error.pending_tasks or [])
+    added = wanted - len(failures) - pending
+    note = f"{added} of {wanted} added" + (f", {pending} not sent" if pending else "")
+    return f"{what}: {len(failures)} refused ({'; '.join(reasons)}); {note}; {made.note()}"

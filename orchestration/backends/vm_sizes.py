@@ -1,8 +1,9 @@
 """GPU VM sizes and priorities a cluster pool may ask for: no retired size, Spot by its name.
 
-Azure retired the first GPU families (NC, NCv2, ND, NV on 6 Sep 2023; NCv3 on 30 Sep 2025): a
-pool asking for one of them is refused, or worse, waits for nodes that never come. They are
-refused here, before anything is sent, with the current size that replaces them.
+Azure retired the first GPU families (NC, NCv2, ND, NV on 6 Sep 2023; NCv3 on 30 Sep 2025; NVv3
+and NVv4 on 30 Sep 2026): a pool asking for one of them is refused, or worse, waits for nodes that
+never come. They are refused here, before anything is sent, with the current size that replaces
+them. NVv4 was also never usable here: its GPUs are AMD Radeon Instinct MI25 partitions (no CUDA).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from workpool.settings import Settings, env_name
 
 log = logging.getLogger(__name__)
 
+A10 = "Standard_NV36ads_A10_v5"  # NVads A10 v5: 1 × A10 (CUDA), the NVv3 line's successor
 A100 = "Standard_NC24ads_A100_v4"  # NC A100 v4: 1 × A100 80 GB, the V100's successor
 H100 = "Standard_NC40ads_H100_v5"  # NC H100 v5: 1 × H100 94 GB
 T4 = "Standard_NC4as_T4_v3"  # NC T4 v3: 1 × T4, the inference-class successor of K80/P100/M60
@@ -26,6 +28,8 @@ _RETIRED: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     (r"nc(6|12|24|24r)s_v3", "NCv3 (V100)", "30 Sep 2025", (A100, H100)),
     (r"nd(6|12|24|24r)s", "ND (P40)", "6 Sep 2023", (A100,)),
     (r"nv(6|12|24)(_promo)?", "NV (M60)", "6 Sep 2023", (T4,)),
+    (r"nv(12|24|48)s_v3", "NVv3 (M60)", "30 Sep 2026", (T4, A10)),
+    (r"nv(4|8|16|32)as_v4", "NVv4 (AMD MI25: no CUDA at all)", "30 Sep 2026", (T4, A10)),
 )
 
 

@@ -3,15 +3,26 @@
 # as the pool's admin auto-user, in the start task's working directory, where Batch has already
 # downloaded the resource files (this script and the project wheel `launch` uploaded).
 #
+# The start task's command line has already checked the sha256 of this script, the wheel and the
+# constraints file against what `launch` uploaded (orchestration/backends/azure_batch_bodies.py).
+#
 #   1. find a Python >= 3.11 with venv support, or install one (apt python3.X-venv; else uv);
-#   2. create the virtualenv in $AZ_BATCH_NODE_SHARED_DIR/workpool/venv (readable by the tasks);
+#   2. create a virtualenv for exactly this install (wheel, extras, constraints) in
+#      $AZ_BATCH_NODE_SHARED_DIR/workpool/venvs/<key> and point .../workpool/venv at it;
 #   3. install the wheel with its extras ($WORKPOOL_NODE_EXTRAS, default "gpu": tensorflow[and-cuda]),
-#      or $WORKPOOL_NODE_PACKAGE when the user pinned an override;
-#   4. check the accelerator: when `nvidia-smi -L` lists GPUs and TensorFlow sees none, fail with a
-#      message that says so (a node that would silently score on the CPU is worse than no node).
+#      or $WORKPOOL_NODE_PACKAGE when the user pinned an override, under the constraints
+#      ($WORKPOOL_NODE_CONSTRAINTS: the dependency versions `launch` ran with);
+#   4. check the accelerator: when `nvidia-smi -L` lists GPUs and TensorFlow sees none, or the VM is a
+#      GPU size ($WORKPOOL_VM_SIZE) with no GPU listed, fail with a message that says so.
+#
+# Re-runs are safe: Batch may run a start task again without a reboot, under a running consumer.
+# A virtualenv that already holds this install is kept as it is (no `venv --clear`); a different
+# install goes into a new folder and the `venv` link moves over atomically, so a running consumer
+# keeps the files it started from.
 #
 # Environment: WORKPOOL_NODE_WHEEL (file name of the wheel next to this script),
-# WORKPOOL_NODE_PACKAGE (override), WORKPOOL_NODE_EXTRAS, WORKPOOL_ALLOW_CPU (skip step 4's refusal).
+# WORKPOOL_NODE_CONSTRAINTS (file name of the pip constraints next to it), WORKPOOL_NODE_PACKAGE
+# (override), WORKPOOL_NODE_EXTRAS, WORKPOOL_VM_SIZE, WORKPOOL_ALLOW_CPU (skip step 4's refusal).
 # Needs no network beyond apt (only when no suitable Python is installed) and pip's index or cache.
 set -euo pipefail
 
@@ -59,33 +70,17 @@ install_with_apt() {
     return 1
 }
 
-PYTHON="$(find_python || true)"
-if [ -z "$PYTHON" ]; then
-    say "no Python >= 3.11 with venv support found ($(python3 --version 2>&1 || echo 'no python3'))"
-    install_with_apt || say "apt could not provide one"
-    PYTHON="$(find_python || true)"
+# --- what to install, and the folder that holds exactly that ---------------------------------------
+CONSTRAINT_ARGS=()
+if [ -n "${WORKPOOL_NODE_CONSTRAINTS:-}" ]; then
+    constraints="$HERE/$WORKPOOL_NODE_CONSTRAINTS"
+    [ -f "$constraints" ] || fail "the constraints file $WORKPOOL_NODE_CONSTRAINTS was not downloaded next to this script"
+    CONSTRAINT_ARGS=(--constraint "$constraints")
 fi
-
-if [ -n "$PYTHON" ]; then
-    say "using $PYTHON ($("$PYTHON" --version 2>&1))"
-    "$PYTHON" -m venv --clear "$VENV" || fail "$PYTHON -m venv $VENV failed"
-else
-    # Last resort (images without apt or without a 3.11+ package): uv fetches a standalone CPython.
-    say "falling back to uv for a standalone Python 3.12"
-    UV_HOME="$AZ_BATCH_NODE_SHARED_DIR/workpool/uv"
-    if ! command -v uv >/dev/null 2>&1; then
-        python3 -m pip install "${PIP_FLAGS[@]}" --target "$UV_HOME" uv ||
-            fail "no Python >= 3.11 with venv support, apt could not install one, and uv could not be installed"
-        export PATH="$UV_HOME/bin:$PATH" PYTHONPATH="$UV_HOME${PYTHONPATH:+:$PYTHONPATH}"
-    fi
-    export UV_PYTHON_INSTALL_DIR="$AZ_BATCH_NODE_SHARED_DIR/workpool/python"
-    uv venv --seed --python 3.12 "$VENV" || fail "uv could not create a Python 3.12 virtualenv"
-fi
-
-# --- 2./3. install the project ---------------------------------------------------------------------
 if [ -n "${WORKPOOL_NODE_PACKAGE:-}" ]; then
     target="$WORKPOOL_NODE_PACKAGE"
-    say "installing the override WORKPOOL_NODE_PACKAGE (${target%%\?*})"
+    shown="the override WORKPOOL_NODE_PACKAGE (${target%%\?*})"
+    identity="package $target"
 else
     [ -n "${WORKPOOL_NODE_WHEEL:-}" ] || fail "WORKPOOL_NODE_WHEEL is not set: which wheel should be installed?"
     wheel="$HERE/$WORKPOOL_NODE_WHEEL"
@@ -93,16 +88,66 @@ else
     [ -f "$wheel" ] || fail "the wheel $WORKPOOL_NODE_WHEEL was not downloaded next to this script (resource file missing?)"
     target="$wheel"
     [ -z "$EXTRAS" ] || target="$wheel[$EXTRAS]"
-    say "installing $WORKPOOL_NODE_WHEEL${EXTRAS:+ with extras [$EXTRAS]}"
+    shown="$WORKPOOL_NODE_WHEEL${EXTRAS:+ with extras [$EXTRAS]}"
+    identity="wheel $(sha256sum "$wheel" | cut -d ' ' -f 1)"
 fi
-"$VENV/bin/python" -m pip install "${PIP_FLAGS[@]}" "$target" || fail "pip could not install ${target%%\?*}"
-[ -x "$VENV/bin/consumer" ] || fail "the installed package has no consumer command in $VENV/bin"
-chmod -R a+rX "$AZ_BATCH_NODE_SHARED_DIR/workpool"
+identity="$identity extras=$EXTRAS"
+[ -z "${constraints:-}" ] || identity="$identity constraints=$(sha256sum "$constraints" | cut -d ' ' -f 1)"
+KEY="$(printf '%s' "$identity" | sha256sum | cut -c 1-16)"
+HOME_DIR="$AZ_BATCH_NODE_SHARED_DIR/workpool"
+TARGET_VENV="$HOME_DIR/venvs/$KEY"
+READY="$TARGET_VENV/.workpool-ready"
+
+if [ -f "$READY" ] && [ -x "$TARGET_VENV/bin/consumer" ]; then
+    say "keeping $TARGET_VENV: it already holds $shown (a re-run of the start task)"
+else
+    # --- 1. a Python, 2. a fresh virtualenv of its own (never one a consumer may be running from) ---
+    PYTHON="$(find_python || true)"
+    if [ -z "$PYTHON" ]; then
+        say "no Python >= 3.11 with venv support found ($(python3 --version 2>&1 || echo 'no python3'))"
+        install_with_apt || say "apt could not provide one"
+        PYTHON="$(find_python || true)"
+    fi
+    # Not ready means never completed: no consumer runs from it, so it may be made afresh.
+    rm -rf "$TARGET_VENV"
+    mkdir -p "$HOME_DIR/venvs"
+    if [ -n "$PYTHON" ]; then
+        say "using $PYTHON ($("$PYTHON" --version 2>&1))"
+        "$PYTHON" -m venv "$TARGET_VENV" || fail "$PYTHON -m venv $TARGET_VENV failed"
+    else
+        # Last resort (images without apt or without a 3.11+ package): uv fetches a standalone CPython.
+        say "falling back to uv for a standalone Python 3.12"
+        UV_HOME="$HOME_DIR/uv"
+        if ! command -v uv >/dev/null 2>&1; then
+            python3 -m pip install "${PIP_FLAGS[@]}" --target "$UV_HOME" uv ||
+                fail "no Python >= 3.11 with venv support, apt could not install one, and uv could not be installed"
+            export PATH="$UV_HOME/bin:$PATH" PYTHONPATH="$UV_HOME${PYTHONPATH:+:$PYTHONPATH}"
+        fi
+        export UV_PYTHON_INSTALL_DIR="$HOME_DIR/python"
+        uv venv --seed --python 3.12 "$TARGET_VENV" || fail "uv could not create a Python 3.12 virtualenv"
+    fi
+
+    # --- 3. install the project ---------------------------------------------------------------------
+    say "installing $shown${CONSTRAINT_ARGS[*]:+ under the constraints of launch}"
+    "$TARGET_VENV/bin/python" -m pip install "${PIP_FLAGS[@]}" "${CONSTRAINT_ARGS[@]}" "$target" ||
+        fail "pip could not install ${target%%\?*}"
+    [ -x "$TARGET_VENV/bin/consumer" ] || fail "the installed package has no consumer command in $TARGET_VENV/bin"
+    touch "$READY"
+fi
+
+# Point the consumers' path at it: a new link renamed over the old one (atomic; running consumers
+# keep the folder they started from). An old layout's real folder is moved aside, never cleared.
+if [ -d "$VENV" ] && [ ! -L "$VENV" ]; then
+    mv "$VENV" "$VENV.old-$$"
+fi
+ln -sfn "venvs/$KEY" "$VENV.link-$$"
+mv -T "$VENV.link-$$" "$VENV"
+chmod -R a+rX "$HOME_DIR"
 
 # --- 4. the accelerator ----------------------------------------------------------------------------
 if [ "${WORKPOOL_ALLOW_CPU:-false}" = "true" ]; then
-    "$VENV/bin/python" -m consumer.accelerator --allow-cpu || true
+    "$TARGET_VENV/bin/python" -m consumer.accelerator --allow-cpu || true
 else
-    "$VENV/bin/python" -m consumer.accelerator || fail "accelerator check (see the line above)"
+    "$TARGET_VENV/bin/python" -m consumer.accelerator || fail "accelerator check (see the line above)"
 fi
 say "ready: $VENV/bin/consumer"

@@ -18,6 +18,7 @@ from orchestration.reports.html import fields_html
 from orchestration.reports.progress import RunProgress, RunTracker
 from workpool.errors import NotFoundError, WorkpoolError
 from workpool.queue import WorkQueue
+from workpool.retry import RetryPolicy, retry_transient
 from workpool.runs import RunStore, read_concurrently
 
 # With the queue empty (in-flight included) and batches still pending, how long to keep looking
@@ -27,6 +28,9 @@ SETTLE_S = 15.0
 # Once the queue is empty the acks are made, and each consumer writes its timing record right
 # after its ack: this long for the last records before reporting the run without them.
 RECORD_GRACE_S = 3.0
+# A storage blink during a long wait costs a pause, not the wait: each look is retried with the
+# jittered back-off of workpool/retry.py for up to 5 minutes of outage.
+LOOK_POLICY = RetryPolicy(first_delay_s=1.0, max_delay_s=30.0, give_up_after_s=300.0)
 
 
 @dataclass
@@ -180,6 +184,11 @@ class WaitTimeout(WorkpoolError):
     """`wait --timeout-s` ran out before the run drained."""
 
 
+def messages_on(queue: WorkQueue) -> int:
+    """The queue's messages (in flight included), riding out a storage blink (`LOOK_POLICY`)."""
+    return retry_transient(lambda: queue.depth().messages, f"reading queue {queue.name}", LOOK_POLICY)
+
+
 def wait_for_drain(
     runs: RunStore,
     queue: WorkQueue,
@@ -203,13 +212,17 @@ def wait_for_drain(
     (a consumer that died between its ack and its record leaves a batch without timing, not
     unfinished).
     """
-    tracker = RunTracker(runs, run_id)
+    tracker = retry_transient(lambda: RunTracker(runs, run_id), f"reading run {run_id}", LOOK_POLICY)
+
+    def queued() -> int:
+        return messages_on(queue)
+
     started = time.monotonic()
     empty_since: float | None = None
     complete_since: float | None = None  # every batch done or poisoned, some done without a record
     drained_since: float | None = None  # ... and the queue empty: the acks are all made
     while True:
-        progress = tracker.refresh()
+        progress = retry_transient(tracker.refresh, f"reading run {run_id}", LOOK_POLICY)
         if on_progress is not None:
             on_progress(progress)
         if progress.complete:
@@ -217,7 +230,7 @@ def wait_for_drain(
                 return drain_report(tracker)
             now = time.monotonic()
             complete_since = complete_since if complete_since is not None else now
-            if queue.depth().messages:
+            if queued():
                 drained_since = None
             elif drained_since is None:
                 drained_since = now
@@ -225,7 +238,7 @@ def wait_for_drain(
                 drained_since is not None and now - drained_since >= min(RECORD_GRACE_S, settle_s)
             ):
                 return drain_report(tracker)
-        elif queue.depth().messages == 0:
+        elif queued() == 0:
             empty_since = empty_since if empty_since is not None else time.monotonic()
             if time.monotonic() - empty_since >= settle_s:
                 return drain_report(tracker, missing=tracker.unfinished())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,9 +14,11 @@ from rich.table import Table
 
 from orchestration.autoscale.state import read_state as read_autoscaler_state
 from orchestration.launcher import ClusterState, Launcher
+from orchestration.reports.drain import LOOK_POLICY
 from orchestration.reports.progress import RunProgress, RunTracker
 from workpool.errors import NotFoundError, WorkpoolError
 from workpool.queue import Depth, WorkQueue
+from workpool.retry import retry_transient
 from workpool.runs import RunStore
 
 
@@ -186,7 +189,8 @@ def watch(reader: StatusReader, console: Console, interval_s: float = 1.0) -> No
     tasks: dict[str, Any] = {}
     with Live(console=console, refresh_per_second=4) as live:
         while True:
-            snap = reader.snapshot()
+            # A storage blink costs the view a pause (jittered back-off), not the watch.
+            snap = retry_transient(reader.snapshot, "reading the pool's status", LOOK_POLICY, log_level=logging.DEBUG)
             for r in snap.runs:
                 if r.run_id not in tasks:
                     tasks[r.run_id] = bars.add_task(r.run_id, total=r.batches, eta="—")

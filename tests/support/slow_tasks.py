@@ -1,16 +1,20 @@
-"""A scoring task whose model takes long to load: to stop a consumer in the middle of loading.
+"""Scoring tasks that keep a consumer busy: to stop it in the middle of loading, or of a call
+that never returns.
 
 `SlowLoadTask.load` says "loading the model" on stderr, then sleeps `WORKPOOL_EXAMPLE_LOAD_S`
-seconds (default 30) before it scores like `SleepTask`.
+seconds (default 30) before it scores like `SleepTask`. `HangingTask.predict` never returns.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from consumer.tasks.base import TaskContext
+from consumer.tasks.base import Array, TaskContext
 from consumer.tasks.examples import SleepTask
 
 LOAD_ENV = "WORKPOOL_EXAMPLE_LOAD_S"
@@ -22,3 +26,17 @@ class SlowLoadTask(SleepTask):
         print("loading the model", file=sys.stderr, flush=True)
         time.sleep(float(os.environ.get(LOAD_ENV, "30")))
         return cls()
+
+
+class HangingTask(SleepTask):
+    """A scoring call that never returns: `predict` waits for a pool thread that waits forever.
+
+    Libraries that score through a thread pool (a model server's client, an input pipeline) hang
+    this way when what they wait for never answers. Python's exit joins every `concurrent.futures`
+    pool thread, so a process whose worker thread is stuck here cannot end by returning from main.
+    """
+
+    def predict(self, batch: Array) -> Any:
+        print("scoring forever", file=sys.stderr, flush=True)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hanging-model")
+        return pool.submit(threading.Event().wait).result()

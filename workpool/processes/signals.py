@@ -16,9 +16,11 @@ waiting loops poll `received()` and do the stopping.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 _received: list[int] = []
@@ -52,3 +54,11 @@ def held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def spawn_held(args: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a child with SIGTERM/SIGINT held until its own handlers are in place (`install`):
+    a stop sent the moment it starts (a scale-in right after a scale-out) is a clean stop, never
+    a death by signal. Used by every process keeper (the local supervisor, the GPU fan-out)."""
+    with held():
+        return subprocess.Popen(args, **popen)
