@@ -24,6 +24,7 @@ from workpool.cli import EXIT_FAILURE, ConfigOption, LogLevelOption, handle_erro
 from workpool.errors import UsageError, WorkpoolError
 from workpool.handoff import child_env
 from workpool.processes import signals
+from workpool.processes.readiness import mark_ready
 from workpool.settings import Settings
 
 # Settings handed to consumers (tagged `to_consumers` in workpool/settings.py) that `consumer run`
@@ -125,6 +126,7 @@ def run(
         # Workers get the settings this process resolved (config file, environment, flags) through
         # the one hand-off every child gets, derived from the settings' tags.
         base_id, extra_args = worker_id or default_worker_id(), [f"--log-level={log_level}"]
+        mark_ready()  # settings are valid; a worker that then fails is restarted (and counted) by run_workers
         code = run_workers(base_id, count, gpus, extra_args, env=child_env(settings), stop_when=_stop_reason)
         raise typer.Exit(code)
 
@@ -144,6 +146,7 @@ def run(
             write_totals(totals_file, consumer.worker_id, consumer.images_processed, final=final)
 
     log.info("worker %s: consuming queue %s (%s)", consumer.worker_id, settings.queue, settings.storage_mode.value)
+    mark_ready()  # past the start-up checks: a launch waiting on this node can return
 
     def stop_reason() -> str | None:
         # A worker of `--workers N` whose parent is gone (killed outright) stops too: nobody

@@ -140,6 +140,11 @@ def pid_alive(pid: int | None, marker: str | None = None) -> bool:
 SUPERVISOR_MODULE = "orchestration.supervisor"
 
 
+def ready_file(directory: Path, node_id: str) -> Path:
+    """Where node `node_id` marks itself past its start-up checks (workpool/processes/readiness.py)."""
+    return directory / "ready" / node_id
+
+
 def node_command(python: str, node_id: str, workers: str = "auto") -> list[str]:
     """How a local node runs: `consumer run` with the node's id (workers: WORKPOOL_NODE_WORKERS)."""
     return [python, "-m", "consumer", "run", "--worker-id", node_id, "--workers", workers]

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from orchestration.local_state import NodeRecord, PoolRecord, node_command, read_target, write_json
+from orchestration.local_state import NodeRecord, PoolRecord, node_command, read_target, ready_file, write_json
 from workpool.processes import signals
+from workpool.processes.readiness import READY_FILE_ENV
 from workpool.processes.restarts import CrashLoopBackoff, describe_exit
 
 log = logging.getLogger("orchestration.supervisor")
@@ -147,12 +148,16 @@ class Supervisor:
         out.flush()
         # Started with SIGTERM/SIGINT held until the node's own handlers are in place: a node
         # scaled in the moment it started still stops cleanly (workpool/processes/signals.py).
+        # The node marks itself ready once past its start-up checks; a restart must earn it again.
+        ready = ready_file(self.directory, record.id)
+        ready.parent.mkdir(exist_ok=True)
+        ready.unlink(missing_ok=True)
         proc = signals.spawn_held(
             node_command(sys.executable, record.id, self._env.get("WORKPOOL_NODE_WORKERS", "auto")),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=self._env,
+            env={**self._env, READY_FILE_ENV: str(ready)},
         )
         if record.state == "restarting":
             record.restarts += 1

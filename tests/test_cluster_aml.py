@@ -159,6 +159,12 @@ def test_launch_two_drains_a_run_one_row_per_image_and_no_key_in_any_definition(
     assert cluster_state["backend"] == "aml" and cluster_state["target_nodes"] == 2
     assert "running" in cluster_state["detail"]
 
+    # and `orchestration logs` reads each consumer job's own log through the run history
+    logs = cluster.cli("logs", "--backend", "aml", "--node", jobs[0]["name"], "--tail", "200")
+    assert logs.code == 0, logs.stderr
+    assert f"worker {jobs[0]['name']}: consuming queue {cluster.settings.queue}" in logs.stdout
+    assert jobs[1]["name"] not in logs.stdout
+
 
 def test_teardown_cancels_every_job_twice_safely_and_delete_removes_the_compute(cluster: Cluster) -> None:
     launched = cluster.cli("launch", "--backend", "aml", "--nodes", "2")

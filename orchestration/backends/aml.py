@@ -23,7 +23,6 @@ workspace reads those); without an identity the launch is refused (exit 2).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -36,6 +35,7 @@ from urllib.parse import urlparse
 from azure.core.exceptions import ResourceNotFoundError
 
 from orchestration.backends import aml_bodies as bodies
+from orchestration.backends.aml_logs import job_log, job_log_source
 from orchestration.backends.cluster_common import (
     CONSUMER_PREFIX,
     Made,
@@ -47,8 +47,8 @@ from orchestration.backends.cluster_common import (
     text_of,
 )
 from orchestration.backends.vm_sizes import checked_vm_size, warn_about_priority
-from orchestration.launcher import ClusterState, Launcher, NodeInfo, PlannedRequest
-from orchestration.wheel import build_wheel, planned_files, project, ship_node_files, source_digest
+from orchestration.launcher import ClusterState, Launcher, LogSource, NodeInfo, PlannedRequest
+from orchestration.wheel import planned_files, ship_node_files
 from workpool.errors import NotFoundError, SettingsError, WorkpoolError
 from workpool.logs import redact
 from workpool.settings import Settings, env_name
@@ -148,7 +148,8 @@ class AmlLauncher(Launcher):
         s = self.settings
         files = planned_files(s)
         name, url = (files.wheel.file_name, files.wheel.url) if files.wheel else ("", "")
-        wheel = bodies.Wheel(name, url, "<sha256 of the wheel, computed when launch builds it>")
+        sha = files.wheel.sha256 if files.wheel and files.wheel.sha256 else "<sha256 of the wheel launch builds>"
+        wheel = bodies.Wheel(name, url, sha)
         ws = bodies.workspace_path(s)
         plan = [
             PlannedRequest(
@@ -224,6 +225,10 @@ class AmlLauncher(Launcher):
             jobs = [j for j in self._client().jobs.list() if (j.name or "").startswith(prefix)]
         return sorted(jobs, key=lambda j: _index(j.name, prefix))
 
+    def log_sources(self) -> list[LogSource]:
+        """Every consumer job's own log, through the run history (`orchestration logs`)."""
+        return [job_log_source(self._client, job.name) for job in self._jobs()]
+
     def _active_jobs(self) -> list[Any]:
         return [j for j in self._jobs() if j.status in ACTIVE and j.status != "CancelRequested"]
 
@@ -293,24 +298,8 @@ class AmlLauncher(Launcher):
 
     def _log_tail(self, name: str) -> str:
         """The end of a job's user log (user_logs/std_log.txt), secrets redacted; '' when unreadable."""
-        try:
-            details = self._client().jobs._runs_operations.get_run_details(name)
-        except Exception as exc:  # a log that cannot be read must not hide the status
-            log.debug("reading the log of job %s: %s", name, exc)
-            return ""
-        text = ""
-        error = getattr(details, "error", None)
-        message = getattr(getattr(error, "error", None), "message", None)
-        urls = getattr(details, "log_files", None) or {}
-        url = next((u for k, u in urls.items() if k.endswith("std_log.txt")), None)
-        if url:
-            try:
-                import urllib.request
-
-                with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - a URL the service gave
-                    text = answer.read().decode("utf-8", "replace")
-            except OSError as exc:
-                log.debug("downloading the log of job %s: %s", name, exc)
+        data, message = job_log(self._client, name)
+        text = (data or b"").decode("utf-8", "replace")
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()][-8:]
         tail = " | ".join(lines)[-LOG_TAIL_CHARS:] or (message or "")
         return redact(tail, self.settings.secret_values())
@@ -323,11 +312,9 @@ class AmlLauncher(Launcher):
                 "%s is ignored by the aml backend: its nodes install this checkout's wheel", env_name("node_package")
             )
         files = ship_node_files(s, identity=True)
-        assert files.wheel is not None
-        proj = project()
-        digest = hashlib.sha256(build_wheel(proj, source_digest(proj)).read_bytes()).hexdigest()
-        made.add(f"uploaded {files.wheel.blob_name} to container {s.results}")
-        return bodies.Wheel(files.wheel.file_name, files.wheel.url, digest)
+        assert files.wheel is not None and files.wheel.sha256 is not None
+        made.add(f"uploaded {files.wheel.blob_name} to container {s.node_files}")
+        return bodies.Wheel(files.wheel.file_name, files.wheel.url, files.wheel.sha256)
 
     # --- plumbing -------------------------------------------------------------------------
     @contextmanager

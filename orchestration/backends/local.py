@@ -29,6 +29,7 @@ from orchestration.local_state import (
     read_json,
     read_pool,
     read_target,
+    ready_file,
     state_dir,
     write_target,
 )
@@ -75,7 +76,8 @@ class LocalLauncher(Launcher):
 
     def _wait_for_nodes(self, generation: int, restarts_before: dict[str, int], what: str) -> None:
         """Until the supervisor has acted on target `generation` (or a newer one) and every node
-        of the pool's target has stayed up `up_after_s`; fail at once if one dies meanwhile.
+        of the pool's target has marked itself past its start-up checks and stayed up `up_after_s`;
+        fail at once if one dies meanwhile.
 
         Waiting for the pool's current target, not for the size asked here, lets another shell
         scale the pool while this command waits. A node that exits within moments of starting
@@ -95,10 +97,15 @@ class LocalLauncher(Launcher):
             return (
                 pool.generation >= generation
                 and len(running) == pool.target
-                and all((n.started_at or 0) <= settled for n in running)
+                and all((n.started_at or 0) <= settled and self._is_ready(n.id) for n in running)
             )
 
         self._wait_until(up, what, self.start_timeout_s)
+
+    def _is_ready(self, node_id: str) -> bool:
+        """The node has passed its start-up checks (its own mark, not a guess from its age: a loaded
+        machine can keep a node that is about to fail importing for longer than any fixed time)."""
+        return ready_file(self.directory, node_id).exists()
 
     def _wait_until(self, done: Callable[[PoolRecord], bool], what: str, timeout_s: float) -> PoolRecord:
         started = time.monotonic()
