@@ -41,6 +41,7 @@ from consumer.images import decode_image
 from consumer.runner import Consumer
 from consumer.tasks import TaskCache
 from tests.support.images import write_sample_images
+from tests.support.messages import record_runs
 from tests.support.models import save_inception_v3, save_vgg16
 from workpool.messages import BatchMessage
 from workpool.queue import open_queue
@@ -66,11 +67,13 @@ def end_to_end_rate(
     queue = open_queue(settings)
     queue.create()
     batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
-    queue.send([
+    messages = [
         BatchMessage(run_id=run_id, batch_id=f"b{i:04d}", task="classification", model=str(model), source=str(folder),
-                     images=images).encode()
+                     images=images)
         for i, images in enumerate(batches)
-    ])  # fmt: skip
+    ]  # fmt: skip
+    record_runs(settings, *messages)  # consumers take only batches of a recorded run (docs/security.md)
+    queue.send([m.encode() for m in messages])
     consumer = Consumer(settings, "bench", tasks=tasks)
     cpu = time.process_time()
     consumer.run()

@@ -8,8 +8,13 @@ Choices a user would want to know about:
 - Animated images are scored by their first frame.
 - Alpha is dropped (as Keras' `load_img` does); palettes and grayscale become RGB;
   16-bit images are scaled to 8 bits (not clipped), CMYK is converted to RGB.
+- Only the accepted formats are opened (`ACCEPTED_FORMATS`: JPEG, PNG, BMP, GIF, WebP): Pillow's
+  other parsers, EPS through Ghostscript among them, never see a message's bytes.
 - Images over Pillow's pixel limit (`Image.MAX_IMAGE_PIXELS`, ~89 Mpx) are refused before their
-  pixels are decoded: a small file can expand to gigabytes (a "decompression bomb").
+  pixels are decoded: a small file can expand to gigabytes (a "decompression bomb"). So each
+  decode thread holds at most one image of at most that many pixels at a time, and no step makes
+  a wide copy of it: 16-bit images are scaled a block of rows at a time (their decode's arrays
+  peak near 6 bytes a pixel, where whole-image 64-bit copies peaked at 24).
 - JPEGs are decoded by libjpeg-turbo (`simplejpeg`, which releases the GIL) at the DCT scale
   just above the target size (n/8, up to 1/2; above that a full decode is as fast and sharper),
   then resized once with OpenCV's SIMD bilinear resize; a reduction of more than 1.2× goes through
@@ -49,6 +54,13 @@ except ImportError:  # pragma: no cover
 
 Pixels = npt.NDArray[np.uint8]
 
+# The formats Pillow may open: the image files the producer lists (.jpg .jpeg .png .bmp .gif
+# .webp; a phone's multi-picture JPEG comes through the JPEG parser). Anything else (EPS, which
+# Pillow hands to Ghostscript, PDF, TIFF, ICO, ...) is "not an image" without its parser running.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
+# Rows converted at a time from a 16/32-bit image: its float copy stays a few MB, not 4 bytes per pixel.
+_WIDE_ROWS = 256
+
 # Modes whose samples are wider than 8 bits: scaled down, never clipped.
 _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -72,7 +84,7 @@ def decode_with_pillow(data: bytes, size: tuple[int, int] | None) -> Pixels:
         # Pillow only warns between the limit and twice the limit: `_check_pixels` refuses those
         # too. (The CLI turns the warning into an error up front; `catch_warnings` here would
         # not be thread-safe.)
-        opened = Image.open(io.BytesIO(data))
+        opened = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         _check_pixels(opened)
         if size is not None and opened.format == "JPEG":
             opened.draft("RGB", (size[1], size[0]))
@@ -109,10 +121,13 @@ def _check_pixels(image: Image.Image) -> None:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _WIDE_MODES:
-        wide = np.asarray(image).astype(np.int64)
+        wide = np.asarray(image)
         # 16-bit files open as "I;16" or, in older Pillow, "I": both span 0..65535.
         top = max(int(wide.max()), 65535)
-        gray = (wide.clip(0).astype(np.float64) * (255.0 / top)).round().astype(np.uint8)
+        gray = np.empty(wide.shape, dtype=np.uint8)
+        for start in range(0, wide.shape[0], _WIDE_ROWS):  # a block at a time: memory stays bounded
+            block = wide[start : start + _WIDE_ROWS].astype(np.float64)
+            gray[start : start + _WIDE_ROWS] = (block.clip(0) * (255.0 / top)).round()
         return Image.fromarray(gray).convert("RGB")
     if image.mode == "RGB":
         return image

@@ -8,7 +8,11 @@ model needs a new URI (version it in the name). Loaded models are kept per proce
 URI, so a consumer serving several runs loads each model once.
 
 Keras safe mode stays on unless `allow_unsafe_models` is set: a `.keras` file with a `Lambda`
-layer would otherwise run arbitrary Python from the file when loaded.
+layer would otherwise run arbitrary Python from the file when loaded. A SavedModel folder is
+refused outright without it (TensorFlow's own security notes: a graph can read and write files,
+use the network and start processes), before it is downloaded; its download keeps every blob
+inside the staging folder (`staged_path`). A model over `max_model_bytes`, or a local path that is
+not a regular file or a folder, is refused with a `MessageError` (no retry changes it).
 
 Tasks score through `LoadedModel.score(pixels, mode)`: uint8 pixels go to the device as they are
 (a quarter of float32's bytes) and the family's preprocessing (`consumer.preprocessing.on_device`)
@@ -29,6 +33,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -44,7 +49,9 @@ import numpy.typing as npt
 from consumer.preprocessing import Mode, on_device
 from workpool.errors import MessageError, NotFoundError, WorkpoolError
 from workpool.settings import Settings
-from workpool.storage import open_location, parse_location
+from workpool.storage import ObjectStore, open_location, parse_location
+from workpool.storage.base import ObjectTooLargeError
+from workpool.storage.local import ensure_home
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +162,16 @@ class ModelCache:
             return self._models[uri]
 
     def local_path(self, uri: str) -> Path:
-        """A local file or directory holding the model named by `uri` (downloading blobs once)."""
+        """A local file or directory holding the model named by `uri` (downloading blobs once).
+
+        Only a regular file under `max_model_bytes`, or a folder (a SavedModel, which only
+        `allow_unsafe_models` lets through, before anything is downloaded), is ever returned.
+        """
         location = parse_location(uri)
         if not location.is_blob:
-            path = Path(location.path)
-            if not path.exists():
-                raise NotFoundError(f"model {uri} not found")
-            return path
+            return self._local_model(Path(location.path), uri)
+        if self.settings.model_cache is None:
+            ensure_home(self.settings.home)
         target = self.settings.model_cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:16] / _leaf(location.path)
         if target.exists():
             return target
@@ -172,16 +182,9 @@ class ModelCache:
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".download-"))
         try:
             if store.exists(prefix):
-                (staging / "model").write_bytes(store.read(prefix))
+                (staging / "model").write_bytes(self._read_capped(store, prefix, uri))
             else:
-                # A SavedModel is a folder: every blob under `<path>/`.
-                names = list(store.list(prefix.rstrip("/") + "/"))
-                if not names:
-                    raise NotFoundError(f"model {uri} not found")
-                for name in names:
-                    dest = staging / "model" / name[len(prefix.rstrip("/")) + 1 :]
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(store.read(name))
+                self._download_folder(store, prefix, uri, staging / "model")
             try:
                 os.rename(staging / "model", target)
             except OSError:
@@ -191,6 +194,77 @@ class ModelCache:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    def _local_model(self, path: Path, uri: str) -> Path:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise NotFoundError(f"model {uri} not found") from None
+        if stat.S_ISDIR(st.st_mode):
+            _refuse_saved_model_unless_allowed(uri, self.settings)
+            return path
+        if not stat.S_ISREG(st.st_mode):
+            raise MessageError(f"model {uri} is not a regular file (a device, FIFO or socket is never read)")
+        if st.st_size > self.settings.max_model_bytes:
+            raise MessageError(
+                f"model {uri} is {st.st_size} bytes, over the limit of {self.settings.max_model_bytes} "
+                f"(WORKPOOL_MAX_MODEL_BYTES)"
+            )
+        return path
+
+    def _read_capped(self, store: ObjectStore, name: str, uri: str) -> bytes:
+        try:
+            return store.read_capped(name, self.settings.max_model_bytes)
+        except ObjectTooLargeError as exc:
+            raise MessageError(f"model {uri}: {exc} (WORKPOOL_MAX_MODEL_BYTES)") from None
+
+    def _download_folder(self, store: ObjectStore, prefix: str, uri: str, dest: Path) -> None:
+        """A SavedModel: every blob under `<prefix>/`, each kept inside `dest` (see `staged_path`)."""
+        base = prefix.rstrip("/") + "/"
+        names = list(store.list(base))
+        if not names:
+            raise NotFoundError(f"model {uri} not found")
+        _refuse_saved_model_unless_allowed(uri, self.settings)
+        dest.mkdir()
+        total = 0
+        for name in names:
+            path = staged_path(dest, name[len(base) :], uri)
+            data = self._read_capped(store, name, uri)
+            total += len(data)
+            if total > self.settings.max_model_bytes:
+                raise MessageError(
+                    f"model {uri}: its files are over {self.settings.max_model_bytes} bytes together "
+                    "(WORKPOOL_MAX_MODEL_BYTES)"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "xb") as f:  # never through a link or over a file already written
+                f.write(data)
+
+
+def staged_path(dest: Path, relative: str, uri: str) -> Path:
+    """Where the blob `relative` (to a SavedModel's prefix) goes inside `dest`; refused when it would
+    leave it. Blob names are free text: `pfx//home/u/.bashrc` is `/home/u/.bashrc` relative to
+    `pfx/`, which `dest / relative` would write outside the staging folder."""
+    segments = relative.split("/")
+    bad = next((s for s in segments if s in ("", ".", "..") or "\\" in s or "\x00" in s), None)
+    if bad is not None:
+        raise MessageError(
+            f"model {uri}: blob name {relative!r} has an unsafe path segment {bad!r} (empty, '.', '..', '\\' or "
+            "NUL); a SavedModel's files must be plain relative names"
+        )
+    path = dest.joinpath(*segments)
+    if not path.resolve().is_relative_to(dest.resolve()):
+        raise MessageError(f"model {uri}: blob name {relative!r} resolves outside the download folder")
+    return path
+
+
+def _refuse_saved_model_unless_allowed(uri: str, settings: Settings) -> None:
+    if not settings.allow_unsafe_models:
+        raise UnsafeModelError(
+            f"model {uri} is a TensorFlow SavedModel folder: its graph can read and write files, use the network "
+            "and start processes when it runs; set WORKPOOL_ALLOW_UNSAFE_MODELS=true (--allow-unsafe-models) "
+            "only if you trust it, or give the model as a .keras file"
+        )
 
 
 def _leaf(path: str) -> str:
@@ -206,6 +280,7 @@ def load_model(path: Path, uri: str, settings: Settings) -> LoadedModel:
         if path.is_dir():
             if not (path / "saved_model.pb").exists():
                 raise ModelLoadError(f"model {uri}: a folder must be a TensorFlow SavedModel (no saved_model.pb)")
+            _refuse_saved_model_unless_allowed(uri, settings)
             return _saved_model(path, uri)
         kind = _sniff(path)
         if kind == "keras":

@@ -8,11 +8,16 @@ ahead, so the accelerator never waits for I/O, decoding or that copy. The bound 
 flat: at most `prefetch_batches` prepared batches wait, however long the run.
 
 Failures are sorted here, never raised past a job:
-- a message that can never succeed (not JSON, wrong schema, unknown task, or disagreeing with its
-  run's manifest) → `job.failure` is a `MessageError` (poison at once);
-- anything that stops the whole batch (model will not load, storage unreachable) →
-  `job.failure` holds it (release with backoff, poison after `max_attempts`);
-- one unreadable or missing image → that image's `error` (an error row; the batch goes on).
+- a message that can never succeed (not JSON, wrong schema, unknown or disallowed task, no
+  manifest for its run or disagreeing with it, a source, model or labels this consumer may not
+  read: `consumer.access`) → `job.failure` is a `MessageError` (poison at once);
+- a message delivered more than `max_attempts` times is not prepared at all (its preparing may be
+  what kills consumers): the worker poisons it; a redelivered one is prepared only once every
+  other batch in hand is finished, so a crash while preparing it loses no other batch;
+- anything else that stops the whole batch (model will not load, storage unreachable, a task's
+  code raising anything at all, `SystemExit` included) → `job.failure` holds it (release with
+  backoff, poison after `max_attempts`, with the reason);
+- one unreadable, missing or oversized image → that image's `error` (an error row; the batch goes on).
 """
 
 from __future__ import annotations
@@ -33,16 +38,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from consumer.access import ReadPolicy
 from consumer.images import decode_image
 from consumer.lease import LeaseKeeper
 from consumer.tasks import ScoringTask, TaskCache
-from workpool.errors import ImageError, MessageError, NotFoundError, StorageUnavailableError
+from workpool.errors import ImageError, MessageError, NotFoundError, StorageUnavailableError, WorkpoolError
 from workpool.messages import BatchMessage
 from workpool.queue import Received, WorkQueue
 from workpool.retry import Backoff, RetryPolicy, retry_transient
 from workpool.runs import Manifest, RunStore
 from workpool.settings import Settings
 from workpool.storage import ObjectStore, open_location, open_result_store
+from workpool.storage.base import ObjectTooLargeError
+from workpool.storage.local import NotRegularFileError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,10 @@ FETCH_THREADS = 16
 FETCH_POLICY = RetryPolicy(first_delay_s=0.5, max_delay_s=8.0, give_up_after_s=60.0)
 # Niceness added to the fetch and decode threads (see `lower_thread_priority`).
 PREPARE_NICENESS = 10
+
+
+class PrepareError(WorkpoolError):
+    """Something other than an `Exception` (`SystemExit`, …) was raised while preparing a batch."""
 
 
 @dataclass
@@ -101,7 +113,8 @@ class Preparer:
         self.fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch", initializer=nice)
         self._sources: dict[str, tuple[ObjectStore, str]] = {}
         self._runs = runs  # the worker's run store, for manifests; opened on first use if not given
-        self._manifests: dict[str, Manifest | None] = {}
+        self._manifests: dict[str, Manifest] = {}
+        self.policy = ReadPolicy(settings)
 
     def close(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -114,23 +127,35 @@ class Preparer:
             batch = BatchMessage.decode(message.body)
             self._check_against_manifest(batch)
             job.batch = batch
+            if message.dequeue_count > self.settings.max_attempts:
+                return job  # not prepared again: the worker dead-letters it (see the module docstring)
+            self.policy.check_batch(batch)
             job.task = self.tasks.get(job.batch.task, job.batch.model, job.batch.labels)
             job.images, job.stacked = self._load_images(job.batch, job.task)
         except Exception as exc:  # sorted by the worker: poison, retry or give up
             job.failure = exc
-        job.prepare_s = time.perf_counter() - started
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit & co. from a task's code: this batch's failure only
+            job.failure = PrepareError(f"{type(exc).__name__} raised while preparing the batch: {exc!s:.300}")
+        finally:
+            job.prepare_s = time.perf_counter() - started
         return job
 
     def _check_against_manifest(self, batch: BatchMessage) -> None:
-        """A message of a recorded run must be one of its batches, as the producer wrote it.
+        """A message must be one of its run's batches, as the producer wrote it in the manifest.
 
-        Anyone who can write to the queue could otherwise send a batch of a real run that reads
-        another container or folder (and overwrites the real batch's results). Runs without a
-        manifest (messages sent by hand) are taken as they are; their names are still checked.
+        Anyone who can write to the queue could otherwise send a batch that reads another
+        container or folder, runs another task, or overwrites a real batch's results. A run with
+        no manifest is refused (the producer writes it before the first message), and its absence
+        is never remembered: the next message of that run looks again.
         """
         manifest = self._manifest(batch.run_id)
         if manifest is None:
-            return
+            raise MessageError(
+                f"run {batch.run_id} has no manifest in the result store: messages are accepted only for runs "
+                "enqueued by `producer enqueue` (which writes it first)"
+            )
         expected = manifest.batches.get(batch.batch_id)
         if expected is None:
             raise MessageError(f"batch {batch.batch_id} is not in the manifest of run {batch.run_id}")
@@ -150,7 +175,7 @@ class Preparer:
             try:
                 self._manifests[run_id] = self._runs.read_manifest(run_id)
             except NotFoundError:
-                self._manifests[run_id] = None
+                return None  # not remembered: a run enqueued later is found then
         return self._manifests[run_id]
 
     def _source(self, uri: str) -> tuple[ObjectStore, str]:
@@ -170,8 +195,14 @@ class Preparer:
             i = fetches[done]
             try:
                 data = done.result()
+            except NotRegularFileError:
+                inputs[i].error = "not a regular file (a device, FIFO or socket is never read)"
+                continue
             except NotFoundError:
                 inputs[i].error = "not found"
+                continue
+            except ObjectTooLargeError as exc:
+                inputs[i].error = f"too large: {exc} (max_image_bytes)"
                 continue
             decodes[self.decode_pool.submit(_decode, data, task)] = i
         # Each decoded image goes into its row of the batch as it completes, while others decode.
@@ -189,7 +220,11 @@ class Preparer:
     def _fetch(self, store: ObjectStore, key: str) -> bytes:
         # Quietly: sixteen fetch threads would otherwise log every blink of an outage sixteen times.
         return retry_transient(
-            lambda: store.read(key), f"fetch {key}", FETCH_POLICY, log_level=logging.DEBUG, sleep=self._sleep
+            lambda: store.read_capped(key, self.settings.max_image_bytes),
+            f"fetch {key}",
+            FETCH_POLICY,
+            log_level=logging.DEBUG,
+            sleep=self._sleep,
         )
 
 
@@ -373,7 +408,22 @@ class Prefetcher:
         message = messages[0]
         dequeued_at = datetime.now(UTC)
         self.leases.hold(message)
+        if message.dequeue_count > 1:
+            self._wait_until_alone(message.id)
         return self.preparer.prepare(message, dequeued_at)
+
+    def _wait_until_alone(self, message_id: str) -> None:
+        """Hold a redelivered message until every other batch in hand is finished (acked or released).
+
+        A message that comes back may be one whose preparing killed the last consumer (a task's
+        code calling `os._exit`, a decoder crashing the interpreter). Prepared alone, it can take
+        no innocent batch down with it, so the batches around it are not redelivered with it
+        until they too reach `max_attempts`. Its own lease is renewed meanwhile. The wait is
+        bounded by the visibility timeout: a batch in hand that takes longer does not hold it up.
+        """
+        deadline = self._clock() + self.visibility_timeout_s
+        while set(self.leases.held()) - {message_id} and not self._stop.is_set() and self._clock() < deadline:
+            self._stop.wait(0.02)
 
     def _idle_wait_s(self) -> float:
         if self._failed_receives:

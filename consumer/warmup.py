@@ -25,9 +25,10 @@ import threading
 import time
 from dataclasses import dataclass
 
+from consumer.access import ReadPolicy
 from consumer.preprocessing import mode_for_model_name
 from consumer.tasks import TaskCache
-from workpool.errors import NotFoundError
+from workpool.errors import MessageError, NotFoundError
 from workpool.runs import Manifest, RunStore
 from workpool.settings import Settings
 
@@ -68,8 +69,14 @@ def targets(settings: Settings, runs: RunStore, limit: int) -> list[Target]:
     found: list[Target] = []
     if settings.model:
         found.append(Target(None, settings.model, None, settings.batch_size, "setting model"))
+    policy = ReadPolicy(settings)
     for manifest in pending_manifests(settings, runs):
         if manifest.model:
+            try:  # what its batches may not read is not loaded ahead of them either (docs/security.md)
+                policy.check_run(manifest.source, manifest.model, manifest.labels)
+            except MessageError as exc:
+                log.warning("warm-up: run %s not warmed: %s", manifest.run_id, exc)
+                continue
             found.append(Target(manifest.task, manifest.model, manifest.labels, manifest.batch_size,
                                  f"run {manifest.run_id}"))  # fmt: skip
     unique: dict[tuple[str | None, str, str | None], Target] = {}
@@ -92,7 +99,9 @@ def warm_up(settings: Settings, tasks: TaskCache, runs: RunStore, stop: threadin
             return warmed
         try:
             seconds = _warm(target, tasks, stop)
-        except Exception as exc:  # the batches will meet the same error and report it properly
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # (SystemExit from a task's code too) the batches will meet it and report it
             log.warning("warm-up: %s (%s) not warmed: %s", target.model, target.reason, exc)
             continue
         if seconds is not None:

@@ -171,7 +171,9 @@ class Worker:
         log.debug("%s attempt=%d scoring %d images", self._where(job), job.message.dequeue_count, len(job.images))
         try:
             rows = self.score(job)
-        except Exception as exc:  # out of memory, a broken model, a task bug: retry
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # out of memory, a broken model, a task bug (even SystemExit): retry
             self.fail(job, exc, stop)
             return
         scored_at, score_s = self._now(), time.perf_counter() - started
@@ -194,7 +196,9 @@ class Worker:
             self.drop_cancelled(job, stop)
         elif isinstance(job.failure, MessageError):
             self.poison(job, str(job.failure), stop)
-        elif attempt > self.max_attempts:
+        elif attempt > self.max_attempts or (job.failure is None and job.task is None):
+            # Checked before preparing too (`Preparer.prepare`): a batch whose preparing kills
+            # consumers is dead-lettered here without being prepared again.
             self.poison(job, f"delivered {attempt} times without being finished (consumers crashed or timed out)", stop)
         elif job.failure is not None:
             self.fail(job, job.failure, stop)

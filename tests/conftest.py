@@ -24,6 +24,7 @@ from workpool.settings import Settings, load_settings
 if TYPE_CHECKING:
     from tests.support.batch_emulator import BatchEmulator
 
+TEST_TASK_MODULES = "tests"
 BACKENDS = ["embedded", pytest.param("azurite", marks=pytest.mark.azurite)]
 # The contract suites also run on the in-memory backends (workpool/memory.py); tests of the
 # roles running in the test's own process use `IN_PROCESS_BACKENDS`: memory instead of the
@@ -59,6 +60,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("WORKPOOL_") or key == "AZURE_STORAGE_CONNECTION_STRING":
             monkeypatch.delenv(key)
+    # Tests name their own task classes (tests.support.*, tests.test_*): allowed like an operator would.
+    # tests/test_security_*.py remove it to check the default (built-in tasks only).
+    monkeypatch.setenv("WORKPOOL_TASK_MODULES", TEST_TASK_MODULES)
 
 
 def require_azurite() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import stage_folder, write_sample_images
+from tests.support.messages import record_runs
 from tests.support.waiting import wait_for
 from tests.test_consumer_cli import SLEEP_TASK, ConsumerProcess
 from workpool.messages import BatchMessage
@@ -30,6 +31,7 @@ def two_batches(settings: Settings, tmp_path: Path) -> list[BatchMessage]:
         BatchMessage(run_id="r1", batch_id=f"b{i}", task=SLEEP_TASK, source=source, images=names[2 * i : 2 * i + 2])
         for i in range(2)
     ]
+    record_runs(settings, *messages)
     queue = open_queue(settings)
     queue.create()
     queue.send([m.encode() for m in messages])

@@ -76,6 +76,11 @@ class Cluster:
         self.runs.append(run_id)
         return run_id, names
 
+    def model_uri(self, model: Path) -> str:
+        """`model` uploaded beside the runs' images (the source container, which nodes may read):
+        cluster nodes read no path of this machine (docs/security.md)."""
+        return stage_folder(self.settings, model.parent) + f"/{model.name}"
+
     def drained(self, run_id: str, timeout_s: float = 240) -> dict[str, Any]:
         out = self.cli("wait", "--run", run_id, "--json", "--timeout-s", str(timeout_s), timeout_s=timeout_s + 60)
         assert out.code == 0, f"{out.stdout}\n{out.stderr}\n{self.batch.describe()}"
@@ -138,7 +143,7 @@ def test_launch_installs_the_wheel_drains_a_run_and_scales_in_and_out_without_lo
 ) -> None:
     # The example SleepTask of the second run takes 0.25 s per image: long enough to scale mid-run.
     cluster.batch.set_node_env(WORKPOOL_EXAMPLE_SLEEP_S="0.25")
-    run_id, names = cluster.enqueue(48, "--model", str(tiny_model), "--batch-size", "8")
+    run_id, names = cluster.enqueue(48, "--model", cluster.model_uri(tiny_model), "--batch-size", "8")
 
     launched = cluster.cli("launch", "--backend", "azure-batch", "--nodes", "2")
     assert launched.code == 0, launched.stderr
@@ -392,7 +397,7 @@ def test_the_benchmark_runs_both_tiers_on_the_cluster_and_prints_the_drain_table
 
     out = cluster.cli(
         "benchmark", "--backend", "azure-batch", "--tiers", "1,2", "--images", "32", "--source", source,
-        "--model", str(tiny_model), "--batch-size", "8", "--timeout-s", "240",
+        "--model", cluster.model_uri(tiny_model), "--batch-size", "8", "--timeout-s", "240",
         timeout_s=600,
     )  # fmt: skip
 

@@ -72,6 +72,11 @@ class Cluster:
         assert out.code == 0, out.stderr
         return run_id, names
 
+    def model_uri(self, model: Path) -> str:
+        """`model` uploaded beside the runs' images (the source container, which nodes may read):
+        cluster nodes read no path of this machine (docs/security.md)."""
+        return stage_folder(self.settings, model.parent) + f"/{model.name}"
+
     def drained(self, run_id: str, timeout_s: float = 240) -> dict[str, Any]:
         out = self.cli("wait", "--run", run_id, "--json", "--timeout-s", str(timeout_s), timeout_s=timeout_s + 60)
         assert out.code == 0, f"{out.stdout}\n{out.stderr}\n{self.aml.describe()}"
@@ -122,7 +127,7 @@ def one_row_per_image(rows: list[dict[str, Any]], names: list[str]) -> None:
 def test_launch_two_drains_a_run_one_row_per_image_and_no_key_in_any_definition(
     cluster: Cluster, tiny_model: Path
 ) -> None:
-    run_id, names = cluster.enqueue(24, "--model", str(tiny_model), "--batch-size", "6")
+    run_id, names = cluster.enqueue(24, "--model", cluster.model_uri(tiny_model), "--batch-size", "6")
 
     launched = cluster.cli("launch", "--backend", "aml", "--nodes", "2")
     assert launched.code == 0, launched.stderr
@@ -273,7 +278,7 @@ def test_the_benchmark_runs_both_tiers_on_aml_and_prints_the_drain_table(cluster
 
     out = cluster.cli(
         "benchmark", "--backend", "aml", "--tiers", "1,2", "--images", "16", "--source", source,
-        "--model", str(tiny_model), "--batch-size", "8", "--timeout-s", "240",
+        "--model", cluster.model_uri(tiny_model), "--batch-size", "8", "--timeout-s", "240",
         timeout_s=600,
     )  # fmt: skip
 

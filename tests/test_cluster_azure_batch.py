@@ -24,7 +24,7 @@ import pytest
 
 from orchestration.backends.azure_batch import AzureBatchLauncher
 from orchestration.backends.azure_batch_checks import batch_scope
-from tests.conftest import unique
+from tests.conftest import TEST_TASK_MODULES, unique
 from tests.support.azurite import Azurite
 from tests.support.fake_batch_pool import FakeBatchPool
 from tests.support.recording_server import (
@@ -301,6 +301,8 @@ def test_with_a_managed_identity_nodes_read_the_wheel_with_it_and_no_key_travels
         "WORKPOOL_RESULTS": env["WORKPOOL_RESULTS"],
         "WORKPOOL_ACCOUNT_URL": f"http://127.0.0.1:{azurite.blob_port}/devstoreaccount1",
         "WORKPOOL_SCHEDULED_EVENTS_URL": SCHEDULED_EVENTS_URL,  # nodes watch for their preemption
+        "WORKPOOL_LOCAL_ROOTS": "none",  # nodes read no local path a message names (docs/security.md)
+        "WORKPOOL_TASK_MODULES": TEST_TASK_MODULES,  # the tests' own task modules (tests/conftest.py)
         "WORKPOOL_VM_SIZE": SIZE,  # a GPU size: a node that shows no GPU refuses to score on its CPU
         "AZURE_CLIENT_ID": "1111-2222",
     }

@@ -15,6 +15,7 @@ import pytest
 from azure.core.exceptions import ClientAuthenticationError
 
 from orchestration.backends.batchai import BatchAILauncher
+from tests.conftest import TEST_TASK_MODULES
 from tests.support.recording_server import (
     BATCH_KEY,
     CONNECTION_STRING,
@@ -127,6 +128,8 @@ def test_launch_creates_workspace_experiment_cluster_and_one_single_node_job_per
             "WORKPOOL_VISIBILITY_TIMEOUT_S": "300",
             "WORKPOOL_ACCOUNT_URL": "https://imagesacct.blob.core.windows.net",
             "WORKPOOL_SCHEDULED_EVENTS_URL": SCHEDULED_EVENTS_URL,  # nodes watch for their preemption
+            "WORKPOOL_LOCAL_ROOTS": "none",  # nodes read no local path a message names (docs/security.md)
+            "WORKPOOL_TASK_MODULES": TEST_TASK_MODULES,  # the tests' own task modules (tests/conftest.py)
         }
         # Secrets travel only as Batch AI secret environment variables.
         assert env_of(request.body, "secrets") == {

@@ -22,6 +22,7 @@ from orchestration.local_state import pid_alive
 from tests.conftest import backend_env
 from tests.support.azurite import ACCOUNT_KEY
 from tests.support.images import stage_folder, write_sample_images
+from tests.support.messages import record_runs
 from tests.support.waiting import wait_for
 from workpool.messages import BatchMessage
 from workpool.queue import open_queue
@@ -84,6 +85,7 @@ def one_batch(settings: Settings, tmp_path: Path) -> BatchMessage:
     names = write_sample_images(tmp_path / "images", 2, (64, 48))
     source = stage_folder(settings, tmp_path / "images")
     message = BatchMessage(run_id="r1", batch_id="b1", task=SLEEP_TASK, source=source, images=names)
+    record_runs(settings, message)
     queue = open_queue(settings)
     queue.create()
     queue.send([message.encode()])
@@ -146,8 +148,10 @@ def test_workers_n_runs_n_processes_and_sums_their_work(
     source = stage_folder(settings, tmp_path / "images")
     queue = open_queue(settings)
     queue.create()
-    queue.send([BatchMessage(run_id="r1", batch_id=f"b{i}", task=SLEEP_TASK, source=source, images=[n]).encode()
-                for i, n in enumerate(names)])  # fmt: skip
+    messages = [BatchMessage(run_id="r1", batch_id=f"b{i}", task=SLEEP_TASK, source=source, images=[n])
+                for i, n in enumerate(names)]  # fmt: skip
+    record_runs(settings, *messages)
+    queue.send([m.encode() for m in messages])
 
     # When `--workers 2` drains them
     pool = ConsumerProcess(settings, tmp_path / "pool", "--workers", "2", "--worker-id", "node", "--idle-exit-s", "2",
@@ -287,6 +291,7 @@ def test_a_worker_pool_told_to_stop_during_start_up_stops_cleanly(
         names = write_sample_images(tmp_path / "images", 1, (32, 32))
         source = stage_folder(settings, tmp_path / "images")
         slow = BatchMessage(run_id="r1", batch_id="b1", task=SLOW_LOAD_TASK, source=source, images=names)
+        record_runs(settings, slow)
         queue.send([slow.encode()])
     if moment == "workers warming up":
         # a pending run whose model every consumer warms before it takes a batch
@@ -330,8 +335,10 @@ def test_a_killed_worker_is_respawned_and_the_pool_finishes_the_run(
     source = stage_folder(settings, tmp_path / "images")
     queue = open_queue(settings)
     queue.create()
-    queue.send([BatchMessage(run_id="r1", batch_id=f"b{i}", task=SLEEP_TASK, source=source, images=[n]).encode()
-                for i, n in enumerate(names)])  # fmt: skip
+    messages = [BatchMessage(run_id="r1", batch_id=f"b{i}", task=SLEEP_TASK, source=source, images=[n])
+                for i, n in enumerate(names)]  # fmt: skip
+    record_runs(settings, *messages)
+    queue.send([m.encode() for m in messages])
     pool = ConsumerProcess(settings, tmp_path / "pool", "--workers", "2", "--worker-id", "node", "--idle-exit-s", "3",
                            "--visibility-timeout-s", "2", sleep_s=1.0)  # fmt: skip
     processes.append(pool)

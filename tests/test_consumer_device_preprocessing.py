@@ -76,7 +76,10 @@ def test_scores_from_uint8_equal_the_reference_preprocess_input_path(
 
     # Given the model file, loaded as the consumer loads it, and warmed at batch 8
     path = model_files[kind]
-    loaded = load_model(path, str(path), load_settings(home=tmp_path, xla=xla))
+    # (a SavedModel runs its graph's code: loaded only with the opt-in, docs/security.md)
+    loaded = load_model(
+        path, str(path), load_settings(home=tmp_path, xla=xla, allow_unsafe_models=kind == "savedmodel")
+    )
     loaded.warm(8, "tf", SIZE)
     original = keras.saving.load_model(model_files["keras"])
     batch = pixels(5)  # a short batch: padded to 8 where shapes are compiled (XLA)

@@ -23,6 +23,7 @@ from tests.support.images import (
     write_bad_image_corpus,
     write_sample_images,
 )
+from tests.support.messages import record_runs
 from tests.support.models import (
     CLOTH_HEADS,
     save_cloth_model,
@@ -59,6 +60,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def send(settings: Settings, *messages: BatchMessage) -> None:
+    record_runs(settings, *messages)
     queue = open_queue(settings)
     queue.create()
     queue.send([m.encode() for m in messages])
@@ -255,9 +257,10 @@ def test_h5_and_savedmodel_files_score_like_the_keras_file(models: dict[str, Pat
         model.export(tmp_path / "tiny_savedmodel", format="tf_saved_model", verbose=False)
     options = write_json(tmp_path / "options.json", {"top_k": 10, "input_size": [32, 32], "preprocess": "raw"})
     names = write_sample_images(tmp_path / "images", 3, (64, 48))
-    settings = load_settings(home=tmp_path / "home", queue="formats")
+    # (a SavedModel runs its graph's code: opted in, as docs/security.md says)
+    settings = load_settings(home=tmp_path / "home", queue="formats", allow_unsafe_models=True)
     send(settings, *(
-        BatchMessage(run_id="r1", batch_id=kind, task="classification", model=str(path), labels=str(options),
+        BatchMessage(run_id=f"r-{kind}", batch_id=kind, task="classification", model=str(path), labels=str(options),
                      source=str(tmp_path / "images"), images=names)
         for kind, path in (("keras", models["tiny"]), ("h5", tmp_path / "tiny.h5"),
                            ("savedmodel", tmp_path / "tiny_savedmodel"))
@@ -268,7 +271,7 @@ def test_h5_and_savedmodel_files_score_like_the_keras_file(models: dict[str, Pat
 
     # Then all three formats give the same scores
     def scores(batch_id: str) -> list[dict[int, float]]:
-        return [{p["index"]: p["score"] for p in r.predictions} for r in results(settings, "r1", batch_id)]
+        return [{p["index"]: p["score"] for p in r.predictions} for r in results(settings, f"r-{batch_id}", batch_id)]
 
     reference = scores("keras")
     for kind in ("h5", "savedmodel"):
@@ -380,7 +383,8 @@ def test_a_savedmodel_folder_in_a_blob_container_is_downloaded_whole(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         keras.saving.load_model(models["tiny"]).export(tmp_path / "tiny_sm", format="tf_saved_model", verbose=False)
-    settings = load_settings(home=tmp_path / "home", queue="savedmodel", connection_string=azurite.connection_string)
+    settings = load_settings(home=tmp_path / "home", queue="savedmodel", connection_string=azurite.connection_string,
+                             allow_unsafe_models=True)  # fmt: skip
     uri = stage_folder(settings, tmp_path / "tiny_sm", container="models-sm")
 
     # When a consumer loads it by the folder's URI

@@ -22,6 +22,7 @@ from consumer.tasks.examples import SleepTask
 from tests.conftest import IN_PROCESS_BACKENDS
 from tests.support.azurite import Azurite
 from tests.support.images import stage_folder, write_sample_images
+from tests.support.messages import record_runs
 from tests.support.waiting import wait_for
 from workpool.messages import BatchMessage
 from workpool.queue import PoisonRecord, WorkQueue, open_queue
@@ -65,6 +66,7 @@ def queue_of(settings: Settings, *messages: BatchMessage | str) -> WorkQueue:
     queue = open_queue(settings)
     queue.create()
     if messages:
+        record_runs(settings, *(m for m in messages if not isinstance(m, str)))
         queue.send([m if isinstance(m, str) else m.encode() for m in messages])
     return queue
 
@@ -149,7 +151,7 @@ def test_messages_that_can_never_succeed_go_to_poison_at_once(
         settings,
         "this is not json",
         '{"schema_version": 1, "run_id": "r1"}',
-        batch(source, names, batch_id="b-unknown", task="no.such.module:Task"),
+        batch(source, names, batch_id="b-unknown", task="tests.no_such_module:Task"),
     )
 
     # When a consumer drains the queue (max attempts 5: no retries happen)

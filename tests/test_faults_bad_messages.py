@@ -1,9 +1,10 @@
 """Bad messages, sent raw with the queue API, never stop a consumer and never read outside a run.
 
 Among a legitimate run's batches the queue also carries bodies no producer would send: not JSON,
-another schema version, fields missing, an image list over the batch limit, an unknown task,
-names with '..', absolute or URL names, and forged batches of the legitimate run that point at
-another container (Azure) or folder (embedded) holding a tempting image. One `consumer run`
+another schema version, fields missing, an image list over the batch limit, a run with no
+manifest (sent by someone who can write to the queue only), names with '..', absolute or URL
+names, and forged batches of the legitimate run that point at another container (Azure) or
+folder (embedded) holding a tempting image. One `consumer run`
 drains it all: every bad body goes to poison on its first delivery with its reason, the real
 batches are scored, and no row anywhere comes from outside the run's source.
 """
@@ -59,8 +60,8 @@ def test_bad_messages_go_to_poison_at_once_and_the_consumer_keeps_going(
         "missing fields": (json.dumps({"schema_version": 1, "run_id": "legit"}), "Field required"),
         "oversized list": (body(run_id="legit", batch_id="x2", source=source,
                                 images=[f"n{i}.png" for i in range(3000)]), "at most"),
-        "unknown task": (body(run_id="handmade", batch_id="x3", source=source, images=["img_00000.png"],
-                              task="no_such_task"), "unknown task"),
+        "no manifest": (body(run_id="handmade", batch_id="x3", source=source, images=["img_00000.png"]),
+                        "has no manifest"),
         "task swapped": (body(run_id="legit", batch_id="b000002", source=legit_source,
                               images=[f"img_{i:05d}.png" for i in range(8, 12)],
                               task="consumer.tasks.examples:FailingTask"), "differs from the manifest"),

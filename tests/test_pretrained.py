@@ -26,6 +26,7 @@ from consumer.runner import Consumer
 from orchestration.pretrained import efficientnet_lite
 from orchestration.pretrained.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, TorchFileError, read_state_dict
 from orchestration.tools.samples import PHOTO_CLASSES, photo_stem, write_photos
+from tests.support.messages import record_runs
 from workpool.messages import BatchMessage
 from workpool.queue import open_queue
 from workpool.runs import RunStore
@@ -134,6 +135,7 @@ def test_the_consumer_gives_the_expected_class_for_real_photos(model_path: Path,
     message = BatchMessage(
         run_id="photos", batch_id="b1", task="classification", model=str(model_path), source=str(photos), images=names
     )
+    record_runs(settings, message)
     queue.send([message.encode()])
     queue.close()
 

@@ -33,6 +33,9 @@ def _a_set_value(name: str) -> Any:
         "home": "/tmp/handoff-home",
         "model_cache": "/tmp/handoff-models",
         "node_workers": "3",
+        "task_modules": "handoff_tasks",
+        "read_containers": "handoff-images",
+        "local_roots": "/tmp/handoff-images",
     }
     if name in samples:
         return samples[name]

@@ -42,6 +42,7 @@ CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 _QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,55}$")
 # Blob container names: 3-63 characters, same alphabet.
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+_MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 
 
 # How a setting travels (its field's `json_schema_extra`), read by workpool/handoff.py, which derives
@@ -110,7 +111,10 @@ class Settings(BaseSettings):
         json_schema_extra=_CONSUMERS,
     )
     message_ttl_s: int = Field(
-        -1, description="Message time-to-live in seconds; -1 never expires.", json_schema_extra=_CONSUMERS
+        7 * 24 * 3600,
+        description="Message time-to-live in seconds (default 7 days; `producer requeue --missing` re-sends "
+        "expired batches); -1 never expires.",
+        json_schema_extra=_CONSUMERS,
     )
     visibility_timeout_s: int = Field(
         120,
@@ -153,7 +157,42 @@ class Settings(BaseSettings):
     xla: bool = Field(False, description="Compile the model call with XLA.", json_schema_extra=_CONSUMERS)
     allow_unsafe_models: bool = Field(
         False,
-        description="Allow models whose loading runs arbitrary Python (Lambda layers).",
+        description="Allow models whose loading runs arbitrary code: Lambda layers in .keras/.h5 files, and "
+        "TensorFlow SavedModel folders (a graph can read and write files, use the network, start processes).",
+        json_schema_extra=_CONSUMERS,
+    )
+    # --- what a message may make a consumer read and run (docs/security.md) ---------------
+    task_modules: str = Field(
+        "",
+        description="Modules (comma-separated; their submodules too) whose ScoringTask classes a message may name "
+        "as package.module:ClassName, beyond the built-in tasks (consumer.tasks); empty: built-in tasks only.",
+        json_schema_extra=_CONSUMERS,
+    )
+    read_containers: str = Field(
+        "",
+        description="Blob containers (comma-separated) a message may name for images, models and labels, beyond "
+        "the run's own source container and the container of `model`.",
+        json_schema_extra=_CONSUMERS,
+    )
+    local_roots: str | None = Field(
+        None,
+        description="Local folders (comma-separated) a message may name for images, models and labels; unset: any "
+        "folder of this machine; `none`: no local paths (the default on cluster nodes).",
+        json_schema_extra={HANDOFF_KEY: True, NODE_DEFAULT_KEY: "none"},
+    )
+    max_image_bytes: int = Field(
+        64 * 1024**2, gt=0, description="Largest image file a consumer reads (bytes).", json_schema_extra=_CONSUMERS
+    )
+    max_model_bytes: int = Field(
+        4 * 1024**3,
+        gt=0,
+        description="Largest model a consumer reads (bytes; a SavedModel folder's files together).",
+        json_schema_extra=_CONSUMERS,
+    )
+    max_labels_bytes: int = Field(
+        16 * 1024**2,
+        gt=0,
+        description="Largest labels or head-spec file a consumer reads (bytes).",
         json_schema_extra=_CONSUMERS,
     )
     model_cache: Path | None = Field(
@@ -349,7 +388,6 @@ class Settings(BaseSettings):
             raise ValueError("expected -1 (never expire) or a positive number of seconds")
         return value
 
-    # --- derived --------------------------------------------------------------------------
     @property
     def storage_mode(self) -> StorageMode:
         if self.connection_string is not None:
@@ -366,6 +404,46 @@ class Settings(BaseSettings):
     @property
     def uses_azure_storage(self) -> bool:
         return self.storage_mode is not StorageMode.EMBEDDED
+
+    @field_validator("task_modules")
+    @classmethod
+    def _task_modules(cls, value: str) -> str:
+        for module in split_list(value):
+            if not _MODULE_NAME.match(module) or "__main__" in module.split("."):
+                raise ValueError(f"{module!r} is not an importable module name (package.module, no __main__)")
+        return value
+
+    @field_validator("read_containers")
+    @classmethod
+    def _read_containers(cls, value: str) -> str:
+        for container in split_list(value):
+            if not _CONTAINER_NAME.match(container):
+                raise ValueError(f"{container!r} is not an Azure container name (3-63 lowercase letters, digits, '-')")
+        return value
+
+    @field_validator("local_roots")
+    @classmethod
+    def _local_roots(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() != "none":
+            for root in split_list(value):
+                if not Path(root).is_absolute():
+                    raise ValueError(f"{root!r} is not an absolute folder path (or `none`)")
+        return value
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def allowed_task_modules(self) -> tuple[str, ...]:
+        """Modules custom tasks may come from: the built-in tasks' package, then `task_modules`."""
+        return ("consumer.tasks", *split_list(self.task_modules))
+
+    @property
+    def allowed_local_roots(self) -> tuple[Path, ...] | None:
+        """Folders local paths must be under; None: any; empty: no local paths at all."""
+        if self.local_roots is None:
+            return None
+        if self.local_roots.strip().lower() == "none":
+            return ()
+        return tuple(Path(root) for root in split_list(self.local_roots))
 
     @property
     def poison_queue(self) -> str:
@@ -395,6 +473,11 @@ class Settings(BaseSettings):
             if data.get(key):
                 data[key] = "***"
         return data
+
+
+def split_list(value: str) -> list[str]:
+    """The items of a comma-separated setting, stripped, empty ones dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def node_default_of(field: str) -> str | None:

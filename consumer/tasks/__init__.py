@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from consumer.models import ModelCache
 from consumer.tasks.base import ScoringTask, TaskContext
@@ -16,8 +17,9 @@ __all__ = ["BUILTIN_TASKS", "ScoringTask", "TaskCache", "TaskContext", "task_cla
 BUILTIN_TASKS = ("classification", "cloth_recognition")
 
 
-def task_class(name: str) -> type[ScoringTask]:
-    """The class for a message's `task`: a built-in name or `package.module:ClassName`."""
+def task_class(name: str, allowed_modules: Sequence[str] = ("consumer.tasks",)) -> type[ScoringTask]:
+    """The class for a message's `task`: a built-in name or `package.module:ClassName` from one of
+    `allowed_modules` (see `consumer.tasks.custom`)."""
     if name == "classification":
         from consumer.tasks.classification import Classification
 
@@ -27,7 +29,7 @@ def task_class(name: str) -> type[ScoringTask]:
 
         return ClothRecognition
     if is_custom(name):
-        return load_task_class(name)
+        return load_task_class(name, allowed_modules)
     raise MessageError(f"unknown task {name!r}: expected {', '.join(BUILTIN_TASKS)} or package.module:ClassName")
 
 
@@ -48,7 +50,9 @@ class TaskCache:
         key = (task, model, labels)
         with self._lock:
             if key not in self._tasks:
-                self._tasks[key] = task_class(task).load(self.context, model, labels)
+                self._tasks[key] = task_class(task, self.context.settings.allowed_task_modules).load(
+                    self.context, model, labels
+                )
                 while len(self._tasks) > self.max_tasks:
                     self._tasks.popitem(last=False)
             self._tasks.move_to_end(key)

@@ -21,17 +21,21 @@ A custom task is any importable class implementing this interface, named in the 
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from consumer.models import ModelCache
-from workpool.errors import NotFoundError
+from workpool.errors import MessageError, NotFoundError
 from workpool.settings import Settings
 from workpool.storage import open_location, parse_location
+from workpool.storage.base import ObjectTooLargeError
+from workpool.storage.local import NotRegularFileError, read_regular_file
 
 Pixels = npt.NDArray[np.uint8]
 Array = npt.NDArray[np.float32]
@@ -47,22 +51,25 @@ class TaskContext:
     models: ModelCache
 
     def read(self, uri: str) -> bytes:
-        """The bytes of a small file (labels, head spec) named by a local path or az:// URI."""
+        """The bytes of a small file (labels, head spec) named by a local path or az:// URI: a
+        regular file of at most `max_labels_bytes` (else a `MessageError`: no retry changes it)."""
         location = parse_location(uri)
-        if not location.is_blob:
-            try:
-                with open(location.path, "rb") as f:
-                    return f.read()
-            except FileNotFoundError:
-                raise NotFoundError(f"{uri} not found") from None
-        store, name = open_location(self.settings, uri)
-        return store.read(name)
+        limit = self.settings.max_labels_bytes
+        try:
+            if not location.is_blob:
+                return read_regular_file(Path(location.path), limit, uri)
+            store, name = open_location(self.settings, uri)
+            return store.read_capped(name, limit)
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFoundError(f"{uri} not found") from None
+        except ObjectTooLargeError as exc:
+            raise MessageError(f"{exc} (WORKPOOL_MAX_LABELS_BYTES)") from None
+        except NotRegularFileError as exc:
+            raise MessageError(str(exc)) from None
 
     def exists(self, uri: str) -> bool:
         location = parse_location(uri)
         if not location.is_blob:
-            import os
-
             return os.path.isfile(location.path)
         store, name = open_location(self.settings, uri)
         return store.exists(name)

@@ -22,5 +22,6 @@ def open_queue(settings: Settings, name: str | None = None) -> WorkQueue:
     if (memory := mounted_at(settings.home)) is not None:
         return memory.queues.queue(name)
     from workpool.queue.embedded import EmbeddedQueue
+    from workpool.storage.local import ensure_home
 
-    return EmbeddedQueue(settings.home / "queue.sqlite3", name)
+    return EmbeddedQueue(ensure_home(settings.home) / "queue.sqlite3", name)

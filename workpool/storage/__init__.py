@@ -14,9 +14,17 @@ from pathlib import Path
 from workpool.errors import UsageError
 from workpool.settings import Settings
 from workpool.storage.base import ObjectStore
-from workpool.storage.local import LocalStore
+from workpool.storage.local import LocalStore, ensure_home
 
-__all__ = ["LocalStore", "Location", "ObjectStore", "open_location", "open_result_store", "parse_location"]
+__all__ = [
+    "LocalStore",
+    "Location",
+    "ObjectStore",
+    "ensure_home",
+    "open_location",
+    "open_result_store",
+    "parse_location",
+]
 
 AZ_SCHEME = "az://"
 
@@ -77,4 +85,4 @@ def open_result_store(settings: Settings) -> ObjectStore:
 
     if (memory := mounted_at(settings.home)) is not None:
         return memory.stores.store(settings.results)
-    return LocalStore(settings.home / "results")
+    return LocalStore(ensure_home(settings.home) / "results")

@@ -28,6 +28,10 @@ class ObjectExistsError(WorkpoolError):
     """`create` found the name already taken: another writer got there first."""
 
 
+class ObjectTooLargeError(WorkpoolError):
+    """`read_capped` found the object larger than the cap: nothing past the cap was kept."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One listed object: its name and the metadata written with it (empty when none)."""
@@ -78,6 +82,14 @@ class ObjectStore(ABC):
     def read(self, name: str) -> bytes:
         """The bytes of `name`; `NotFoundError` when it does not exist."""
 
+    def read_capped(self, name: str, max_bytes: int) -> bytes:
+        """`read`, refusing an object over `max_bytes` with `ObjectTooLargeError` (stores override
+        this to stop reading at the cap instead of after the whole object)."""
+        data = self.read(name)
+        if len(data) > max_bytes:
+            raise ObjectTooLargeError(too_large(name, len(data), max_bytes))
+        return data
+
     @abstractmethod
     def write(self, name: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
         """Store `data` (and `metadata`, see `check_metadata`) under `name` atomically, replacing
@@ -100,3 +112,7 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete(self, name: str) -> None:
         """Remove `name`; no error when it is already gone."""
+
+
+def too_large(name: str, size: int, max_bytes: int) -> str:
+    return f"{name} is {size} bytes, over the limit of {max_bytes}"

@@ -12,7 +12,14 @@ from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient
 
 from workpool.azure_clients import azure_errors, error_code
 from workpool.errors import NotFoundError
-from workpool.storage.base import ObjectExistsError, ObjectInfo, ObjectStore, check_metadata
+from workpool.storage.base import (
+    ObjectExistsError,
+    ObjectInfo,
+    ObjectStore,
+    ObjectTooLargeError,
+    check_metadata,
+    too_large,
+)
 
 
 class BlobStore(ObjectStore):
@@ -114,6 +121,20 @@ class BlobStore(ObjectStore):
                 if error_code(exc) == "ContainerNotFound":
                     raise NotFoundError(f"container {self.container} does not exist") from None
                 raise NotFoundError(f"{name} not found in {self.location}") from None
+
+    def read_capped(self, name: str, max_bytes: int) -> bytes:
+        # The first GET returns the first chunk and the blob's size: a blob over the cap is
+        # refused before the rest of it is downloaded.
+        with azure_errors(f"read {self.location}/{name}"):
+            try:
+                download = self._client.download_blob(name)
+            except ResourceNotFoundError as exc:
+                if error_code(exc) == "ContainerNotFound":
+                    raise NotFoundError(f"container {self.container} does not exist") from None
+                raise NotFoundError(f"{name} not found in {self.location}") from None
+            if download.size > max_bytes:
+                raise ObjectTooLargeError(too_large(name, download.size, max_bytes))
+            return download.readall()
 
     def write(self, name: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
         # A single Put Blob replaces the blob and its metadata atomically: readers see the old or the new one.

@@ -15,15 +15,24 @@ import contextlib
 import functools
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from workpool.errors import NotFoundError, StorageUnavailableError
+from workpool.errors import NotFoundError, SettingsError, StorageUnavailableError
 from workpool.messages import unsafe_name_reason
-from workpool.storage.base import ObjectExistsError, ObjectInfo, ObjectStore, check_metadata
+from workpool.storage.base import (
+    ObjectExistsError,
+    ObjectInfo,
+    ObjectStore,
+    ObjectTooLargeError,
+    check_metadata,
+    too_large,
+)
 
 INDEX = ".workpool-index.jsonl"
+HOME_MODE = 0o700
 Fingerprint = tuple[int, int, int]
 
 
@@ -98,9 +107,14 @@ class LocalStore(ObjectStore):
                 yield dirpath, filename, (filename if rel == "." else f"{rel}/{filename}")
 
     def read(self, name: str) -> bytes:
-        path = self._path(name)
+        return self._read(name, None)
+
+    def read_capped(self, name: str, max_bytes: int) -> bytes:
+        return self._read(name, max_bytes)
+
+    def _read(self, name: str, max_bytes: int | None) -> bytes:
         try:
-            return path.read_bytes()
+            return read_regular_file(self._path(name), max_bytes, name)
         except FileNotFoundError:
             raise NotFoundError(f"{name} not found in {self.location}") from None
         except IsADirectoryError:
@@ -159,7 +173,7 @@ def _append_index(directory: Path, leaf: str, fingerprint: Fingerprint, metadata
     # Starting with a newline too: a line torn by a crash never swallows the next one.
     line = "\n" + json.dumps({"name": leaf, "file": list(fingerprint), "metadata": dict(metadata)}) + "\n"
     # One write(2) in O_APPEND mode: concurrent writers' lines land whole, one after another.
-    fd = os.open(directory / INDEX, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(directory / INDEX, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line.encode("ascii"))
     finally:
@@ -183,3 +197,61 @@ def _read_index(directory: Path) -> dict[tuple[str, Fingerprint], dict[str, str]
         except (ValueError, KeyError, TypeError, AttributeError):
             continue  # a line torn by a crash: those objects list without metadata
     return index
+
+
+class NotRegularFileError(NotFoundError):
+    """A name that is a device, FIFO or socket: never read."""
+
+
+def read_regular_file(path: Path, max_bytes: int | None = None, name: str | None = None) -> bytes:
+    """The bytes of the regular file at `path`, at most `max_bytes` (`ObjectTooLargeError` beyond).
+
+    Devices, FIFOs and sockets are refused (`NotFoundError`) before they are opened for reading:
+    a name like `/dev/zero` would otherwise never end, and a FIFO would block the reader forever.
+    """
+    shown = name or str(path)
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(f"{shown} is not a regular file (a device, FIFO or socket is never read)")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)  # the file opened, not the one stat'ed (it may have been swapped between)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(f"{shown} is not a regular file (a device, FIFO or socket is never read)")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ObjectTooLargeError(too_large(shown, st.st_size, max_bytes))
+        limit = st.st_size if max_bytes is None else max_bytes
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if max_bytes is not None and len(data) > max_bytes:  # grew while being read
+        raise ObjectTooLargeError(too_large(shown, len(data), max_bytes))
+    return data
+
+
+def ensure_home(home: Path) -> Path:
+    """`home` (WORKPOOL_HOME), created 0700; refused when another user owns it.
+
+    Everything workpool keeps on this machine lives there: the embedded queue and results, the
+    model cache, logs and state files. A folder of another user could be read, or its files
+    swapped, by that user; one readable by others would show them runs and results.
+    """
+    home = home.absolute()
+    try:
+        home.mkdir(mode=HOME_MODE, parents=True, exist_ok=True)
+        st = home.stat()
+    except OSError as exc:
+        raise SettingsError(f"setting WORKPOOL_HOME (home): cannot create {home}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SettingsError(f"setting WORKPOOL_HOME (home): {home} is not a folder")
+    if st.st_uid != os.geteuid():
+        raise SettingsError(
+            f"setting WORKPOOL_HOME (home): {home} is owned by uid {st.st_uid}, not by this user "
+            f"(uid {os.geteuid()}); expected a folder of your own"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(home, HOME_MODE)  # ours: no longer open to the group and others
+    return home
