@@ -25,6 +25,7 @@ from tests.support.orchestration_cli import (
     pool,
     torn_down,
 )
+from tests.support.slow_tasks import RENDEZVOUS_DIR_ENV, RENDEZVOUS_NODES_ENV, RENDEZVOUS_TASK
 from tests.support.waiting import wait_for
 from workpool.queue import open_queue
 from workpool.runs import RunStore
@@ -46,14 +47,16 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_nodes_added_mid_run_share_the_work_and_every_image_is_scored_once(settings: Settings, tmp_path: Path) -> None:
     # Given 200 images enqueued as 20 batches that take about a second each
     names = write_sample_images(tmp_path / "images", 200, (64, 48))
-    enqueue(settings, tmp_path / "images", "scale", "--task", SLEEP_TASK, "--batch-size", "10")
-    env = {"WORKPOOL_EXAMPLE_SLEEP_S": "0.1"}
+    # (a task whose first batches wait until three nodes score: a loaded machine still shares the work)
+    enqueue(settings, tmp_path / "images", "scale", "--task", RENDEZVOUS_TASK, "--batch-size", "10")
+    scoring = tmp_path / "scoring"
+    env = {"WORKPOOL_EXAMPLE_SLEEP_S": "0.1", RENDEZVOUS_DIR_ENV: str(scoring), RENDEZVOUS_NODES_ENV: "3"}
     runs = run_store(settings)
     with torn_down(settings, env):
         # When two nodes start, and once they are scoring the pool grows to four from another shell
         launched = orchestration(settings, "launch", "--nodes", "2", env=env)
         assert launched.code == 0, launched.stderr
-        wait_for(lambda: runs.record_batch_ids("scale"), timeout_s=60, what="the first acked batch")
+        wait_for(lambda: len(list(scoring.glob("*"))) >= 2, timeout_s=120, what="both first nodes scoring")
         scaled = orchestration(settings, "scale", "--nodes", "4", env=env)
         assert scaled.code == 0, scaled.stderr
         status = orchestration(settings, "status", "--run", "scale", "--json", env=env).json()
@@ -226,9 +229,9 @@ def test_nodes_added_from_another_shell_join_a_launch_wait(tmp_path: Path) -> No
 
     settings = load_settings(home=tmp_path / "home", queue="joinq")
     write_sample_images(tmp_path / "images", 60, (64, 48))
-    enqueue(settings, tmp_path / "images", "join", "--task", SLEEP_TASK, "--batch-size", "5")
-    env = {"WORKPOOL_EXAMPLE_SLEEP_S": "0.1"}
-    runs = run_store(settings)
+    enqueue(settings, tmp_path / "images", "join", "--task", RENDEZVOUS_TASK, "--batch-size", "5")
+    scoring = tmp_path / "scoring"  # no batch finishes until all three nodes score one
+    env = {"WORKPOOL_EXAMPLE_SLEEP_S": "0.1", RENDEZVOUS_DIR_ENV: str(scoring), RENDEZVOUS_NODES_ENV: "3"}
     with torn_down(settings, env):
         # Given `launch --nodes 1 --wait` blocking in one shell
         waiting = subprocess.Popen(
@@ -240,7 +243,7 @@ def test_nodes_added_from_another_shell_join_a_launch_wait(tmp_path: Path) -> No
             text=True,
         )
         try:
-            wait_for(lambda: runs.record_batch_ids("join"), timeout_s=60, what="the first acked batch")
+            wait_for(lambda: any(scoring.glob("*")), timeout_s=120, what="the first node scoring")
 
             # When another shell scales the pool to three nodes
             assert orchestration(settings, "scale", "--nodes", "3", env=env).code == 0

@@ -40,3 +40,32 @@ class HangingTask(SleepTask):
         print("scoring forever", file=sys.stderr, flush=True)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hanging-model")
         return pool.submit(threading.Event().wait).result()
+
+
+RENDEZVOUS_DIR_ENV = "WORKPOOL_EXAMPLE_RENDEZVOUS_DIR"
+RENDEZVOUS_NODES_ENV = "WORKPOOL_EXAMPLE_RENDEZVOUS_NODES"
+RENDEZVOUS_TASK = "tests.support.slow_tasks:RendezvousTask"
+
+
+class RendezvousTask(SleepTask):
+    """Scores like `SleepTask`, but a node's first batch waits until `WORKPOOL_EXAMPLE_RENDEZVOUS_NODES`
+    nodes (processes) have each started scoring one (at most 120 s), each marking itself in
+    `WORKPOOL_EXAMPLE_RENDEZVOUS_DIR`.
+
+    For tests that need every node of a pool to share the work: on a loaded machine a node added
+    later may still be importing when the first ones have drained the queue; here nobody finishes
+    a batch until everybody has one.
+    """
+
+    def predict(self, batch: Array) -> Any:
+        folder = os.environ.get(RENDEZVOUS_DIR_ENV)
+        if folder:
+            mark = os.path.join(folder, str(os.getpid()))
+            if not os.path.exists(mark):
+                os.makedirs(folder, exist_ok=True)
+                open(mark, "w").close()
+                needed = int(os.environ.get(RENDEZVOUS_NODES_ENV, "1"))
+                deadline = time.monotonic() + 120
+                while len(os.listdir(folder)) < needed and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        return super().predict(batch)
