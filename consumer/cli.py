@@ -27,7 +27,7 @@ from workpool.processes import signals
 from workpool.processes.readiness import mark_ready
 from workpool.settings import Settings
 
-# Settings handed to consumers (tagged `to_consumers` in workpool/settings.py) that `consumer run`
+# Settings handed to consumers (tagged `to_consumers` in its workpool/settings/ group) that `consumer run`
 # takes from the environment or the config file only, never as a flag, and why. Every other
 # consumer setting is a flag of `consumer run`; tests/test_settings_handoff.py holds the two
 # lists to the tags, so a new consumer setting is either given a flag or listed here.
@@ -44,6 +44,14 @@ ENVIRONMENT_ONLY: dict[str, str] = {
     "model_cache": "a path of this machine: the node's own disk",
     "scheduled_events_url": "the metadata service's address: set on cluster nodes by the launcher",
     "node_workers": "read by the local supervisor, which gives nodes `--workers` on their command line",
+    # What a queue message may make a consumer read and run (docs/security.md): the operator's policy for
+    # the whole pool, handed to every node with the pool's environment, never a per-process choice.
+    "task_modules": "the operator's trust policy for the pool (docs/security.md), set where the pool is launched",
+    "read_containers": "the operator's trust policy for the pool (docs/security.md), set where the pool is launched",
+    "local_roots": "the operator's trust policy for the pool (docs/security.md); cluster nodes get `none`",
+    "max_image_bytes": "a size cap of the pool's trust policy (docs/security.md)",
+    "max_model_bytes": "a size cap of the pool's trust policy (docs/security.md)",
+    "max_labels_bytes": "a size cap of the pool's trust policy (docs/security.md)",
 }
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Score image batches from the work queue.")

@@ -132,3 +132,24 @@ def test_secrets_never_appear_in_errors_or_descriptions(monkeypatch: pytest.Monk
     with pytest.raises(SettingsError) as err:
         load_settings(connection_string=CONN, batch_size=-1)
     assert key not in str(err.value)
+
+
+def test_every_setting_belongs_to_exactly_one_group_with_its_environment_name() -> None:
+    from workpool.settings import Settings
+    from workpool.settings.autoscale import AutoscaleSettings
+    from workpool.settings.cluster import ClusterSettings
+    from workpool.settings.consumer import ConsumerSettings
+    from workpool.settings.reports import ReportSettings
+    from workpool.settings.storage import StorageSettings
+    from workpool.settings.tags import env_name
+
+    groups = [StorageSettings, ConsumerSettings, ClusterSettings, AutoscaleSettings, ReportSettings]
+    owners: dict[str, list[str]] = {}
+    for group in groups:
+        for name in group.model_fields:
+            owners.setdefault(name, []).append(group.__name__)
+    assert {name: len(found) for name, found in owners.items() if len(found) != 1} == {}
+    assert set(owners) == set(Settings.model_fields)
+    assert env_name("queue") == "WORKPOOL_QUEUE" and env_name("vm_size") == "WORKPOOL_VM_SIZE"
+    assert set(StorageSettings.model_fields) >= {"home", "queue", "results", "connection_string"}
+    assert set(AutoscaleSettings.model_fields) == {n for n in Settings.model_fields if n.startswith("autoscale_")}

@@ -1,6 +1,6 @@
 """Every setting handed to consumers is either a `consumer run` flag or explicitly environment-only.
 
-A consumer setting is tagged once in workpool/settings.py (`to_consumers`); these tests hold the
+A consumer setting is tagged once in its workpool/settings/ group (`to_consumers`); these tests hold the
 consumer's command line to those tags, so adding a consumer option cannot silently drift: it
 gets a flag, or a line in `consumer.cli.ENVIRONMENT_ONLY` saying why it has none, and a line in
 docs/consumer.md.

@@ -2,7 +2,7 @@
 
 A consumer must see exactly the storage, queue and work settings its launcher resolved (from a
 config file, the environment and flags). Every hand-off is derived from one place, each
-field's tag in workpool/settings.py (`json_schema_extra={"to_consumers": ...}`), so a new
+field's tag in workpool/settings/ (its group module) (`json_schema_extra={"to_consumers": ...}`), so a new
 consumer setting is tagged once and reaches every kind of child:
 
 - `child_env`: the environment of a process started on this machine (a local node, the local
