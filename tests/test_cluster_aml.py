@@ -185,7 +185,7 @@ def test_teardown_cancels_every_job_twice_safely_and_delete_removes_the_compute(
 
 def test_a_failing_job_shows_in_status_with_its_log_and_stops_launch_wait(cluster: Cluster) -> None:
     # A consumer that cannot start (a --workers value it refuses): its job fails at once.
-    run_id, _names = cluster.enqueue(4)
+    run_id, _names = cluster.enqueue(4, "--task", SLEEP_TASK)
     env: dict[str, Any] = {"WORKPOOL_NODE_WORKERS": "not-a-number"}
 
     waited = cluster.cli("launch", "--backend", "aml", "--nodes", "1", "--wait", **env)

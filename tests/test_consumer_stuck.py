@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import backend_env
 from tests.support.images import stage_folder, write_sample_images
+from tests.support.messages import record_runs
 from tests.support.waiting import wait_for
 from tests.test_consumer_cli import LAST_LINE, REPO, ConsumerProcess
 from workpool.messages import BatchMessage
@@ -51,6 +52,7 @@ def hanging_batch(settings: Settings, tmp_path: Path) -> BatchMessage:
     names = write_sample_images(tmp_path / "images", 1, (32, 32))
     source = stage_folder(settings, tmp_path / "images")
     message = BatchMessage(run_id="r1", batch_id="b1", task=HANGING_TASK, source=source, images=names)
+    record_runs(settings, message)  # consumers take only batches their run's manifest lists
     queue = open_queue(settings)
     queue.create()
     queue.send([message.encode()])

@@ -118,9 +118,12 @@ def test_no_secret_reaches_outputs_logs_files_or_messages(azurite: Azurite, tmp_
         "WORKPOOL_BATCH_ACCOUNT_URL": "https://acct.westeurope.batch.azure.com",
         "WORKPOOL_POOL": "gpu",
         "WORKPOOL_VM_SIZE": "Standard_NC24ads_A100_v4",
+        # the key really goes into the job's environment (the opt-in): the dry run must still mask it
+        "WORKPOOL_BATCH_SHARE_STORAGE_KEY": "true",
     }
-    leaks.run(batch, "orchestration", "launch", "--backend", "azure-batch", "--nodes", "2", "--dry-run")
-    leaks.run(batch, "orchestration", "launch", "--backend", "azure-batch", "--nodes", "2", "--dry-run", "--json")
+    leaks.run(batch, "orchestration", "launch", "--backend", "azure-batch", "--nodes", "2", "--dry-run", expect=0)
+    leaks.run(batch, "orchestration", "launch", "--backend", "azure-batch", "--nodes", "2", "--dry-run", "--json",
+              expect=0)  # fmt: skip
     batchai = env | {"WORKPOOL_SUBSCRIPTION_ID": "sub", "WORKPOOL_RESOURCE_GROUP": "rg",
                      "WORKPOOL_LOCATION": "westeurope", "WORKPOOL_WORKSPACE": "ws",
                      "WORKPOOL_CLUSTER": "gpu", "WORKPOOL_VM_SIZE": "Standard_NC24ads_A100_v4",
@@ -148,7 +151,8 @@ def test_no_secret_reaches_outputs_logs_files_or_messages(azurite: Azurite, tmp_
     unreachable_batch = env | {"WORKPOOL_BATCH_ACCOUNT_URL": f"http://127.0.0.1:{free_port()}",
                                "WORKPOOL_POOL": "gpu", "WORKPOOL_BATCH_ACCOUNT_NAME": "acct",
                                "WORKPOOL_VM_SIZE": "Standard_NC24ads_A100_v4",
-                               "WORKPOOL_CLUSTER_POLL_INTERVAL_S": "0"}  # fmt: skip
+                               "WORKPOOL_CLUSTER_POLL_INTERVAL_S": "0",
+                               "WORKPOOL_BATCH_SHARE_STORAGE_KEY": "true"}  # fmt: skip
     leaks.run(unreachable_batch, "orchestration", "launch", "--backend", "azure-batch", "--nodes", "1", expect=1,
               timeout_s=240)  # fmt: skip
 

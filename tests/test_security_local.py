@@ -109,7 +109,7 @@ def test_a_home_open_to_others_is_closed_when_used(tmp_path: Path) -> None:
     os.chmod(home, 0o755)
     unique_images(tmp_path / "images", 1)
     settings = load_settings(home=home, queue="open")
-    enqueue_run(settings, str(tmp_path / "images"), "r1")
+    enqueue_run(settings, str(tmp_path / "images"), "r1", "--task", "consumer.tasks.examples:SleepTask")
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
 
 

@@ -6,10 +6,14 @@ it cheap: at most one store request per run every `recheck_s` seconds.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
+from workpool.errors import StorageUnavailableError
 from workpool.runs import RunStore
+
+log = logging.getLogger(__name__)
 
 
 class CancelledRuns:
@@ -33,7 +37,15 @@ class CancelledRuns:
         if last is not None and now - last < self.recheck_s:
             return False
         self._checked[run_id] = now
-        if self.runs.is_cancelled(run_id):
+        try:
+            cancelled = self.runs.is_cancelled(run_id)
+        except StorageUnavailableError as exc:
+            # Storage is away (an outage the consumer rides out): score as if not cancelled; the
+            # results write waits for storage anyway, and the next look after it is back decides.
+            log.debug("cancel record of run %s unreadable, taken as not cancelled: %s", run_id, exc)
+            self._checked.pop(run_id, None)
+            return False
+        if cancelled:
             self._cancelled.add(run_id)
             return True
         return False
