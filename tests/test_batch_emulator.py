@@ -329,7 +329,8 @@ def test_failing_start_tasks_show_their_reason_in_status_and_stop_launch_wait(cl
     assert first["exitCode"] == 1 and first["failureInfo"]["code"] == "FailureExitCode"
     stderr = first["stderr"]
     assert "1 GPU(s)" in stderr and "TensorFlow sees none" in stderr and "FAILED: accelerator check" in stderr
-    assert cluster.batch.nodes(POOL)[0]["state"] == "waitingforstarttask"  # never idle, never given a task
+    # never idle, never given a task (its retries may already have run out on a fast machine)
+    assert cluster.batch.nodes(POOL)[0]["state"] in {"waitingforstarttask", "starttaskfailed"}
 
 
 BAD_REQUIREMENT = "workpool-no-such-requirement==9.9.9"

@@ -62,13 +62,18 @@ def test_random_sigkills_lose_nothing_and_poison_nothing(settings: Settings, bac
         assert launched.code == 0, launched.stderr
         wait_for(lambda: runs.record_batch_ids("killed"), timeout_s=60, what="the first acked batch")
 
-        # When a random node is SIGKILLed every 1.5-3 s until the run has drained
+        # When a random node is SIGKILLed every 1.5-3 s until the run has drained, each kill after
+        # the pool acked at least one more batch (on a loaded machine, respawned nodes may need longer
+        # to start than the kill interval: unconditional kills could then starve the pool for good)
+        acked_at_last_kill = 0
         while len(runs.record_batch_ids("killed")) + len(runs.read_poison("killed")) < IMAGES // BATCH:
             time.sleep(rng.uniform(1.5, 3.0))
             alive = live_node_pids(settings)
-            if alive and len(runs.record_batch_ids("killed")) < IMAGES // BATCH:
+            acked = len(runs.record_batch_ids("killed"))
+            if alive and acked_at_last_kill < acked < IMAGES // BATCH:
                 os.kill(rng.choice(alive), signal.SIGKILL)
                 kills += 1
+                acked_at_last_kill = acked
             assert time.monotonic() - started < 240, "the run did not drain within 4 minutes"
 
         # Then `wait` reports the run complete: every image scored, no batch poisoned
