@@ -24,6 +24,7 @@ from orchestration.backends import BACKENDS
 from orchestration.commands import runs as run_commands
 from orchestration.commands.dashboard import dashboard as dashboard_command
 from orchestration.commands.logs import logs as logs_command
+from orchestration.commands.options import BackendOption, JsonOption, RunOption, check_backend, echo_json
 from orchestration.reports.drain import DrainReport
 from orchestration.reports.report import RunReport
 from orchestration.reports.status import render, watch
@@ -39,15 +40,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-BackendOption = Annotated[
-    str | None,
-    typer.Option(
-        "--backend",
-        help=f"Where nodes run: {' | '.join(BACKENDS)}. Default: the one that launched this queue's pool, else local.",
-    ),
-]
-RunOption = Annotated[str, typer.Option("--run", help="Run id (as given to or printed by `producer enqueue`).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 ForceOption = Annotated[
     bool,
     typer.Option("--force", help="Start more nodes than the backend runs well (local: more than 4 per CPU core)."),
@@ -103,15 +95,6 @@ def _pool(config: Path | None, log_level: str, backend: str | None = None, **fla
     return pool
 
 
-def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def _check_backend(backend: str | None) -> None:
-    if backend is not None and backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-
-
 app.command("dashboard")(dashboard_command)
 app.command("logs")(logs_command)
 # A run's life after enqueue: orchestration/commands/runs.py.
@@ -164,7 +147,7 @@ def launch(
     Returns once they are up; with --wait, once the queue's pending runs have drained (their
     drain reports are printed) and the nodes are torn down.
     """
-    _check_backend(backend)
+    check_backend(backend)
     options = {"deadline": deadline, "idle_s": idle_s, "batches_per_node": batches_per_node}
     options |= {"cooldown_s": cooldown_s, "interval_s": interval_s}
     if autoscale_range is None and any(v is not None for v in options.values()):
@@ -181,7 +164,7 @@ def launch(
             for r in pool.plan_launch(nodes, autoscale=scaling, force=force)
         ]
         if json_out:
-            _echo_json({"backend": backend, "nodes": count, "requests": planned})
+            echo_json({"backend": backend, "nodes": count, "requests": planned})
         else:
             typer.echo(f"Would launch {count} node(s) on {backend} for queue {pool.queue}:")
             for r in planned:
@@ -192,7 +175,7 @@ def launch(
     if not wait:
         cluster = pool.launch(nodes, autoscale=scaling, force=force)
         if json_out:
-            _echo_json(cluster.to_dict())
+            echo_json(cluster.to_dict())
         return
     reports = pool.launch_until_drained(nodes, autoscale=scaling, force=force)
     _print_reports(pool, reports, json_out)
@@ -204,7 +187,7 @@ def _print_reports(pool: Pool, reports: list[DrainReport], json_out: bool) -> No
     """The drain reports, with the cost figures of `report` (node-seconds, cost, ...)."""
     shown = [_with_cost(pool, r) for r in reports]
     if json_out:
-        _echo_json(shown[0].to_json() if len(shown) == 1 else [r.to_json() for r in shown])
+        echo_json(shown[0].to_json() if len(shown) == 1 else [r.to_json() for r in shown])
     else:
         for report in shown:
             typer.echo(report.render())
@@ -232,7 +215,7 @@ def scale(
     New nodes join the queue at once; extras stop gracefully (SIGTERM: their batch is
     released, not lost). Works from any shell while `launch --wait` or a run is going.
     """
-    _check_backend(backend)
+    check_backend(backend)
     _pool(config, log_level, backend).scale(nodes, force=force)
 
 
@@ -258,14 +241,14 @@ def status(
 
     Per run: batches done/total, poisoned, images ok/failed, images/s over the last minute, ETA.
     """
-    _check_backend(backend)
+    check_backend(backend)
     reader = _pool(config, log_level, backend).status_reader(run)
     if watch_:
         watch(reader, Console())
         return
     snap = reader.snapshot()
     if json_out:
-        _echo_json(snap.to_json())
+        echo_json(snap.to_json())
     else:
         Console().print(render(snap))
 
@@ -313,7 +296,7 @@ def results(
     """
     summary = _pool(config, log_level).run(run).export(out)
     if json_out:
-        _echo_json(summary.to_json())
+        echo_json(summary.to_json())
     else:
         typer.echo(f"wrote {summary.rows} rows to {summary.path} ({summary.ok} ok, {summary.failed} error)")
     if summary.pending:
@@ -331,7 +314,7 @@ def teardown(
     log_level: LogLevelOption = "INFO",
 ) -> None:
     """Stop every node (gracefully: in-flight batches are released) and forget the pool."""
-    _check_backend(backend)
+    check_backend(backend)
     _pool(config, log_level, backend).teardown(delete=delete)
 
 
@@ -360,7 +343,7 @@ def autoscale(
     """
     from orchestration.autoscale.loop import PoolGoneError
 
-    _check_backend(backend)
+    check_backend(backend)
     options = Autoscale(min_nodes, max_nodes, deadline, idle_s, batches_per_node, cooldown_s, interval_s)
     pool = _pool(config, log_level, backend)
     stop = threading.Event()
@@ -404,7 +387,7 @@ def benchmark(
     Each tier is a fresh run: enqueue, launch that many nodes, wait for the drain, tear down.
     Needs an idle queue. Example: `orchestration benchmark --tiers 1,2,4 --images 256 --plot bench.png`
     """
-    _check_backend(backend)
+    check_backend(backend)
     tier_list = parse_tiers(tiers)
     pool = _pool(config, log_level, backend)
     table = pool.benchmark(
@@ -417,7 +400,7 @@ def benchmark(
         plot_benchmark(table.result, plot)
         typer.echo(f"wrote {plot}", err=True)
     if json_out:
-        _echo_json(table.to_json())
+        echo_json(table.to_json())
     else:
         typer.echo(str(table))
     if not table.ok:
@@ -461,6 +444,6 @@ def report(
         plot_timeline(result, plot)
         typer.echo(f"wrote {plot}", err=True)
     if json_out:
-        _echo_json(result.to_json())
+        echo_json(result.to_json())
     else:
         typer.echo(result.render())

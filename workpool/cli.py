@@ -42,6 +42,13 @@ LogLevelOption = Annotated[
 _secrets: list[str] = []
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 batch`, `2 batches`, `0 records`."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {noun}es" if noun.endswith(("ch", "sh", "s", "x")) else f"{count} {noun}s"
+
+
 def settings_for(config: Path | None, log_level: str = "INFO", **flags: Any) -> Settings:
     """Load settings (SettingsError → exit 2) and configure logging with secret redaction."""
     settings = load_settings(config, **flags)

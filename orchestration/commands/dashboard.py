@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from orchestration.backends import BACKENDS, open_launcher
+from orchestration.backends import open_launcher
+from orchestration.commands.options import BackendOption, check_backend
 from orchestration.deployment import resolve_backend
 from orchestration.reports.status import StatusReader
 from workpool.cli import ConfigOption, LogLevelOption, handle_errors, settings_for
@@ -80,10 +81,7 @@ def dashboard(
     interval_s: Annotated[
         float, typer.Option("--interval-s", min=0.2, max=2.0, help="Seconds between refreshes of the data.")
     ] = 1.0,
-    backend: Annotated[
-        str | None,
-        typer.Option("--backend", help=f"{' | '.join(BACKENDS)}. Default: the one that launched this queue's pool."),
-    ] = None,
+    backend: BackendOption = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = "WARNING",
 ) -> None:
@@ -99,8 +97,7 @@ def dashboard(
     from orchestration.dashboard.app import create_app
     from orchestration.dashboard.feed import DashboardFeed
 
-    if backend is not None and backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     needed, generated = access_token(host, token)
     settings = settings_for(config, log_level)
     runs = RunStore(open_result_store(settings))

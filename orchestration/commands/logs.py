@@ -15,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from orchestration.backends import BACKENDS, open_launcher
+from orchestration.backends import open_launcher
+from orchestration.commands.options import BackendOption, check_backend
 from orchestration.deployment import resolve_backend
 from orchestration.launcher import Launcher, LogSource
 from workpool.cli import ConfigOption, LogLevelOption, handle_errors, settings_for
@@ -146,10 +147,7 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines as they come (Ctrl-C to stop).")
     ] = False,
-    backend: Annotated[
-        str | None,
-        typer.Option("--backend", help=f"{' | '.join(BACKENDS)}. Default: the one that launched this queue's pool."),
-    ] = None,
+    backend: BackendOption = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = "WARNING",
 ) -> None:
@@ -159,8 +157,7 @@ def logs(
     each consumer task's stdout.txt and stderr.txt, read through the Batch API. Example:
     `orchestration logs --node myhost-node-2 --tail 50 --follow`.
     """
-    if backend is not None and backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     settings = settings_for(config, log_level)
     launcher = open_launcher(resolve_backend(settings, backend), settings)
     try:

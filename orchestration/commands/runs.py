@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from orchestration.autoscale.state import read_state as read_autoscaler_state
 from orchestration.backends import open_launcher
+from orchestration.commands.options import JsonOption, RunOption, echo_json
 from orchestration.commands.pool_settings import apply_hint
 from orchestration.deployment import resolve_backend
 from orchestration.lifecycle import cancel_run, delete_run, list_poison, list_runs, purge_poison
-from workpool.cli import ConfigOption, LogLevelOption, handle_errors, settings_for
+from workpool.cli import ConfigOption, LogLevelOption, handle_errors, plural, settings_for
 from workpool.errors import UsageError, WorkpoolError
 from workpool.runs import RunStore
 from workpool.settings import Settings
 from workpool.storage import open_result_store
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
-RunOption = Annotated[str, typer.Option("--run", help="Run id (as given to or printed by `producer enqueue`).")]
-
-
-def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def plural(count: int, noun: str) -> str:
-    """`1 batch`, `2 batches`, `0 records`."""
-    if count == 1:
-        return f"{count} {noun}"
-    return f"{count} {noun}es" if noun.endswith(("ch", "sh", "s", "x")) else f"{count} {noun}s"
 
 
 def no_nodes_notice(settings: Settings, run_id: str) -> str | None:
@@ -66,7 +52,7 @@ def runs_command(
     settings = settings_for(config, log_level)
     found = list_runs(settings, all_queues=all_queues)
     if json_out:
-        _echo_json([r.to_dict() for r in found])
+        echo_json([r.to_dict() for r in found])
         return
     if not found:
         typer.echo(f"no runs on queue {settings.queue} yet (`producer enqueue SOURCE --model URI` creates one)")
@@ -107,7 +93,7 @@ def cancel_command(
     settings = settings_for(config, log_level)
     result = cancel_run(settings, run)
     if json_out:
-        _echo_json(result.to_dict())
+        echo_json(result.to_dict())
         return
     if result.in_flight is None:
         flight = "batches in flight (if any) finish or are dropped"
@@ -139,7 +125,7 @@ def delete_command(
     settings = settings_for(config, log_level)
     result = delete_run(settings, run, force=force)
     if json_out:
-        _echo_json(result.to_dict())
+        echo_json(result.to_dict())
     elif not result.existed:
         typer.echo(f"run {run} does not exist (nothing to delete)")
     else:
@@ -177,7 +163,7 @@ def poison_command(
     if purge:
         purged = purge_poison(settings, run)
         if json_out:
-            _echo_json(purged.to_dict())
+            echo_json(purged.to_dict())
         else:
             typer.echo(
                 f"purged {plural(purged.reports_removed, 'poison report')} and "
@@ -187,7 +173,7 @@ def poison_command(
         return
     entries = list_poison(settings, run)
     if json_out:
-        _echo_json([e.to_dict() for e in entries])
+        echo_json([e.to_dict() for e in entries])
         return
     if not entries:
         typer.echo("no poisoned batches" + (f" in run {run}" if run else f" on queue {settings.queue}"))

@@ -17,6 +17,7 @@ from typing import Any
 from orchestration.commands.pool_settings import apply_hint
 from orchestration.reports.html import fields_html
 from orchestration.reports.progress import RunProgress, RunTracker
+from workpool.cli import plural
 from workpool.errors import NotFoundError, WorkpoolError
 from workpool.queue import WorkQueue
 from workpool.retry import RetryPolicy, retry_transient
@@ -89,7 +90,7 @@ class DrainReport:
 
     def render(self) -> str:
         lines = [
-            f"Run {self.run_id}: {_plural(self.images, 'image')} in {_plural(self.batches, 'batch')}"
+            f"Run {self.run_id}: {plural(self.images, 'image')} in {plural(self.batches, 'batch')}"
             + (f" (cancelled at {self.cancelled_at:%Y-%m-%d %H:%M:%S} UTC)" if self.cancelled_at else ""),
             f"  drain wall time  {self.drain_wall_s:.1f} s (first dequeue → last ack)",
             f"  throughput       {self.images_per_s:.2f} images/s",
@@ -103,7 +104,7 @@ class DrainReport:
             width = max(len(w) for w in self.workers)
             for worker in sorted(self.workers):
                 images, batches = self.workers[worker], self.worker_batches.get(worker, 0)
-                lines.append(f"    {worker:<{width}}  {images:>7} images  {_plural(batches, 'batch'):>13}")
+                lines.append(f"    {worker:<{width}}  {images:>7} images  {plural(batches, 'batch'):>13}")
         if self.failures:
             lines.append("  failures by reason (images):")
             for reason, count in sorted(self.failures.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -120,10 +121,6 @@ class DrainReport:
             shown = ", ".join(self.missing_batches[:10]) + (" …" if len(self.missing_batches) > 10 else "")
             lines.append(f"  missing: {shown}; resend them with `producer requeue --run {self.run_id} --missing`")
         return "\n".join(lines)
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun if count == 1 else noun + ('es' if noun.endswith('ch') else 's')}"
 
 
 def drain_report(tracker: RunTracker, missing: list[str] | None = None) -> DrainReport:
