@@ -110,6 +110,14 @@ def node_wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny `.keras` classifier for the emulated clusters' runs, built once for all xdist workers."""
+    from tests.support.models import save_tiny_classifier
+
+    return build_once(tmp_path_factory, "tiny-model", save_tiny_classifier)
+
+
+@pytest.fixture(scope="session")
 def batch_dependencies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The emulated Batch nodes' view of the installed dependencies (built once per session)."""
     from tests.support.batch_emulator.environment import dependencies_view

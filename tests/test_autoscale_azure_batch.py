@@ -18,8 +18,6 @@ from tests.test_batch_emulator import (  # noqa: F401 - the fixtures travel with
     Cluster,
     cluster,
     one_row_per_image,
-    tiny_model,
-    wheel_cache,
 )
 
 pytestmark = [pytest.mark.batch_emulator, pytest.mark.azurite, pytest.mark.slow]

@@ -14,7 +14,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,9 @@ from tests.conftest import unique
 from tests.support.azurite import Azurite
 from tests.support.batch_emulator import BatchEmulator
 from tests.support.batch_emulator.environment import nvidia_smi_stub
-from tests.support.cli import Outcome, run_cli
+from tests.support.emulated_cluster import EmulatedCluster
 from tests.support.images import stage_folder, write_sample_images
-from tests.support.shared import build_once
-from workpool.settings import Settings, load_settings
+from workpool.settings import load_settings
 from workpool.storage import blob_store
 
 # Node installs take tens of seconds each on a loaded 2-core machine: room beyond the 300 s default.
@@ -40,62 +39,20 @@ JOB = "workpool"
 SLEEP_TASK = "consumer.tasks.examples:SleepTask"
 
 
-@pytest.fixture(scope="session")
-def wheel_cache(node_wheel_cache: Path) -> Path:
-    """XDG_CACHE_HOME for the CLI, holding this checkout's wheel: `launch` builds it only once."""
-    return node_wheel_cache
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.support.models import save_tiny_classifier
-
-    return build_once(tmp_path_factory, "batch-tiny-model", save_tiny_classifier)  # once for all xdist workers
-
-
 @dataclass
-class Cluster:
+class Cluster(EmulatedCluster):
     """The emulated Batch account, Azurite, and the CLI pointed at both."""
 
     batch: BatchEmulator
-    settings: Settings
-    env: dict[str, str]
-    work: Path
-    runs: list[str] = field(default_factory=list)
 
-    def cli(self, *args: str, timeout_s: float = 300, **env: str) -> Outcome:
-        return run_cli("orchestration", self.settings, *args, env={**self.env, **env}, timeout_s=timeout_s)
-
-    def enqueue(self, images: int, *args: str, size: tuple[int, int] = (64, 48)) -> tuple[str, list[str]]:
-        run_id = unique("run")
-        folder = self.work / run_id
-        names = write_sample_images(folder, images, size)
-        source = stage_folder(self.settings, folder)
-        out = run_cli("producer", self.settings, "enqueue", source, "--run", run_id, "--json", *args, env=self.env)
-        assert out.code == 0, out.stderr
-        self.runs.append(run_id)
-        return run_id, names
-
-    def model_uri(self, model: Path) -> str:
-        """`model` uploaded beside the runs' images (the source container, which nodes may read):
-        cluster nodes read no path of this machine (docs/security.md)."""
-        return stage_folder(self.settings, model.parent) + f"/{model.name}"
-
-    def drained(self, run_id: str, timeout_s: float = 240) -> dict[str, Any]:
-        out = self.cli("wait", "--run", run_id, "--json", "--timeout-s", str(timeout_s), timeout_s=timeout_s + 60)
-        assert out.code == 0, f"{out.stdout}\n{out.stderr}\n{self.batch.describe()}"
-        report: dict[str, Any] = out.json()
-        return report
-
-    def rows(self, run_id: str) -> list[dict[str, Any]]:
-        target = self.work / f"{run_id}.jsonl"
-        out = self.cli("results", "--run", run_id, "--out", str(target))
-        assert out.code == 0, out.stderr
-        return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
+    def describe(self) -> str:
+        return self.batch.describe()
 
 
 @pytest.fixture
-def cluster(batch_emulator: BatchEmulator, azurite: Azurite, tmp_path: Path, wheel_cache: Path) -> Iterator[Cluster]:
+def cluster(
+    batch_emulator: BatchEmulator, azurite: Azurite, tmp_path: Path, node_wheel_cache: Path
+) -> Iterator[Cluster]:
     settings = load_settings(
         home=tmp_path / "home",
         queue=unique("q"),
@@ -114,11 +71,11 @@ def cluster(batch_emulator: BatchEmulator, azurite: Azurite, tmp_path: Path, whe
         "WORKPOOL_ALLOW_CPU": "true",
         "WORKPOOL_BATCH_SHARE_STORAGE_KEY": "true",  # no managed identity in the emulator: the key travels
         "WORKPOOL_CLUSTER_POLL_INTERVAL_S": "0.2",
-        "XDG_CACHE_HOME": str(wheel_cache),
+        "XDG_CACHE_HOME": str(node_wheel_cache),
         # The consumers on the nodes watch the emulator's Scheduled Events, not this machine's.
         "WORKPOOL_SCHEDULED_EVENTS_URL": f"{batch_emulator.url}/metadata/scheduledevents?api-version=2020-07-01",
     }
-    yield Cluster(batch_emulator, settings, env, tmp_path / "work")
+    yield Cluster(settings, env, tmp_path / "work", batch_emulator)
 
 
 def one_row_per_image(rows: list[dict[str, Any]], names: list[str]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,9 @@ import pytest
 from tests.conftest import unique
 from tests.support.aml_emulator import AmlEmulator, aml_emulator
 from tests.support.azurite import Azurite
-from tests.support.cli import Outcome, run_cli
+from tests.support.emulated_cluster import EmulatedCluster
 from tests.support.images import stage_folder, write_sample_images
-from workpool.settings import Settings, load_settings
+from workpool.settings import load_settings
 
 pytestmark = [pytest.mark.aml_emulator, pytest.mark.azurite, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -35,66 +35,21 @@ IDENTITY = (
 SLEEP_TASK = "consumer.tasks.examples:SleepTask"
 
 
-@pytest.fixture(scope="session")
-def wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from orchestration import wheel
-
-    home = tmp_path_factory.mktemp("xdg-cache")
-    project = wheel.project()
-    wheel.build_wheel(project, wheel.source_digest(project), home / "workpool" / "wheels")
-    return home
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.support.models import save_tiny_classifier
-
-    return save_tiny_classifier(tmp_path_factory.mktemp("models"))
-
-
 @dataclass
-class Cluster:
+class Cluster(EmulatedCluster):
+    """The emulated AML workspace, Azurite, and the CLI pointed at both."""
+
     aml: AmlEmulator
-    settings: Settings
-    env: dict[str, str]
-    work: Path
-    runs: list[str] = field(default_factory=list)
 
-    def cli(self, *args: str, timeout_s: float = 300, **env: Any) -> Outcome:
-        return run_cli("orchestration", self.settings, *args, env={**self.env, **env}, timeout_s=timeout_s)
-
-    def enqueue(self, images: int, *args: str) -> tuple[str, list[str]]:
-        run_id = unique("run")
-        folder = self.work / run_id
-        names = write_sample_images(folder, images, (64, 48))
-        source = stage_folder(self.settings, folder)
-        out = run_cli("producer", self.settings, "enqueue", source, "--run", run_id, "--json", *args, env=self.env)
-        assert out.code == 0, out.stderr
-        return run_id, names
-
-    def model_uri(self, model: Path) -> str:
-        """`model` uploaded beside the runs' images (the source container, which nodes may read):
-        cluster nodes read no path of this machine (docs/security.md)."""
-        return stage_folder(self.settings, model.parent) + f"/{model.name}"
-
-    def drained(self, run_id: str, timeout_s: float = 240) -> dict[str, Any]:
-        out = self.cli("wait", "--run", run_id, "--json", "--timeout-s", str(timeout_s), timeout_s=timeout_s + 60)
-        assert out.code == 0, f"{out.stdout}\n{out.stderr}\n{self.aml.describe()}"
-        report: dict[str, Any] = out.json()
-        return report
-
-    def rows(self, run_id: str) -> list[dict[str, Any]]:
-        target = self.work / f"{run_id}.jsonl"
-        out = self.cli("results", "--run", run_id, "--out", str(target))
-        assert out.code == 0, out.stderr
-        return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
+    def describe(self) -> str:
+        return self.aml.describe()
 
     def running(self) -> list[dict[str, Any]]:
         return [j for j in self.aml.jobs() if j["status"] == "Running"]
 
 
 @pytest.fixture
-def cluster(azurite: Azurite, tmp_path: Path, wheel_cache: Path, batch_dependencies: Path) -> Iterator[Cluster]:
+def cluster(azurite: Azurite, tmp_path: Path, node_wheel_cache: Path, batch_dependencies: Path) -> Iterator[Cluster]:
     with aml_emulator(tmp_path / "aml", azurite.connection_string, dependencies_view=batch_dependencies) as aml:
         settings = load_settings(
             home=tmp_path / "home", queue=unique("q"), results=unique("r"), connection_string=azurite.connection_string
@@ -111,12 +66,12 @@ def cluster(azurite: Azurite, tmp_path: Path, wheel_cache: Path, batch_dependenc
             "WORKPOOL_NODE_EXTRAS": "",  # the emulated nodes have no GPU: no CUDA libraries
             "WORKPOOL_ALLOW_CPU": "true",
             "WORKPOOL_CLUSTER_POLL_INTERVAL_S": "0.2",
-            "XDG_CACHE_HOME": str(wheel_cache),
+            "XDG_CACHE_HOME": str(node_wheel_cache),
             "WORKPOOL_SCHEDULED_EVENTS_URL": f"{aml.url}/metadata/scheduledevents?api-version=2020-07-01",
             # DefaultAzureCredential signs in as a managed identity whose token endpoint the emulator serves.
             **aml.identity_env(),
         }
-        yield Cluster(aml, settings, env, tmp_path / "work")
+        yield Cluster(settings, env, tmp_path / "work", aml)
 
 
 def one_row_per_image(rows: list[dict[str, Any]], names: list[str]) -> None:

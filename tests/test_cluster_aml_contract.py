@@ -15,7 +15,7 @@ from tests.conftest import unique
 from tests.support.aml_emulator import aml_emulator
 from tests.support.azurite import Azurite
 from tests.support.recording_server import FakeTokenCredential
-from tests.test_cluster_aml import IDENTITY, wheel_cache  # noqa: F401 - the session's wheel, built once
+from tests.test_cluster_aml import IDENTITY
 from tests.test_launcher_contract import (  # noqa: F401 - the contract's stories, collected here
     Backend,
     test_a_pool_beyond_what_the_backend_runs_well_needs_force,
@@ -36,11 +36,11 @@ pytestmark = [pytest.mark.aml_emulator, pytest.mark.azurite, pytest.mark.slow, p
 def backend(
     azurite: Azurite,
     tmp_path: Path,
-    wheel_cache: Path,  # noqa: F811 - the fixture imported above
+    node_wheel_cache: Path,
     batch_dependencies: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Backend]:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(wheel_cache))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(node_wheel_cache))
     monkeypatch.setenv("AZUREML_CURRENT_CLOUD", "AzureCloud")  # azure-ai-ml sets it; restored after the test
     with aml_emulator(tmp_path / "aml", azurite.connection_string, dependencies_view=batch_dependencies) as aml:
         aml.set_node_env(WORKPOOL_ALLOW_CPU="true")

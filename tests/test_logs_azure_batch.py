@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tests.support.batch_emulator import BatchEmulator
-from tests.test_batch_emulator import JOB, SLEEP_TASK, Cluster, cluster, wheel_cache  # noqa: F401 - fixtures
+from tests.test_batch_emulator import JOB, SLEEP_TASK, Cluster, cluster  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.batch_emulator, pytest.mark.azurite, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -12,11 +12,27 @@ import json
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+
+def scheduled_event(
+    event_id: str, resources: list[str], not_before: float, description: str, event_type: str = "Preempt"
+) -> dict[str, Any]:
+    """One Scheduled Events record as Azure's metadata service serves it (`not_before`: epoch seconds)."""
+    return {
+        "EventId": event_id,
+        "EventType": event_type,
+        "ResourceType": "VirtualMachine",
+        "Resources": resources,
+        "EventStatus": "Scheduled",
+        "NotBefore": formatdate(not_before, usegmt=True),
+        "Description": description,
+        "EventSource": "Platform",
+        "DurationInSeconds": -1,
+    }
 
 
 class ScheduledEventsServer:
@@ -48,18 +64,13 @@ class ScheduledEventsServer:
     def announce(self, event_type: str = "Preempt", resources: list[str] | None = None) -> str:
         """Add an event (for this VM unless `resources` says otherwise); returns its id."""
         event_id = str(uuid.uuid4()).upper()
-        not_before = datetime.now(UTC) + timedelta(seconds=30)
-        event = {
-            "EventId": event_id,
-            "EventType": event_type,
-            "ResourceType": "VirtualMachine",
-            "Resources": [self.vm_name] if resources is None else resources,
-            "EventStatus": "Scheduled",
-            "NotBefore": format_datetime(not_before, usegmt=True),
-            "Description": "Virtual machine is being preempted." if event_type == "Preempt" else "",
-            "EventSource": "Platform",
-            "DurationInSeconds": -1,
-        }
+        event = scheduled_event(
+            event_id,
+            [self.vm_name] if resources is None else resources,
+            time.time() + 30,
+            "Virtual machine is being preempted." if event_type == "Preempt" else "",
+            event_type,
+        )
         with self._lock:
             self.events.append(event)
             self.incarnation += 1

@@ -25,12 +25,8 @@ and data assets.
 
 from __future__ import annotations
 
-import subprocess
-import threading
-import time
-import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +34,12 @@ from tests.support import waiting
 from tests.support.aml_emulator.server import AmlService, Logged
 from tests.support.aml_emulator.state import Timing, Workspace
 from tests.support.batch_emulator import environment
-from tests.support.batch_emulator.node import group_alive
-from tests.support.batch_emulator.server import HttpFront
+from tests.support.emulator_host import EmulatorHost
 
 __all__ = ["AmlEmulator", "Logged", "Timing", "aml_emulator"]
 
 
-class AmlEmulator:
+class AmlEmulator(EmulatorHost):
     subscription = "00000000-0000-0000-0000-00000000a001"
     resource_group = "rg-scoring"
     workspace = "ws-scoring"
@@ -55,54 +50,12 @@ class AmlEmulator:
         environment.write_image_commands(bin_dir)
         deps = dependencies_view or environment.dependencies_view(root / "site-deps")
         base_env = environment.base_environment(bin_dir, deps, root / "home")
-        self._front = HttpFront()
-        self.url = self._front.url
-        self.state = Workspace(root, self.url, base_env, storage, timing or Timing())
-        self.service = AmlService(self.state)
-        self._front.service = self.service  # type: ignore[assignment]
-        self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick_forever, name="aml-emulator-clock", daemon=True)
-
-    def start(self) -> AmlEmulator:
-        self._front.start()
-        self._ticker.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._ticker.join(timeout=5)
-        self._front.stop()
-        with self.state.lock:
-            procs = self.state.kill_everything()
-        for proc in procs:
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while any(group_alive(p.pid) for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def _tick_forever(self) -> None:
-        while not self._stop.wait(self.state.timing.tick_s):
-            with self.state.lock:
-                try:
-                    self.state.tick()
-                except Exception:
-                    self.service.errors.append(f"clock: {traceback.format_exc()}")
-
-    @property
-    def errors(self) -> list[str]:
-        return list(self.service.errors)
-
-    @property
-    def requests(self) -> list[Logged]:
-        return list(self.service.log)
+        self._open_front()
+        self.state: Workspace = Workspace(root, self.url, base_env, storage, timing or Timing())
+        self.service: AmlService = AmlService(self.state)
+        self._serve(self.state, self.service, "aml-emulator-clock")
 
     # --- what a test controls ---------------------------------------------------------------
-    def set_node_env(self, **values: str) -> None:
-        """Variables every job process started from now on gets (pacing in tests only)."""
-        with self.state.lock:
-            self.state.base_env.update(values)
-
     def refuse_quota(self, tier: str, message: str) -> None:
         """Computes of this tier ("Dedicated" or "LowPriority") are refused: the subscription has no quota."""
         with self.state.lock:

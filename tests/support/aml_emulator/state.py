@@ -26,9 +26,10 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
+
+from tests.support.scheduled_events import scheduled_event
 
 ACTIVE = {"NotStarted", "Queued", "Preparing", "Running", "CancelRequested"}
 
@@ -283,17 +284,12 @@ class Workspace:
         node = self.computes[compute_name].nodes[node_id]
         not_before = time.time() + notice_s
         self.events.append(
-            {
-                "EventId": f"emulated-{node_id}-{self.incarnation + 1}",
-                "EventType": "Preempt",
-                "ResourceType": "VirtualMachine",
-                "Resources": [node_id],
-                "EventStatus": "Scheduled",
-                "NotBefore": formatdate(not_before, usegmt=True),
-                "Description": "The low-priority VM is being evicted",
-                "EventSource": "Platform",
-                "DurationInSeconds": -1,
-            }
+            scheduled_event(
+                f"emulated-{node_id}-{self.incarnation + 1}",
+                [node_id],
+                not_before,
+                "The low-priority VM is being evicted",
+            )
         )
         self.incarnation += 1
         node.preempt_at = not_before

@@ -27,19 +27,16 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import threading
-import time
-import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tests.support import waiting
 from tests.support.batch_emulator import environment, wire
-from tests.support.batch_emulator.node import group_alive
-from tests.support.batch_emulator.server import BatchService, HttpFront, Logged
+from tests.support.batch_emulator.server import BatchService, Logged
 from tests.support.batch_emulator.state import Account, Timing
+from tests.support.emulator_host import EmulatorHost
 
 __all__ = ["BatchEmulator", "Logged", "Timing", "batch_emulator"]
 
@@ -48,7 +45,7 @@ ACCOUNT = "emulated"
 KEY = base64.b64encode(b"batch-emulator-shared-key-000000").decode()
 
 
-class BatchEmulator:
+class BatchEmulator(EmulatorHost):
     """One emulated Batch account on a loopback port; see the package docstring."""
 
     def __init__(self, root: Path, timing: Timing | None = None, dependencies_view: Path | None = None) -> None:
@@ -57,62 +54,20 @@ class BatchEmulator:
         environment.write_image_commands(self.bin_dir)
         deps = dependencies_view or environment.dependencies_view(root / "site-deps")
         base_env = environment.base_environment(self.bin_dir, deps, root / "home")
-        self._front = HttpFront()
-        self.url = self._front.url
+        self._open_front()
         self.account = ACCOUNT
         self.key = KEY
-        self.state = Account(ACCOUNT, self.url, root, base_env, timing or Timing())
-        self.service = BatchService(self.state, KEY)
-        self._front.service = self.service
-        self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick_forever, name="batch-emulator-clock", daemon=True)
+        self.state: Account = Account(ACCOUNT, self.url, root, base_env, timing or Timing())
+        self.service: BatchService = BatchService(self.state, KEY)
+        self._serve(self.state, self.service, "batch-emulator-clock")
 
-    def start(self) -> BatchEmulator:
-        self._front.start()
-        self._ticker.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, SIGKILL every process a node started, and reap them."""
-        self._stop.set()
-        self._ticker.join(timeout=5)
-        self._front.stop()
-        with self.state.lock:
-            procs = self.state.kill_everything()
-        for proc in procs:
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        # SIGKILL reaches the rest of each group asynchronously: wait (briefly) until it has.
-        deadline = time.monotonic() + 10
-        while any(group_alive(g) for g in self.state.groups) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def _tick_forever(self) -> None:
-        while not self._stop.wait(self.state.timing.tick_s):
-            with self.state.lock:
-                try:
-                    self.state.tick()
-                except Exception:  # keep time moving; the test fails on it at the end
-                    self.service.errors.append(f"clock: {traceback.format_exc()}")
-
-    @property
-    def errors(self) -> list[str]:
-        """Exceptions inside the emulator (its clock or a request handler): a test must see none."""
-        return list(self.service.errors)
+    def _groups(self, killed: list[subprocess.Popen[bytes]]) -> list[int]:
+        return list(self.state.groups)  # every group a node ever started: a finished task's daemon too
 
     # --- what a test controls ---------------------------------------------------------------
     def put_command(self, name: str, script: str) -> Path:
         """Put an executable on every node's PATH (e.g. an `nvidia-smi` stub)."""
         return environment.write_command(self.bin_dir, name, script)
-
-    def set_node_env(self, **values: str) -> None:
-        """Add variables to every node process started from now on: the VM image's environment.
-
-        For pacing in tests only (e.g. WORKPOOL_EXAMPLE_SLEEP_S for the example SleepTask); what
-        the launcher sends is never changed.
-        """
-        with self.state.lock:
-            self.state.base_env.update(values)
 
     def refuse_nodes(self, spot: bool, code: str, message: str) -> None:
         """From now on, resizes get no nodes of that kind and settle with this resize error
@@ -131,10 +86,6 @@ class BatchEmulator:
                 self.state.preempt(pool_id, node_id)
             else:
                 self.state.announce_preemption(pool_id, node_id, notice_s)
-
-    @property
-    def requests(self) -> list[Logged]:
-        return list(self.service.log)
 
     # --- what a test reads (the same JSON the API answers) ----------------------------------
     def pool(self, pool_id: str) -> dict[str, Any] | None:

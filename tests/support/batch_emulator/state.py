@@ -27,7 +27,6 @@ import subprocess
 import threading
 import time
 from contextlib import suppress
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from tests.support.batch_emulator.model import (
     etag,
 )
 from tests.support.batch_emulator.node import Failure, NodeHost, group_alive, signal_group
+from tests.support.scheduled_events import scheduled_event
 
 __all__ = ["Account", "BatchError", "Timing"]
 
@@ -262,17 +262,9 @@ class Account:
         node = self._spot_node(pool_id, node_id)
         not_before = time.time() + notice_s
         self.events.append(
-            {
-                "EventId": f"emulated-{node_id}-{self.incarnation + 1}",
-                "EventType": "Preempt",
-                "ResourceType": "VirtualMachine",
-                "Resources": [node_id],
-                "EventStatus": "Scheduled",
-                "NotBefore": formatdate(not_before, usegmt=True),
-                "Description": "The Spot VM is being evicted",
-                "EventSource": "Platform",
-                "DurationInSeconds": -1,
-            }
+            scheduled_event(
+                f"emulated-{node_id}-{self.incarnation + 1}", [node_id], not_before, "The Spot VM is being evicted"
+            )
         )
         self.incarnation += 1
         node.preempt_at = not_before
