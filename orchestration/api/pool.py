@@ -23,11 +23,11 @@ from orchestration.api.run import Run
 from orchestration.api.tables import BenchmarkTable
 from orchestration.autoscale import process as autoscale_process
 from orchestration.backends import open_launcher
-from orchestration.commands.pool_settings import drift_warning, record_pool_settings, settings_drift
 from orchestration.deployment import resolve_backend
 from orchestration.launcher import Launcher, PlannedRequest
 from orchestration.lifecycle import PoisonEntry, PurgeResult, list_poison, list_runs, purge_poison
 from orchestration.pool import launch_until_drained, pending_runs
+from orchestration.pool_settings import drift_warning, record_pool_settings, settings_drift
 from orchestration.reports.drain import DrainReport
 from orchestration.reports.status import StatusReader, cluster_json
 from orchestration.tools.benchmark import BenchmarkPlan, run_benchmark

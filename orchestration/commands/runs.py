@@ -9,9 +9,9 @@ import typer
 from orchestration.autoscale.state import read_state as read_autoscaler_state
 from orchestration.backends import open_launcher
 from orchestration.commands.options import JsonOption, RunOption, echo_json
-from orchestration.commands.pool_settings import apply_hint
 from orchestration.deployment import resolve_backend
 from orchestration.lifecycle import cancel_run, delete_run, list_poison, list_runs, purge_poison
+from orchestration.pool_settings import apply_hint
 from workpool.cli import ConfigOption, LogLevelOption, handle_errors, plural, settings_for
 from workpool.errors import UsageError, WorkpoolError
 from workpool.runs import RunStore

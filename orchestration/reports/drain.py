@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from orchestration.commands.pool_settings import apply_hint
+from orchestration.pool_settings import apply_hint
 from orchestration.reports.html import fields_html
 from orchestration.reports.progress import RunProgress, RunTracker
 from workpool.cli import plural
