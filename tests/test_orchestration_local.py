@@ -230,8 +230,11 @@ def test_nodes_added_from_another_shell_join_a_launch_wait(tmp_path: Path) -> No
     settings = load_settings(home=tmp_path / "home", queue="joinq")
     write_sample_images(tmp_path / "images", 60, (64, 48))
     enqueue(settings, tmp_path / "images", "join", "--task", RENDEZVOUS_TASK, "--batch-size", "5")
-    scoring = tmp_path / "scoring"  # no batch finishes until all three nodes score one
-    env = {"WORKPOOL_EXAMPLE_SLEEP_S": "0.1", RENDEZVOUS_DIR_ENV: str(scoring), RENDEZVOUS_NODES_ENV: "3"}
+    # No batch finishes until all three nodes score one; then the work (60 × 0.3 s over three nodes)
+    # outlasts `scale`'s own wait for its nodes to stay up (3 s): the waiting launch, which tears the
+    # pool down once the run drains, must not do so while `scale` is still waiting.
+    scoring = tmp_path / "scoring"
+    env = {"WORKPOOL_EXAMPLE_SLEEP_S": "0.3", RENDEZVOUS_DIR_ENV: str(scoring), RENDEZVOUS_NODES_ENV: "3"}
     with torn_down(settings, env):
         # Given `launch --nodes 1 --wait` blocking in one shell
         waiting = subprocess.Popen(
